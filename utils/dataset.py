@@ -1,0 +1,202 @@
+"""The grounding Dataset and its collate function.
+
+Each item carries what the model needs: the SAM-preprocessed image, the LLaVA processor
+inputs of the conversation, the labels (only the answer is supervised) and one target box
+per ``[BOX]`` of the answer, in the normalised frame of SAM's padded square input.
+"""
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.annotations import Sample
+from utils.prompts import REPORT_TEMPLATES, answer_text, prompt_text, question_text
+from utils.sam_transforms import image_to_padded_boxes, load_rgb, preprocess_for_sam
+
+IGNORE_INDEX = -100
+
+
+def ordered_findings(sample: Sample) -> list:
+    """The sample's findings in report order (by first occurrence of the phrase)."""
+    text = (sample.report or sample.answer).lower()
+
+    def position(finding) -> int:
+        found = text.find(finding.phrase.lower())
+        return found if found >= 0 else len(text)
+
+    return sorted(sample.findings, key=position)
+
+
+class GroundingDataset(Dataset):
+    """Image + conversation + box targets for a list of samples.
+
+    Arguments:
+      samples: validated annotation records.
+      processor: the LLaVA processor (image processor + tokenizer with ``[BOX]``).
+      sam_image_size: the SAM encoder's square input side.
+      model_max_length: longest token sequence; longer reports are cut in the report part.
+      train: draw a random template per item (seeded by ``seed`` and the index); otherwise
+        use the fixed evaluation template.
+      image_noise_std: Gaussian noise (in 0..255 pixel units) added to the image, for the
+        robustness experiment; 0 disables it. The noise is seeded by the item index.
+    """
+
+    def __init__(self, samples: Sequence[Sample], processor: Any, sam_image_size: int,
+                 model_max_length: int = 512, train: bool = False, seed: int = 0,
+                 image_noise_std: float = 0.0, name: str = "dataset"):
+        self.samples = list(samples)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.sam_image_size = sam_image_size
+        self.model_max_length = model_max_length
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.image_noise_std = image_noise_std
+        self.image_token_count = self._measure_image_tokens()
+        self.truncated = self._count_truncations()
+        if self.truncated:
+            print(f"[data] {name}: {self.truncated} of {len(self.samples)} report(s) are longer "
+                  f"than model_max_length={model_max_length} and are cut in the report part "
+                  "(the answer and every [BOX] are kept)", file=sys.stderr)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the template draw between epochs, deterministically."""
+        self.epoch = epoch
+
+    def _text_length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _measure_image_tokens(self) -> int:
+        """How many tokens the processor expands the image placeholder into."""
+        image_token = self.processor.image_token
+        inputs = self.processor(images=Image.new("RGB", (64, 64)), text=image_token,
+                                return_tensors="pt")
+        image_token_id = self.tokenizer.convert_tokens_to_ids(image_token)
+        return int((inputs["input_ids"] == image_token_id).sum())
+
+    def _count_truncations(self) -> int:
+        longest = max(REPORT_TEMPLATES, key=len)
+        count = 0
+        for sample in self.samples:
+            if sample.task != "report":
+                continue
+            answer = answer_text([f.phrase for f in sample.findings])
+            total = (self._text_length(prompt_text(longest.format(report=sample.report), "")) +
+                     self.image_token_count + self._text_length(answer) + 2)
+            count += total > self.model_max_length
+        return count
+
+    def _fit_prompt(self, sample: Sample, answer_length: int, rng: random.Random | None
+                    ) -> tuple[str, str]:
+        """The prompt text; for reports too long, the report is cut from its end."""
+        report = sample.report
+        image_token = self.processor.image_token
+        while True:
+            question = question_text(sample, report, rng if self.train else None)
+            prompt = prompt_text(question, image_token)
+            length = (self._text_length(prompt.replace(image_token, "")) +
+                      self.image_token_count + answer_length + 2)
+            excess = length - self.model_max_length
+            if excess <= 0:
+                return prompt, report
+            report_ids = self.tokenizer(report, add_special_tokens=False).input_ids
+            if sample.task != "report" or excess >= len(report_ids):
+                raise ValueError(
+                    f"{sample.source}: the answer alone ({answer_length} tokens) does not fit "
+                    f"model_max_length={self.model_max_length}; raise --model_max_length")
+            report = self.tokenizer.decode(report_ids[:len(report_ids) - excess])
+            rng = random.Random(rng.random()) if rng is not None else None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rng = random.Random(hash((self.seed, self.epoch, index))) if self.train else None
+        findings = ordered_findings(sample)
+        phrases = [f.phrase for f in findings]
+        answer = answer_text(phrases)
+        answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids
+        answer_ids = answer_ids + [self.tokenizer.eos_token_id]
+        prompt, _ = self._fit_prompt(sample, len(answer_ids), rng)
+
+        image = load_rgb(sample.image_path)
+        if self.image_noise_std > 0:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            noise = torch.randn(image.shape, generator=generator) * self.image_noise_std
+            image = (torch.from_numpy(image).float() + noise).clamp(0, 255).to(torch.uint8).numpy()
+        sam_image, content_scale = preprocess_for_sam(image, self.sam_image_size)
+        inputs = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
+        prompt_ids = inputs["input_ids"][0]
+        input_ids = torch.cat([prompt_ids, torch.tensor(answer_ids, dtype=torch.long)])
+        labels = input_ids.clone()
+        labels[: len(prompt_ids)] = IGNORE_INDEX
+        scale = torch.tensor(content_scale, dtype=torch.float32)
+        targets = torch.tensor([f.target_box() for f in findings], dtype=torch.float32).view(-1, 4)
+        return {
+            "id": sample.id,
+            "sample": sample,
+            "phrases": phrases,
+            "sam_image": sam_image,
+            "content_scale": scale,
+            "pixel_values": inputs["pixel_values"][0],
+            "input_ids": input_ids,
+            "labels": labels,
+            "prompt_length": len(prompt_ids),
+            "box_targets": image_to_padded_boxes(targets, scale),
+        }
+
+
+@dataclass
+class GroundingCollator:
+    """Pads a list of items into a batch.
+
+    ``mode="train"`` pads full conversations on the right (teacher forcing);
+    ``mode="generate"`` keeps only the prompts and pads them on the left, for generation.
+    Box targets of all samples are concatenated in batch order, with ``box_batch_index``
+    giving each box's sample, so a batch may mix samples with 0, 1 or many findings.
+    """
+
+    pad_token_id: int
+    mode: str = "train"
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.mode == "generate":
+            sequences = [item["input_ids"][: item["prompt_length"]] for item in items]
+        else:
+            sequences = [item["input_ids"] for item in items]
+        length = max(len(s) for s in sequences)
+        batch = len(items)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        for row, (item, sequence) in enumerate(zip(items, sequences)):
+            span = slice(length - len(sequence), length) if self.mode == "generate" \
+                else slice(0, len(sequence))
+            input_ids[row, span] = sequence
+            attention_mask[row, span] = 1
+            if self.mode == "train":
+                labels[row, span] = item["labels"]
+        box_targets = torch.cat([item["box_targets"] for item in items])
+        box_batch_index = torch.cat([torch.full((len(item["box_targets"]),), row, dtype=torch.long)
+                                     for row, item in enumerate(items)])
+        return {
+            "ids": [item["id"] for item in items],
+            "samples": [item["sample"] for item in items],
+            "phrases": [item["phrases"] for item in items],
+            "sam_images": torch.stack([item["sam_image"] for item in items]),
+            "content_scale": torch.stack([item["content_scale"] for item in items]),
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "box_targets": box_targets,
+            "box_batch_index": box_batch_index,
+        }

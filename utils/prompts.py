@@ -1,0 +1,63 @@
+"""Conversation templates: what the model is asked, and the answer it must write.
+
+The prompt holds the image and the report (or the VQA question and answer, or the class
+label); it never holds the answer phrases. Training draws one of several templates per
+sample; evaluation always uses the first one, so numbers do not depend on a random draw.
+The conversation follows LLaVA-1.5: ``"USER: <image>\\n{question} ASSISTANT:"``.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from utils.annotations import Sample
+
+BOX_TOKEN = "[BOX]"
+NO_FINDING_ANSWER = "No finding to ground."
+
+REPORT_TEMPLATES = (
+    "Report: {report}\nGround every diagnostic phrase of this report in the chest X-ray.",
+    "Here is the radiology report of this chest X-ray: {report}\nFind each diagnostic phrase and locate it.",
+    "{report}\nWhich findings of this report are visible, and where are they?",
+    "Read the report and ground its findings in the image. Report: {report}",
+)
+VQA_TEMPLATES = (
+    "Question: {question}\nAnswer: {answer}\nGround the answer in the chest X-ray.",
+    "{question} {answer}\nLocate what the answer describes.",
+)
+CLASS_TEMPLATES = (
+    "The chest X-ray shows {label}. Ground it in the image.",
+    "Locate the {label} in this chest X-ray.",
+)
+TEMPLATES = {"report": REPORT_TEMPLATES, "vqa": VQA_TEMPLATES, "class": CLASS_TEMPLATES}
+
+
+def question_text(sample: Sample, report: str | None = None, rng: random.Random | None = None) -> str:
+    """The user's request for one sample.
+
+    Arguments:
+      sample: the annotation record.
+      report: the (possibly truncated) report text to use instead of ``sample.report``.
+      rng: draws a training template; ``None`` selects the fixed evaluation template.
+    """
+    templates = TEMPLATES[sample.task]
+    template = templates[0] if rng is None else rng.choice(templates)
+    return template.format(report=sample.report if report is None else report,
+                           question=sample.question, answer=sample.answer, label=sample.label)
+
+
+def prompt_text(question: str, image_token: str) -> str:
+    """The full prompt up to the assistant's turn (LLaVA-1.5 conversation)."""
+    return f"USER: {image_token}\n{question} ASSISTANT:"
+
+
+def clean_phrase(phrase: str) -> str:
+    """A phrase without surrounding spaces and final punctuation, as written in answers."""
+    return re.sub(r"[\s.;,:]+$", "", phrase.strip())
+
+
+def answer_text(phrases: list[str]) -> str:
+    """The supervised answer: every finding in report order as ``"phrase. It is [BOX]."``."""
+    if not phrases:
+        return NO_FINDING_ANSWER
+    return " ".join(f"{clean_phrase(p)}. It is {BOX_TOKEN}." for p in phrases)

@@ -1,0 +1,122 @@
+"""Build the tiny, deterministic checkpoints that tests and the demo use in place of real ones.
+
+    python -m utils.tiny_checkpoints --data ln_data/synthcxr --out pretrained/tiny
+
+writes
+  ``llava/``: a llava-hf folder (tiny CLIP vision tower + tiny Llama LM, a sentencepiece BPE
+  tokenizer trained on the SynthCXR training corpus with ``<image>`` and ``[BOX]`` added),
+  loadable with ``AutoProcessor`` and ``LlavaForConditionalGeneration.from_pretrained``;
+  ``sam_tiny.pth``: a tiny SAM in the segment-anything state-dict layout (+ its JSON sidecar),
+  loaded by the same code path as ``sam_vit_h_4b8939.pth`` and ``medsam_vit_b.pth``.
+The weights are random (seeded): the demo trains them.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sentencepiece as spm
+import torch
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlamaTokenizer,
+                          LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
+from utils.prompts import (BOX_TOKEN, CLASS_TEMPLATES, NO_FINDING_ANSWER, REPORT_TEMPLATES,
+                           VQA_TEMPLATES, prompt_text)
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+CLIP_IMAGE_SIZE = 64
+CLIP_PATCH_SIZE = 16
+
+
+def corpus_lines(data_dir: Path) -> Iterator[str]:
+    """Every text of the SynthCXR training split, plus the prompt and answer templates."""
+    for path in sorted(data_dir.glob("*_train.jsonl")):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                for key in ("report", "question", "answer", "label"):
+                    if row.get(key):
+                        yield row[key]
+                for finding in row["findings"]:
+                    yield f"{finding['phrase']}. It is {BOX_TOKEN}."
+    for template in REPORT_TEMPLATES + VQA_TEMPLATES + CLASS_TEMPLATES:
+        yield prompt_text(template, "")
+    yield NO_FINDING_ANSWER
+
+
+def train_tokenizer(lines: Iterable[str], out_dir: Path, vocab_size: int) -> LlamaTokenizer:
+    """Train a sentencepiece BPE model and wrap it as a Llama tokenizer with the extra tokens."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(lines)), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, num_threads=1, minloglevel=2, split_digits=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "tokenizer.model").write_bytes(model.getvalue())
+        tokenizer = LlamaTokenizer.from_pretrained(scratch, add_bos_token=True)
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN, "additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.add_tokens([BOX_TOKEN])
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_tiny_llava(tokenizer: LlamaTokenizer, out_dir: Path) -> None:
+    """A tiny LLaVA: CLIP 64 px / patch 16 (16 image tokens) and a 4-layer Llama, hidden 256."""
+    vision = CLIPVisionConfig(image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH_SIZE,
+                              hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, projection_dim=64)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688,
+                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    num_image_tokens = (CLIP_IMAGE_SIZE // CLIP_PATCH_SIZE) ** 2
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                         image_seq_length=num_image_tokens, vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE_SIZE},
+                                         crop_size={"height": CLIP_IMAGE_SIZE,
+                                                    "width": CLIP_IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=CLIP_PATCH_SIZE, vision_feature_select_strategy="default",
+                               image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    processor.save_pretrained(out_dir)
+
+
+def build_tiny_sam(path: Path) -> None:
+    """A randomly initialised tiny SAM saved in the official state-dict layout."""
+    torch.manual_seed(0)
+    save_sam_checkpoint(build_sam(SAM_TINY_CONFIG), SAM_TINY_CONFIG, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="SynthCXR folder (its *_train.jsonl texts train the tokenizer)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--vocab_size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if not any(args.data.glob("*_train.jsonl")):
+        parser.error(f"no *_train.jsonl in {args.data}; run `python -m utils.synthcxr` first")
+    llava_dir = args.out / "llava"
+    llava_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(corpus_lines(args.data), llava_dir, args.vocab_size)
+    build_tiny_llava(tokenizer, llava_dir)
+    build_tiny_sam(args.out / "sam_tiny.pth")
+    print(f"[tiny] wrote {llava_dir} (vocab {len(tokenizer)}) and {args.out / 'sam_tiny.pth'}")
+
+
+if __name__ == "__main__":
+    main()
