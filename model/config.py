@@ -1,0 +1,69 @@
+"""The model and head configuration, saved beside every checkpoint and exported model."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from model.box_losses import BoxLossConfig
+
+CONFIG_NAME = "grounding_config.json"
+BOX_HEADS = ("single", "mhp", "umhp", "hinge")
+
+
+@dataclass
+class GroundingConfig:
+    """Everything needed to rebuild a uMedGround model without guessing.
+
+    ``version``/``vision_pretrained`` are the base checkpoints (a llava-hf folder, a SAM /
+    MedSAM / tiny state dict). ``lora_r = 0`` trains the whole language model instead of LoRA.
+    """
+
+    version: str
+    vision_pretrained: str
+    vision_model: str = "auto"
+    box_head: str = "umhp"
+    num_hypotheses: int = 3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    train_vision_encoder: bool = False
+    lora_sam_rank: int = 0
+    ce_weight: float = 1.0
+    box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
+    sam: dict[str, Any] | None = None  # the SAM architecture, filled in when the model is built
+
+    def __post_init__(self) -> None:
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"box_head {self.box_head!r} is not one of {BOX_HEADS}")
+        if self.box_head == "single":
+            self.num_hypotheses = 1
+        elif self.num_hypotheses < 2:
+            raise ValueError(f"box_head {self.box_head!r} needs --num_hypotheses >= 2")
+        if isinstance(self.box_loss, dict):
+            self.box_loss = BoxLossConfig(**self.box_loss)
+        self.box_loss.mode = self.box_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "GroundingConfig":
+        path = Path(folder) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: this folder was not written by train.py "
+                                    "or the merge script")
+        raw = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+        return cls(**raw)

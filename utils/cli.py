@@ -1,0 +1,77 @@
+"""Command-line flags shared by ``train.py``, ``test.py`` and the merge script.
+
+Flag names follow the reference code (LISA conventions) where it had one.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from model.box_losses import BoxLossConfig
+from model.config import BOX_HEADS, GroundingConfig
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that define the model: base checkpoints, LoRA, the box head and loss weights."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--version", required=True,
+                       help="local llava-hf folder (e.g. pretrained/llava-1.5-7b-hf or "
+                            "pretrained/tiny/llava)")
+    group.add_argument("--vision_pretrained", required=True,
+                       help="SAM/MedSAM state dict: sam_vit_h_4b8939.pth, medsam_vit_b.pth, "
+                            "or pretrained/tiny/sam_tiny.pth")
+    group.add_argument("--vision_model", default="auto",
+                       choices=["auto", "vit_h", "vit_l", "vit_b", "tiny"],
+                       help="SAM encoder type; 'auto' detects it from the state dict")
+    group.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                       help="bf16/fp16 need a GPU; CPU runs use fp32")
+    group.add_argument("--lora_r", type=int, default=8,
+                       help="LoRA rank on the language model; 0 trains the whole LM instead")
+    group.add_argument("--lora_alpha", type=int, default=16)
+    group.add_argument("--lora_dropout", type=float, default=0.05)
+    group.add_argument("--lora_target_modules", default="q_proj,v_proj",
+                       help="comma-separated LM module names (scoped to the language model)")
+    group.add_argument("--train_vision_encoder", action="store_true",
+                       help="train the SAM encoder (frozen by default; the tiny one needs it)")
+    group.add_argument("--lora_sam_rank", type=int, default=0,
+                       help="LoRA rank on the SAM encoder's qkv layers (0 = none)")
+    group.add_argument("--box_head", default="umhp", choices=BOX_HEADS,
+                       help="single = MedGround, mhp, umhp = uMedGround, hinge")
+    group.add_argument("--mhp_box_head", dest="box_head", action="store_const", const="mhp",
+                       help="alias of --box_head mhp (reference code)")
+    group.add_argument("--Umhp_box_head", dest="box_head", action="store_const", const="umhp",
+                       help="alias of --box_head umhp (reference code)")
+    group.add_argument("--uncertain_box_head", dest="box_head", action="store_const",
+                       const="hinge", help="alias of --box_head hinge (reference code)")
+    group.add_argument("--num_hypotheses", type=int, default=3,
+                       help="hypothesis boxes per [BOX] (forced to 1 by --box_head single)")
+    defaults = BoxLossConfig()
+    group.add_argument("--ce_loss_weight", type=float, default=1.0)
+    group.add_argument("--l1_loss_weight", type=float, default=defaults.l1_weight)
+    group.add_argument("--giou_loss_weight", type=float, default=defaults.giou_weight)
+    group.add_argument("--hyp_loss_weight", type=float, default=defaults.hypothesis_weight,
+                       help="weight of the mhp/umhp/hinge hypothesis term")
+    group.add_argument("--mhp_epsilon", type=float, default=defaults.mhp_epsilon)
+    group.add_argument("--umhp_temperature", type=float, default=defaults.umhp_temperature)
+    group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
+
+
+def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
+    """The :class:`GroundingConfig` described by the model flags."""
+    return GroundingConfig(
+        version=args.version, vision_pretrained=args.vision_pretrained,
+        vision_model=args.vision_model, box_head=args.box_head,
+        num_hypotheses=args.num_hypotheses, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
+        train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
+        ce_weight=args.ce_loss_weight,
+        box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
+                               giou_weight=args.giou_loss_weight,
+                               hypothesis_weight=args.hyp_loss_weight,
+                               mhp_epsilon=args.mhp_epsilon,
+                               umhp_temperature=args.umhp_temperature,
+                               hinge_margin=args.hinge_margin))
