@@ -25,7 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from model.build import build_umedground, count_parameters
-from utils.annotations import AnnotationError, load_annotations
+from utils.annotations import AnnotationError, annotation_file, load_annotations
 from utils.checkpoints import mark_best, read_pointer, resolve_resume, save_checkpoint
 from utils.cli import PRECISIONS, add_model_args, grounding_config_from_args
 from utils.dataset import GroundingCollator, GroundingDataset
@@ -96,19 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def annotation_file(dataset_dir: Path, name: str, split: str) -> Path:
-    """``<name>_<split>.jsonl``, else ``<name>_<split>.pth``, in ``dataset_dir``."""
-    for suffix in (".jsonl", ".pth"):
-        path = dataset_dir / f"{name}_{split}{suffix}"
-        if path.is_file():
-            return path
-    raise SystemExit(f"no annotation file {name}_{split}.jsonl or .pth in {dataset_dir} "
-                     "(see README, Data)")
-
-
 def load_split(args: argparse.Namespace, name: str, split: str) -> list:
-    path = annotation_file(Path(args.dataset_dir), name, split)
     try:
+        path = annotation_file(Path(args.dataset_dir), name, split)
         return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
     except AnnotationError as error:
         raise SystemExit(str(error))

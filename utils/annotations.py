@@ -374,6 +374,17 @@ def load_annotations(path: str | Path, image_root: str | Path | None = None,
     return samples
 
 
+def annotation_file(dataset_dir: str | Path, name: str, split: str) -> Path:
+    """``<name>_<split>.jsonl``, else ``<name>_<split>.pth``, in ``dataset_dir``."""
+    for suffix in (".jsonl", ".pth"):
+        path = Path(dataset_dir) / f"{name}_{split}{suffix}"
+        if path.is_file():
+            return path
+    raise AnnotationError([Problem(str(dataset_dir), None,
+                                   f"no annotation file {name}_{split}.jsonl or .pth here "
+                                   "(see README, Data)")])
+
+
 def write_canonical_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     """Write canonical rows, one JSON object a line, with sorted keys; returns the row count."""
     path = Path(path)

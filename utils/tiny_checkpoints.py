@@ -55,7 +55,8 @@ def train_tokenizer(lines: Iterable[str], out_dir: Path, vocab_size: int) -> Lla
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(lines)), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1,
+        model_type="bpe", character_coverage=1.0, byte_fallback=True, hard_vocab_limit=False,
+        unk_id=0, bos_id=1,
         eos_id=2, pad_id=-1, num_threads=1, minloglevel=2, split_digits=True)
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "tokenizer.model").write_bytes(model.getvalue())

@@ -1,0 +1,148 @@
+"""The uncertainty-aware multi-hypothesis box decoder.
+
+Each ``[BOX]`` becomes one query: its projected hidden state joins N learned hypothesis tokens,
+SAM's ``TwoWayTransformer`` attends between these tokens and the image features, and head k
+turns the k-th hypothesis token into a box. The hypotheses stay an ordered tensor (head k is
+always hypothesis k). The box is their mean; the per-coordinate (population) variance over
+the N hypotheses is the coordinate uncertainty, and the scalar uncertainty is
+``u = mean of the 4 cxcywh variances`` (in squared normalised units; 0 when N = 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from segment_anything.modeling import TwoWayTransformer
+from segment_anything.modeling.mask_decoder import MLP
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
+from torch import nn
+
+from model.sam_encoder import SamConfig
+
+
+@dataclass
+class BoxPrediction:
+    """Boxes for Q queries, all sigmoid cxcywh in the normalised frame of SAM's padded input.
+
+    hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,).
+    """
+
+    hypotheses: torch.Tensor
+    box: torch.Tensor
+    variance: torch.Tensor
+    uncertainty: torch.Tensor
+
+    @classmethod
+    def from_hypotheses(cls, hypotheses: torch.Tensor) -> "BoxPrediction":
+        variance = hypotheses.var(dim=1, correction=0)
+        return cls(hypotheses, hypotheses.mean(dim=1), variance, variance.mean(dim=-1))
+
+
+@dataclass
+class LoadReport:
+    """What :func:`init_box_decoder_from_sam` copied, initialised anew, or skipped."""
+
+    loaded: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{len(self.loaded)} tensors from SAM's mask decoder, {len(self.initialised)} "
+                f"newly initialised ({', '.join(sorted({n.split('.')[0] for n in self.initialised}))})"
+                + (f", {len(self.skipped)} skipped: {'; '.join(self.skipped)}" if self.skipped else ""))
+
+
+class UncertainBoxDecoder(nn.Module):
+    """Arguments:
+      transformer_dim: C, the width of the image features and of the tokens.
+      transformer: SAM's two-way transformer of width C.
+      num_hypotheses: N.
+      head_hidden_dim: hidden width of each 3-layer box head (default C).
+    """
+
+    def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
+                 num_hypotheses: int = 3, head_hidden_dim: int | None = None):
+        super().__init__()
+        self.num_hypotheses = num_hypotheses
+        self.hypothesis_tokens = nn.Embedding(num_hypotheses, transformer_dim)
+        self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
+        self.transformer = transformer
+        hidden = head_hidden_dim or transformer_dim
+        self.box_heads = nn.ModuleList(MLP(transformer_dim, hidden, 4, 3, sigmoid_output=True)
+                                       for _ in range(num_hypotheses))
+        self.reset_heads()
+
+    def reset_heads(self) -> None:
+        """Xavier-uniform weights and zero biases for the heads; the last layer starts small so
+        every hypothesis begins near the centre box (sigmoid(0) = 0.5) and the hypotheses are
+        separated by their different random weights."""
+        for head in self.box_heads:
+            for layer in head.layers:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            nn.init.uniform_(head.layers[-1].weight, -1e-2, 1e-2)
+
+    def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
+                batch_index: torch.Tensor) -> BoxPrediction:
+        """Arguments:
+          image_embeddings: (B,C,h,w) SAM features.
+          box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
+          batch_index: (Q,) the sample of each query.
+        Returns:
+          a :class:`BoxPrediction` with Q rows (Q may be 0).
+        """
+        queries = box_embeddings.shape[0]
+        if queries == 0:
+            empty = box_embeddings.new_zeros(0, self.num_hypotheses, 4)
+            return BoxPrediction.from_hypotheses(empty)
+        h, w = image_embeddings.shape[-2:]
+        image_pe = self.pe_layer((h, w)).to(image_embeddings.dtype).unsqueeze(0)
+        tokens = torch.cat([self.hypothesis_tokens.weight.unsqueeze(0).expand(queries, -1, -1),
+                            box_embeddings.unsqueeze(1)], dim=1)
+        hidden, _ = self.transformer(image_embeddings[batch_index], image_pe, tokens)
+        hypotheses = torch.stack([head(hidden[:, k]) for k, head in enumerate(self.box_heads)],
+                                 dim=1)
+        return BoxPrediction.from_hypotheses(hypotheses)
+
+
+def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
+                              sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
+
+    Tensors whose shapes differ are skipped and reported; the box heads are always new.
+    """
+    report = LoadReport()
+    sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
+               for k, v in sam_state_dict.items() if k.startswith("mask_decoder.transformer.")}
+    sources["pe_layer.positional_encoding_gaussian_matrix"] = sam_state_dict.get(
+        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")
+    mask_tokens = sam_state_dict.get("mask_decoder.mask_tokens.weight")
+    if mask_tokens is not None and decoder.num_hypotheses <= mask_tokens.shape[0]:
+        sources["hypothesis_tokens.weight"] = mask_tokens[: decoder.num_hypotheses]
+    own = decoder.state_dict()
+    with torch.no_grad():
+        for name, tensor in own.items():
+            source = sources.get(name)
+            if source is None:
+                report.initialised.append(name)
+            elif source.shape != tensor.shape:
+                report.skipped.append(f"{name} {tuple(source.shape)} vs {tuple(tensor.shape)}")
+                report.initialised.append(name)
+            else:
+                tensor.copy_(source)
+                report.loaded.append(name)
+    return report
+
+
+def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
+                      sam_state_dict: dict[str, torch.Tensor] | None = None
+                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
+    """A decoder sized like the SAM config's mask decoder, initialised from it when given."""
+    transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
+                                    embedding_dim=sam_config.prompt_embed_dim,
+                                    mlp_dim=sam_config.decoder_mlp_dim,
+                                    num_heads=sam_config.decoder_num_heads)
+    decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses)
+    if sam_state_dict is None:
+        return decoder, LoadReport(initialised=list(decoder.state_dict()))
+    return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

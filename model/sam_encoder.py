@@ -1,0 +1,192 @@
+"""SAM / MedSAM image encoders from state dicts in the official segment-anything layout.
+
+One code path loads ``sam_vit_h_4b8939.pth``, ``medsam_vit_b.pth`` (a plain vit_b state
+dict) and the project's tiny checkpoint: the architecture is read off the tensor shapes
+(:func:`infer_sam_config`), built from ``segment_anything.modeling`` and loaded strictly.
+Attention head counts cannot be read off shapes: the official sizes are recognised by their
+width, other sizes carry them in a JSON sidecar (``<checkpoint>.json``) written by
+:func:`save_sam_checkpoint`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
+                                       TwoWayTransformer)
+
+SAM_PIXEL_MEAN = [123.675, 116.28, 103.53]
+SAM_PIXEL_STD = [58.395, 57.12, 57.375]
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """The shape of a SAM model (encoder, prompt encoder, mask decoder)."""
+
+    name: str
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    patch_size: int = 16
+    image_size: int = 1024
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder_global_attn_indexes",
+                           tuple(self.encoder_global_attn_indexes))
+
+
+OFFICIAL_CONFIGS = {
+    "vit_h": SamConfig("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamConfig("vit_b", 768, 12, 12, (2, 5, 8, 11)),
+}
+# The CPU default: 256 px with 8-px patches gives a 32 x 32 feature grid, fine enough for
+# small nodules; 64 channels throughout. Attention is windowed only (8 x 8 patches): a global
+# block over 1,024 tokens costs 3x the throughput on a CPU, and the box decoder's transformer
+# attends over the whole feature map anyway.
+SAM_TINY_CONFIG = SamConfig("tiny", encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
+                            encoder_global_attn_indexes=(), patch_size=8, image_size=256,
+                            window_size=8, prompt_embed_dim=64, decoder_depth=2,
+                            decoder_num_heads=4, decoder_mlp_dim=256)
+VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """A randomly initialised ``Sam`` of the given shape (as ``sam_model_registry`` builds it)."""
+    grid = config.image_size // config.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth, embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads, patch_size=config.patch_size, qkv_bias=True,
+            use_rel_pos=True, global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size, out_chans=config.prompt_embed_dim),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim, image_embedding_size=(grid, grid),
+            input_image_size=(config.image_size, config.image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=config.decoder_depth,
+                                          embedding_dim=config.prompt_embed_dim,
+                                          mlp_dim=config.decoder_mlp_dim,
+                                          num_heads=config.decoder_num_heads),
+            transformer_dim=config.prompt_embed_dim, iou_head_depth=3,
+            iou_head_hidden_dim=config.prompt_embed_dim),
+        pixel_mean=SAM_PIXEL_MEAN, pixel_std=SAM_PIXEL_STD,
+    )
+
+
+def _count(state_dict: dict[str, torch.Tensor], pattern: str) -> int:
+    regex = re.compile(pattern)
+    return len({m.group(1) for key in state_dict if (m := regex.match(key))})
+
+
+def infer_sam_config(state_dict: dict[str, torch.Tensor],
+                     heads: dict[str, int] | None = None) -> SamConfig:
+    """Read a SAM architecture off the tensor shapes of an official-layout state dict.
+
+    Arguments:
+      state_dict: keys ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``.
+      heads: ``{"encoder_num_heads": …, "decoder_num_heads": …}`` for non-official widths.
+    Raises:
+      ValueError when the layout is not segment-anything's or heads are needed but absent.
+    """
+    try:
+        embed_dim, _, patch, _ = state_dict["image_encoder.patch_embed.proj.weight"].shape
+        grid = state_dict["image_encoder.pos_embed"].shape[1]
+        out_chans = state_dict["image_encoder.neck.0.weight"].shape[0]
+        decoder_mlp = state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
+    except KeyError as error:
+        raise ValueError(f"not a segment-anything state dict (no {error.args[0]})") from None
+    depth = _count(state_dict, r"image_encoder\.blocks\.(\d+)\.")
+    decoder_depth = _count(state_dict, r"mask_decoder\.transformer\.layers\.(\d+)\.")
+    rel_rows = [state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(depth)]
+    global_blocks = tuple(i for i, rows in enumerate(rel_rows) if rows == 2 * grid - 1)
+    windowed = [rows for rows in rel_rows if rows != 2 * grid - 1]
+    window = (windowed[0] + 1) // 2 if windowed else 0
+    official = next((c for c in OFFICIAL_CONFIGS.values() if c.encoder_embed_dim == embed_dim
+                     and c.encoder_depth == depth), None)
+    if official is not None:
+        return official
+    if heads is None:
+        raise ValueError(f"a SAM of width {embed_dim} and depth {depth} is not an official size; "
+                         "its attention heads must come from the JSON sidecar written by "
+                         "save_sam_checkpoint (<checkpoint>.json)")
+    return SamConfig("tiny" if embed_dim == SAM_TINY_CONFIG.encoder_embed_dim else "custom",
+                     int(embed_dim), depth, int(heads["encoder_num_heads"]), global_blocks,
+                     patch_size=int(patch), image_size=int(grid * patch), window_size=window,
+                     prompt_embed_dim=int(out_chans), decoder_depth=decoder_depth,
+                     decoder_num_heads=int(heads["decoder_num_heads"]),
+                     decoder_mlp_dim=int(decoder_mlp))
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(raw, dict) and "image_encoder.patch_embed.proj.weight" not in raw:
+        for key in ("model", "state_dict"):
+            if isinstance(raw.get(key), dict):
+                return raw[key]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(raw).__name__}")
+    return raw
+
+
+def load_sam_checkpoint(path: str | Path, vision_model: str = "auto",
+                        device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> tuple[Sam, SamConfig]:
+    """Load SAM / MedSAM / tiny weights (``torch.load(weights_only=True)``), strictly.
+
+    Arguments:
+      path: the ``.pth`` state dict.
+      vision_model: the expected type, or "auto"; a mismatch is an error naming both.
+    Returns:
+      the model (eval mode) and its config.
+    """
+    path = Path(path)
+    if vision_model not in VISION_MODELS:
+        raise ValueError(f"--vision_model {vision_model!r} is not one of {VISION_MODELS}")
+    if not path.is_file():
+        raise FileNotFoundError(f"--vision_pretrained {path} does not exist (see README, Real "
+                                "weights, or run `make tiny`)")
+    try:
+        state_dict = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+    except Exception as error:  # torch raises several types for foreign or corrupt files
+        raise ValueError(f"{path}: cannot be read as a state dict with weights_only=True "
+                         f"({type(error).__name__}: {error})") from error
+    sidecar = path.with_name(path.name + ".json")
+    heads = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    try:
+        config = infer_sam_config(state_dict, heads)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if vision_model != "auto" and vision_model != config.name:
+        raise ValueError(f"{path}: --vision_model {vision_model} was requested but the state "
+                         f"dict is a {config.name} SAM")
+    sam = build_sam(config)
+    result = sam.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path}: does not match a {config.name} SAM: missing "
+                         f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    sam = sam.to(device=device or "cpu", dtype=dtype)
+    return sam.eval(), config
+
+
+def save_sam_checkpoint(sam: Sam, config: SamConfig, path: str | Path) -> None:
+    """Save in the official layout (a plain state dict) plus the heads sidecar if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.contiguous() for k, v in sam.state_dict().items()}, path)
+    if config.name not in OFFICIAL_CONFIGS:
+        path.with_name(path.name + ".json").write_text(json.dumps(
+            {"encoder_num_heads": config.encoder_num_heads,
+             "decoder_num_heads": config.decoder_num_heads}, indent=2) + "\n")

@@ -1,0 +1,167 @@
+"""Evaluate a uMedGround model on a split, honestly.
+
+    python test.py --version runs/demo/hf --dataset_dir ln_data/synthcxr --split test \
+        --out runs/demo/eval [--vis 8] [--image_noise_std 0,10,25]
+    python test.py --version pretrained/tiny/llava --weight runs/demo/fp32 …   # base + weights
+    python test.py --baseline phrase_prior --dataset_dir ln_data/synthcxr --out runs/prior
+
+Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, and
+``grounding_given_phrase`` with the true answer teacher-forced), ``OUT/predictions.jsonl``
+(one line per finding), ``OUT/risk_coverage.png``, ``OUT/iou_vs_u.png``, overlays under
+``OUT/vis/`` and, with ``--image_noise_std``, ``OUT/noise.json``; prints a summary table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
+from utils.cli import PRECISIONS
+
+TASKS = ("report", "vqa", "class")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", default=None,
+                        help="an exported folder (merge script output), or with --weight the "
+                             "base llava-hf folder used in training")
+    parser.add_argument("--weight", default=None,
+                        help="zero_to_fp32.py output to load over the base --version")
+    parser.add_argument("--vision_pretrained", default=None,
+                        help="SAM checkpoint, when it was frozen in training (default: as saved)")
+    parser.add_argument("--config", default=None,
+                        help="folder with grounding_config.json (with --weight; default: found)")
+    parser.add_argument("--dataset_dir", default="ln_data/synthcxr")
+    parser.add_argument("--test_dataset", default="report",
+                        help="annotation set name (<name>_<split>.jsonl); its rows' task "
+                             f"({', '.join(TASKS)}) picks the prompt")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image_root", default=None)
+    parser.add_argument("--skip_invalid", action="store_true")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--model_max_length", type=int, default=512)
+    parser.add_argument("--max_samples", type=int, default=0, help="first N samples only")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--vis", type=int, default=0, help="save N overlay pictures")
+    parser.add_argument("--image_noise_std", default="",
+                        help="comma-separated Gaussian noise levels (0..255 pixel units) for the "
+                             "robustness table, e.g. 0,10,25")
+    parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
+                        help="score the image-free phrase-prior baseline instead of a model")
+    parser.add_argument("--baseline_k", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.baseline is None and args.version is None:
+        parser.error("--version is required (unless --baseline)")
+    args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
+    return args
+
+
+def load_split(args: argparse.Namespace, split: str) -> list[Sample]:
+    try:
+        path = annotation_file(Path(args.dataset_dir), args.test_dataset, split)
+        samples = load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
+    except AnnotationError as error:
+        raise SystemExit(str(error))
+    return samples[: args.max_samples] if args.max_samples else samples
+
+
+def load_model(args: argparse.Namespace):
+    from model.build import load_exported, load_trained
+
+    dtype = PRECISIONS[args.precision]
+    if args.weight:
+        model, processor = load_trained(args.version, Path(args.weight), args.vision_pretrained,
+                                        args.config)
+        model.to(device=args.device, dtype=dtype).eval().requires_grad_(False)
+        return model, processor
+    return load_exported(args.version, args.vision_pretrained, args.device, dtype)
+
+
+def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    from utils.evaluation.plots import plot_iou_vs_uncertainty, plot_risk_coverage
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+    scored = [r for r in records if r.get("given_phrase", r).get("u") is not None]
+    if scored:
+        u = [r.get("given_phrase", r)["u"] for r in scored]
+        iou = [r.get("given_phrase", r)["iou"] for r in scored]
+        plot_risk_coverage(u, iou, out / "risk_coverage.png")
+        plot_iou_vs_uncertainty(u, iou, out / "iou_vs_u.png")
+
+
+def save_overlays(out: Path, records: list[dict[str, Any]], count: int) -> None:
+    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU."""
+    from PIL import Image
+
+    from utils.visualize import draw_grounding
+
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_image.setdefault(record["image"], []).append(record)
+    (out / "vis").mkdir(parents=True, exist_ok=True)
+    for image_path, items in list(by_image.items())[:count]:
+        findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
+                     "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
+                     "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"]} for r in items]
+        with Image.open(image_path) as image:
+            picture = draw_grounding(image.convert("RGB"), findings)
+        picture.save(out / "vis" / f"{items[0]['id']}.png")
+
+
+def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict, list]:
+    from utils.baseline import PhrasePriorBaseline
+    from utils.evaluate import baseline_metrics
+
+    train = load_split(argparse.Namespace(**{**vars(args), "max_samples": 0}), "train")
+    baseline = PhrasePriorBaseline(k=args.baseline_k).fit(
+        [(f.phrase, f.target_box()) for s in train for f in s.findings])
+    return baseline_metrics(baseline, samples, args.test_dataset, args.split)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from utils.evaluation.report import format_metrics_table, format_noise_table
+
+    samples = load_split(args, args.split)
+    out = Path(args.out)
+    started = time.time()
+    if args.baseline:
+        metrics, records = run_baseline(args, samples)
+        metrics["seconds"] = time.time() - started
+        write_outputs(out, metrics, records)
+        print(format_metrics_table(metrics))
+        return
+    from utils.evaluate import evaluate_model
+
+    model, processor = load_model(args)
+    result = evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
+                            args.model_max_length, args.test_dataset, args.split)
+    write_outputs(out, result.metrics, result.records)
+    if args.vis:
+        save_overlays(out, result.records, args.vis)
+    print(format_metrics_table(result.metrics))
+    if args.noise_levels:
+        rows = [evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
+                               args.model_max_length, args.test_dataset, args.split,
+                               image_noise_std=level).metrics for level in args.noise_levels]
+        (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        print(format_noise_table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

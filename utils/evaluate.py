@@ -1,0 +1,175 @@
+"""Evaluation of a uMedGround model on a split: the code behind ``test.py`` and validation.
+
+Two measurements, labelled for what they are:
+- ``grounding`` (end to end): the prompt holds the image and the report only. The model
+  writes the phrases; each generated phrase is matched to a ground-truth finding (Hungarian
+  matching on text similarity, see :mod:`utils.evaluation.matching`) and its box is scored
+  against that finding's target box. A ground-truth finding left unmatched scores IoU 0;
+  extra generated phrases are counted (``n_extra_predictions``).
+- ``grounding_given_phrase``: the true answer is teacher-forced and the boxes are read at its
+  ``[BOX]`` positions (what the reference code reported).
+IoU is computed in pixels of the real image, against the box enclosing all of a finding's
+ground-truth boxes. The uncertainty metrics use the given-phrase boxes, where every finding has
+a box and a u, so they measure the box uncertainty independently of phrase errors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import box_convert
+from tqdm import tqdm
+
+from model.box_decoder import BoxPrediction
+from utils.annotations import Sample
+from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
+from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
+from utils.evaluation.matching import match_phrases, parse_generated_answer
+from utils.evaluation.phrase import phrase_metrics
+from utils.evaluation.uncertainty import uncertainty_metrics
+from utils.sam_transforms import padded_to_image_boxes
+
+
+@dataclass
+class EvaluationResult:
+    """``metrics`` follows the ``metrics.json`` contract; ``records`` has one dict per finding."""
+
+    metrics: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def metric_value(metrics: dict[str, Any], dotted: str) -> float:
+    """``metric_value(m, "grounding.miou") == m["grounding"]["miou"]``."""
+    value: Any = metrics
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"metric {dotted!r} not in the validation metrics")
+        value = value[key]
+    return float(value)
+
+
+def prediction_to_pixels(prediction: BoxPrediction, content_scale: torch.Tensor,
+                         sizes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean boxes (Q,4) and hypotheses (Q,N,4) in pixel xyxy of each query's real image.
+
+    Arguments:
+      prediction: decoder output, cxcywh in SAM's padded frame.
+      content_scale: (Q,2) the padded-frame fraction each query's image covers.
+      sizes: (width, height) per query.
+    """
+    box = padded_to_image_boxes(box_convert(prediction.box.float().cpu(), "cxcywh", "xyxy"), content_scale)
+    hyp = padded_to_image_boxes(box_convert(prediction.hypotheses.float().cpu(), "cxcywh", "xyxy"),
+                                content_scale[:, None])
+    wh = torch.tensor(sizes, dtype=torch.float32).view(-1, 2)
+    return to_pixels(box.clamp(0, 1), wh[:, 0], wh[:, 1]), \
+        to_pixels(hyp.clamp(0, 1), wh[:, 0, None], wh[:, 1, None])
+
+
+def _target_pixels(sample: Sample, finding) -> torch.Tensor:
+    box = torch.tensor(finding.target_box(), dtype=torch.float32)
+    return to_pixels(box, torch.tensor(float(sample.width)), torch.tensor(float(sample.height)))
+
+
+@torch.no_grad()
+def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int = 8,
+                   max_new_tokens: int = 128, model_max_length: int = 512,
+                   dataset_name: str = "", split: str = "", image_noise_std: float = 0.0,
+                   progress: bool = True) -> EvaluationResult:
+    """Evaluate end to end and given the phrase; see the module docstring for the rules."""
+    started = time.time()
+    model.eval()
+    device = next(model.box_decoder.parameters()).device
+    dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size, model_max_length,
+                               train=False, image_noise_std=image_noise_std,
+                               name=f"{dataset_name}_{split}")
+    tokenizer = processor.tokenizer
+    records: list[dict[str, Any]] = []
+    n_extra = 0
+    generate_loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                 collate_fn=GroundingCollator(tokenizer.pad_token_id, "generate"))
+    forced_loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                               collate_fn=GroundingCollator(tokenizer.pad_token_id, "train"))
+    for generate_batch, forced_batch in tqdm(zip(generate_loader, forced_loader),
+                                             total=len(generate_loader), disable=not progress,
+                                             desc=f"eval {dataset_name}/{split}", dynamic_ncols=True):
+        generated = model.generate(generate_batch["sam_images"].to(device),
+                                   generate_batch["pixel_values"].to(device),
+                                   generate_batch["input_ids"].to(device),
+                                   generate_batch["attention_mask"].to(device), tokenizer,
+                                   max_new_tokens=max_new_tokens)
+        forced = model(**{k: forced_batch[k].to(device) for k in
+                          ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels")})
+        generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
+                                          generate_batch)
+        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
+        for row, sample in enumerate(generate_batch["samples"]):
+            findings = ordered_findings(sample)
+            phrases = parse_generated_answer(generated.texts[row])
+            gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
+            phrases = phrases[: len(gen_idx)]
+            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
+            n_extra += len(phrases) - len(matches)
+            forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
+            for index, finding in enumerate(findings):
+                target = _target_pixels(sample, finding)
+                record = {"id": sample.id, "image": str(sample.image_path), "task": sample.task,
+                          "phrase": finding.phrase, "generated_text": generated.texts[row],
+                          "gt_boxes": [[round(v, 2) for v in to_pixels(
+                              torch.tensor(b), torch.tensor(float(sample.width)),
+                              torch.tensor(float(sample.height))).tolist()] for b in finding.boxes],
+                          "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
+                          "iou": 0.0}
+                if index in matches:
+                    q = gen_idx[matches[index]]
+                    record.update(_box_fields(generated_px, q, target))
+                    record["pred_phrase"] = phrases[matches[index]]
+                q = forced_idx[index]
+                record["given_phrase"] = _box_fields(forced_px, q, target)
+                records.append(record)
+
+    end_to_end = [r["iou"] for r in records]
+    given = [r["given_phrase"]["iou"] for r in records]
+    u = [r["given_phrase"]["u"] for r in records]
+    metrics = {
+        "dataset": dataset_name, "split": split, "n_samples": len(samples),
+        "n_findings": len(records),
+        "grounding": grounding_metrics(end_to_end),
+        "grounding_given_phrase": grounding_metrics(given),
+        "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
+                                 [r["phrase"] for r in records]),
+        "uncertainty": uncertainty_metrics(u, given),
+        "n_extra_predictions": n_extra,
+        "image_noise_std": image_noise_std,
+        "mean_u": float(sum(u) / len(u)) if u else 0.0,
+        "seconds": time.time() - started,
+    }
+    return EvaluationResult(metrics, records)
+
+
+@dataclass
+class PixelPredictions:
+    """Per-query sample rows (Q,), pixel boxes (Q,4), pixel hypotheses (Q,N,4) and u (Q,)."""
+
+    rows: torch.Tensor
+    boxes: torch.Tensor
+    hypotheses: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+def _pixel_predictions(prediction: BoxPrediction, box_batch_index: torch.Tensor,
+                       batch: dict[str, Any]) -> PixelPredictions:
+    rows = box_batch_index.cpu()
+    sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
+    boxes, hypotheses = prediction_to_pixels(prediction, batch["content_scale"][rows], sizes)
+    return PixelPredictions(rows, boxes, hypotheses, prediction.uncertainty.float().cpu())
+
+
+def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor) -> dict[str, Any]:
+    box = predictions.boxes[query]
+    iou = float(box_ious(box[None], target[None])[0])
+    return {"box": [round(v, 2) for v in box.tolist()],
+            "hypotheses": [[round(v, 2) for v in h] for h in predictions.hypotheses[query].tolist()],
+            "u": float(predictions.uncertainty[query]), "iou": iou}
