@@ -31,7 +31,7 @@ from utils.cli import PRECISIONS, add_model_args, grounding_config_from_args
 from utils.dataset import GroundingCollator, GroundingDataset
 from utils.deepspeed_config import build_deepspeed_config
 from utils.distributed import barrier, ensure_single_process_env, rank, world_size
-from utils.evaluate import evaluate_model, metric_value
+
 from utils.mixing import MixtureSampler
 from utils.train_log import TrainLog
 
@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
             metrics = validate(engine.module, processor, val_samples, args, ds_config)
             if rank() == 0:
                 log.write("val", global_step, metrics)
+                from utils.evaluate import metric_value
+
                 value = metric_value(metrics, args.best_metric)
                 print(f"[val] epoch {epoch}: {args.best_metric} = {value:.4f}")
                 if best_value is None or value > best_value:
@@ -250,6 +252,8 @@ def validate(model, processor, samples: list, args: argparse.Namespace,
              ds_config: dict[str, Any]) -> dict[str, Any]:
     """End-to-end and given-phrase validation on rank 0 (under ZeRO-3 with gathered weights)."""
     import deepspeed
+
+    from utils.evaluate import evaluate_model
 
     model.eval()
     gather = deepspeed.zero.GatheredParameters(list(model.parameters()),

@@ -34,8 +34,9 @@ class BoxPrediction:
 
     @classmethod
     def from_hypotheses(cls, hypotheses: torch.Tensor) -> "BoxPrediction":
-        variance = hypotheses.var(dim=1, correction=0)
-        return cls(hypotheses, hypotheses.mean(dim=1), variance, variance.mean(dim=-1))
+        mean = hypotheses.mean(dim=1)
+        variance = (hypotheses - mean.unsqueeze(1)).pow(2).mean(dim=1)
+        return cls(hypotheses, mean, variance, variance.mean(dim=-1))
 
 
 @dataclass

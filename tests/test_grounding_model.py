@@ -1,0 +1,177 @@
+"""The composed model: trainable parts, gradients, batches, both paths, save and load."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.build import build_umedground, count_parameters, load_exported, save_exported
+from model.config import GroundingConfig
+from utils.annotations import Finding, load_annotations
+from utils.dataset import GroundingCollator, GroundingDataset
+from utils.prompts import BOX_TOKEN
+
+INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels", "box_targets")
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dir):
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
+                             lora_r=8, lora_target_modules=["q_proj", "v_proj"])
+    model, processor, _ = build_umedground(config)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def samples(synth_dir):
+    return load_annotations(synth_dir / "report_train.jsonl")
+
+
+def with_findings(samples, count: int):
+    """A sample with exactly ``count`` findings (padding a sample's findings if needed)."""
+    for sample in samples:
+        if len(sample.findings) == count:
+            return sample
+    base = next(s for s in samples if s.findings)
+    extra = tuple(Finding(f"{base.findings[0].phrase} {i}", base.findings[0].boxes)
+                  for i in range(count - len(base.findings)))
+    return type(base)(**{**base.__dict__, "findings": base.findings + extra})
+
+
+def batch_of(model, processor, samples, mode="train"):
+    dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size)
+    return GroundingCollator(processor.tokenizer.pad_token_id, mode)([dataset[i] for i in range(len(samples))])
+
+
+def test_box_token_is_added_and_round_trips(built):
+    _, processor = built
+    tokenizer = processor.tokenizer
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    ids = tokenizer("Small left effusion. It is [BOX].", add_special_tokens=False).input_ids
+    assert ids.count(box_id) == 1
+    assert tokenizer.decode(ids) == "Small left effusion. It is [BOX]."
+
+
+def test_only_the_documented_parts_train(built):
+    model, _ = built
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in trainable)
+    assert not any(n.startswith("sam_encoder.") for n in trainable)
+    assert any(n.startswith("box_decoder.") for n in trainable)
+    assert any(n.startswith("box_projection.") for n in trainable)
+    assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
+    assert not any("language_model" in n and "lora_" not in n and "embed_tokens" not in n
+                   for n in trainable)
+    total, count = count_parameters(model)
+    assert 0 < count < total
+
+
+def test_gradients_reach_trained_parts_and_nothing_frozen(built, samples):
+    model, processor = built
+    model.zero_grad(set_to_none=True)
+    batch = batch_of(model, processor, [with_findings(samples, 3), with_findings(samples, 1)])
+    output = model(**{k: batch[k] for k in INPUTS})
+    assert output.prediction.hypotheses.shape == (4, 3, 4)
+    output.losses["total"].backward()
+    box_id = processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    embed = model.llava.get_input_embeddings().weight
+    assert embed.grad[box_id].abs().sum() > 0  # [BOX] is read as input in the answer
+    assert model.llava.get_output_embeddings().weight.grad[box_id].abs().sum() > 0  # and emitted
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and ("lora_B" in name or name.startswith("box_")):
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        if not parameter.requires_grad:
+            assert parameter.grad is None, name
+    model.zero_grad(set_to_none=True)
+
+
+def test_batch_with_zero_one_and_three_findings(built, samples):
+    model, processor = built
+    batch = batch_of(model, processor, [with_findings(samples, 0), with_findings(samples, 1),
+                                        with_findings(samples, 3)])
+    assert batch["box_batch_index"].tolist() == [1, 2, 2, 2]
+    output = model(**{k: batch[k] for k in INPUTS})
+    assert output.box_batch_index.tolist() == [1, 2, 2, 2]
+    assert all(torch.isfinite(v) for v in output.losses.values())
+    only_normal = batch_of(model, processor, [with_findings(samples, 0)])
+    output = model(**{k: only_normal[k] for k in INPUTS})
+    assert float(output.losses["box_total"]) == 0.0
+    output.losses["total"].backward()  # the decoder stays in the graph with no box
+    model.zero_grad(set_to_none=True)
+
+
+class BoxEveryThirdStep:
+    """A forward hook on lm_head that makes generation emit [BOX] every third step."""
+
+    def __init__(self, box_id: int, eos_id: int):
+        self.box_id, self.eos_id, self.calls = box_id, eos_id, 0
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        output = output.clone()
+        output[..., self.eos_id] = -1e4
+        if self.calls % 3 == 0:
+            output[..., self.box_id] = 1e4
+        return output
+
+
+def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
+    model, processor = built
+    model.eval()
+    tokenizer = processor.tokenizer
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    chosen = [with_findings(samples, 1), with_findings(samples, 2)]
+    prompts = batch_of(model, processor, chosen, mode="generate")
+    hook = model.llava.get_output_embeddings().register_forward_hook(
+        BoxEveryThirdStep(box_id, tokenizer.eos_token_id))
+    try:
+        generated = model.generate(prompts["sam_images"], prompts["pixel_values"],
+                                   prompts["input_ids"], prompts["attention_mask"], tokenizer,
+                                   max_new_tokens=9)
+    finally:
+        hook.remove()
+    assert generated.box_batch_index.tolist() == [0, 0, 0, 1, 1, 1]
+    assert all(text.count(BOX_TOKEN) == 3 for text in generated.texts)
+    rows = []
+    for row in range(2):
+        prompt = prompts["input_ids"][row][prompts["attention_mask"][row].bool()]
+        rows.append((prompt, generated.token_ids[row]))
+    length = max(len(p) + len(g) for p, g in rows)
+    input_ids = torch.full((2, length), tokenizer.pad_token_id)
+    labels = torch.full((2, length), -100)
+    mask = torch.zeros((2, length), dtype=torch.long)
+    for row, (prompt, tokens) in enumerate(rows):
+        sequence = torch.cat([prompt, tokens])
+        input_ids[row, : len(sequence)] = sequence
+        labels[row, len(prompt): len(sequence)] = tokens
+        mask[row, : len(sequence)] = 1
+    with torch.no_grad():
+        forced = model(prompts["sam_images"], prompts["pixel_values"], input_ids, mask, labels)
+    assert forced.box_batch_index.tolist() == generated.box_batch_index.tolist()
+    torch.testing.assert_close(forced.prediction.hypotheses, generated.prediction.hypotheses,
+                               atol=1e-4, rtol=1e-4)
+    model.train()
+
+
+def test_save_and_load_exported(built, samples, tmp_path):
+    model, processor = built
+    model.eval()
+    batch = batch_of(model, processor, [with_findings(samples, 2)])
+    with torch.no_grad():
+        before = model(**{k: batch[k] for k in INPUTS if k != "box_targets"}).prediction
+    save_exported(model, processor, tmp_path / "export")
+    loaded, loaded_processor = load_exported(tmp_path / "export")
+    assert len(loaded_processor.tokenizer) == len(processor.tokenizer)
+    with torch.no_grad():
+        after = loaded(**{k: batch[k] for k in INPUTS if k != "box_targets"}).prediction
+    torch.testing.assert_close(after.hypotheses, before.hypotheses, atol=1e-5, rtol=1e-5)
+    for name, tensor in list(loaded.state_dict().items()):
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), name
+            assert tensor.abs().max() < 1e4, name
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert math.isfinite(float(after.uncertainty.sum()))
