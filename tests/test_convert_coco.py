@@ -1,0 +1,79 @@
+"""COCO detection JSON + phrase map converter."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from utils.annotations import load_annotations
+from utils.convert.__main__ import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "convert" / "coco"
+COCO = FIXTURES / "instances.json"
+
+
+@pytest.fixture
+def image_root(tmp_path: Path) -> Path:
+    """a.png stored at twice the COCO size (400 x 200); b.png and c.png at 200 x 100."""
+    root = tmp_path / "coco"
+    (root / "imgs").mkdir(parents=True)
+    Image.new("L", (400, 200), 60).save(root / "imgs" / "a.png")
+    for name in ("b.png", "c.png"):
+        Image.new("L", (200, 100), 60).save(root / "imgs" / name)
+    return root
+
+
+def convert(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def rows_of(path: Path) -> dict[str, dict]:
+    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
+
+
+def test_templated_phrases_scaled_boxes_and_problems(tmp_path, image_root, capsys):
+    out = tmp_path / "coco.jsonl"
+    code, err = convert(capsys, "coco", "--coco", COCO, "--phrases", FIXTURES / "phrases.json",
+                        "--image_root", image_root, "--out", out)
+    assert code == 0
+    rows = rows_of(out)
+    assert sorted(rows) == ["imgs/a", "imgs/b"]
+    a = rows["imgs/a"]
+    assert a["templated"] is True and a["patient"] == "a"
+    assert a["findings"] == [
+        {"phrase": "Nodule in the right upper lung zone", "boxes": [[40, 20, 100, 60]],
+         "category": "nodule"},
+        {"phrase": "Left pleural effusion", "boxes": [[300, 120, 380, 180]],
+         "category": "effusion"}]
+    assert a["report"] == "Nodule in the right upper lung zone. Left pleural effusion."
+    assert rows["imgs/b"]["patient"] == "patient-b"
+    assert len(load_annotations(out, image_root)) == 2
+    for row, what in ((3, "duplicate annotation"), (4, "category without a phrase"),
+                      (5, "box beyond the image"), (6, "malformed row"), (8, "missing image")):
+        assert f"{COCO}:{row}: {what}" in err
+    assert "image without annotations or report: 1" in err
+
+
+def test_user_reports(tmp_path, image_root, capsys):
+    out = tmp_path / "coco.jsonl"
+    code, _ = convert(capsys, "coco", "--coco", COCO, "--phrases", FIXTURES / "phrases.json",
+                      "--image_root", image_root, "--reports", FIXTURES / "reports.jsonl",
+                      "--out", out)
+    assert code == 0
+    rows = rows_of(out)
+    assert [f["phrase"] for f in rows["imgs/a"]["findings"]] == [
+        "Small nodule in the right upper lung", "Left pleural effusion is present"]
+    assert rows["imgs/c"]["findings"] == [] and "templated" not in rows["imgs/c"]
+    assert len(load_annotations(out, image_root)) == 3
+
+
+def test_bad_phrase_map_fails_before_writing(tmp_path, image_root, capsys):
+    phrases = tmp_path / "phrases.json"
+    phrases.write_text(json.dumps({"nodule": "Nodule in the {lobe}"}))
+    out = tmp_path / "coco.jsonl"
+    code, err = convert(capsys, "coco", "--coco", COCO, "--phrases", phrases,
+                        "--image_root", image_root, "--out", out)
+    assert code == 2 and not out.exists() and "'nodule'" in err and "{side}" in err

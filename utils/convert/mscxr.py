@@ -1,0 +1,121 @@
+"""``mscxr``: MS-CXR phrase boxes + MIMIC-CXR(-JPG) images + MIMIC-CXR reports -> MRG-MS-CXR.
+
+One row per image: the report's FINDINGS + IMPRESSION text, and every MS-CXR phrase of the
+image with all of its boxes (pixels of the image on disk, xyxy). A phrase that is not verbatim
+in that text is counted (MS-CXR phrases are sometimes edited), not an error.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from utils.convert.geometry import scale_box
+from utils.convert.images import resized_copy
+from utils.convert.log import ConversionError, ConversionLog
+from utils.convert.mscxr_annotations import MsCxrImage, group_images, read_mscxr
+from utils.convert.output import add_output_arguments, finish
+from utils.convert.paths import mimic_report_path
+from utils.convert.text import is_verbatim, mimic_findings_impression
+
+SOURCE = "MS-CXR"
+MISSING_REPORT = "missing report"
+NO_SPLIT = "no split"
+NOT_VERBATIM = "phrase not verbatim in its report"
+NO_SECTIONS = "report without FINDINGS/IMPRESSION (whole text kept)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``mscxr`` subcommand."""
+    parser = subparsers.add_parser("mscxr", help="MS-CXR + MIMIC-CXR -> MRG-MS-CXR",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mscxr_input_arguments(parser)
+    parser.add_argument("--reports_root", type=Path, required=True,
+                        help="folder holding MIMIC-CXR's report files/pXX/pXXXXXXXX/sXXXXXXXX.txt "
+                             "(mimic-cxr-reports.zip unpacked)")
+    parser.add_argument("--resize_max_side", type=int, choices=(640, 1024),
+                        help="write copies of the images, longer side shrunk to this size, under "
+                             "<out folder>/images/ and scale the boxes to them")
+    parser.add_argument("--by_split", action="store_true",
+                        help="write <out stem>_<split>.jsonl per value of MS-CXR's split column "
+                             "(v1.1.0) instead of one file")
+    add_output_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_mscxr_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--annotations`` and ``--image_root``, shared by the MS-CXR based converters."""
+    parser.add_argument("--annotations", type=Path, required=True,
+                        help="MS_CXR_Local_Alignment_v1.x.0.csv, or its COCO-style .json")
+    parser.add_argument("--image_root", type=Path, required=True,
+                        help="MIMIC-CXR-JPG root: the folder holding files/pXX/...")
+
+
+def report_rows(images: list[MsCxrImage], reports_root: Path,
+                log: ConversionLog) -> list[dict[str, Any]]:
+    """Canonical task-"report" rows for annotated images; images without a report are left out."""
+    rows = []
+    for image in images:
+        report_file = reports_root / mimic_report_path(image.path)
+        n_rows = sum(len(f.boxes) for f in image.findings)
+        if not report_file.is_file():
+            log.problem(image.file, image.first_row, MISSING_REPORT,
+                        f"report {report_file} does not exist (--reports_root must hold "
+                        "files/pXX/pXXXXXXXX/sXXXXXXXX.txt)", rows=n_rows)
+            continue
+        report, has_sections = mimic_findings_impression(report_file.read_text(encoding="utf-8"))
+        if not report:
+            log.problem(image.file, image.first_row, MISSING_REPORT,
+                        f"report {report_file} is empty", rows=n_rows)
+            continue
+        if not has_sections:
+            log.note(NO_SECTIONS)
+        for finding in image.findings:
+            if not is_verbatim(finding.phrase, report):
+                log.note(NOT_VERBATIM)
+        rows.append({
+            "id": image.dicom_id, "image": image.path, "patient": image.patient, "report": report,
+            "findings": [{"phrase": f.phrase, "boxes": f.boxes, "category": f.category}
+                         for f in image.findings],
+            "task": "report", "question": "", "answer": "", "label": ", ".join(image.categories()),
+            "width": image.width, "height": image.height, "source": SOURCE,
+        })
+    return rows
+
+
+def resize_row(row: dict[str, Any], image_root: Path, copy_root: Path,
+               max_side: int) -> dict[str, Any]:
+    """Copy the row's image to ``copy_root/images/`` at ``max_side`` and scale its boxes."""
+    target = Path("images") / row["image"]
+    width, height = resized_copy(image_root / row["image"], copy_root / target, max_side)
+    sx, sy = width / row["width"], height / row["height"]
+    findings = [{**f, "boxes": [scale_box(b, sx, sy) for b in f["boxes"]]} for f in row["findings"]]
+    return {**row, "image": target.as_posix(), "findings": findings, "width": width,
+            "height": height}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, then write (see :func:`utils.convert.output.finish`)."""
+    log = ConversionLog()
+    images = group_images(read_mscxr(args.annotations, log), args.image_root, log)
+    rows = report_rows(images, args.reports_root, log)
+    splits = None
+    if args.by_split:
+        split_of = {image.dicom_id: image for image in images}
+        if not any(image.split for image in images):
+            raise ConversionError(f"{args.annotations}: --by_split, but no row has a split")
+        for row in [r for r in rows if not split_of[r["id"]].split]:
+            image = split_of[row["id"]]
+            log.problem(image.file, image.first_row, NO_SPLIT,
+                        "--by_split, but this image has no split; fill the split column in",
+                        rows=sum(len(f["boxes"]) for f in row["findings"]))
+            rows.remove(row)
+        splits = {r["id"]: split_of[r["id"]].split for r in rows}
+    if args.strict and log.problems:
+        return finish([], args.out, args.image_root, log, strict=True)
+    image_root = args.image_root
+    if args.resize_max_side:
+        image_root = args.out.parent
+        rows = [resize_row(r, args.image_root, image_root, args.resize_max_side) for r in rows]
+    return finish(rows, args.out, image_root, log, args.strict, splits)

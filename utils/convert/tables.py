@@ -1,0 +1,148 @@
+"""Reading CSV and JSON Lines inputs with their line numbers, and parsing their values."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from pycocotools.coco import COCO
+
+from utils.convert.log import ConversionError, ConversionLog
+
+MALFORMED = "malformed row"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One data row of a table: its line number in the file and its values by logical column."""
+
+    line: int
+    values: dict[str, str]
+
+
+def _normal(name: str) -> str:
+    return " ".join(name.split()).lower()
+
+
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else a :class:`ConversionError` naming ``what`` it should be."""
+    if not Path(path).is_file():
+        raise ConversionError(f"{path}: {what} does not exist (check the path)")
+    return Path(path)
+
+
+def read_table(path: Path, columns: Mapping[str, Sequence[str]], log: ConversionLog,
+               optional: Sequence[str] = ()) -> Iterator[TableRow]:
+    """The rows of a CSV file whose first line is a header.
+
+    Arguments:
+      path: the CSV file.
+      columns: logical column -> the header names it may have (matched ignoring case and
+        repeated spaces; e.g. NIH's ``Bbox [x`` / ``y`` / ``w`` / ``h]``, which its header splits
+        over four columns).
+      log: where malformed rows are reported (and counted as left out).
+      optional: logical columns that may be missing from the header (their value is then "").
+    Yields:
+      every well-formed row, with stripped values. A row with too few fields, an empty
+      required value or values beyond the header is reported and skipped. Blank lines are
+      skipped. Raises :class:`ConversionError` when a required column is not in the header.
+    """
+    require_file(path, "input table")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            yield from _rows(path, reader, columns, log, optional)
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise ConversionError(f"{path}: cannot be read as UTF-8 CSV (near line "
+                                  f"{reader.line_num + 1}: {error}); re-save it as UTF-8 CSV"
+                                  ) from error
+
+
+def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: ConversionLog,
+          optional: Sequence[str]) -> Iterator[TableRow]:
+    """The rows after the header: see :func:`read_table`."""
+    header = next(reader, None)
+    if header is None:
+        raise ConversionError(f"{path}: empty file, expected a CSV header")
+    names = [_normal(h) for h in header]
+    while names and not names[-1]:
+        names.pop()
+    index: dict[str, int] = {}
+    for logical, accepted in columns.items():
+        found = [names.index(_normal(a)) for a in accepted if _normal(a) in names]
+        if found:
+            index[logical] = found[0]
+        elif logical not in optional:
+            raise ConversionError(
+                f"{path}:1: header has no column {' / '.join(repr(a) for a in accepted)} "
+                f"(header: {header}); is this the right file?")
+    needed = [c for c in columns if c not in optional]
+    for fields in reader:
+        line = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue
+        extra = [f for f in fields[len(names):] if f.strip()]
+        if extra:
+            log.problem(str(path), line, MALFORMED,
+                        f"{len(fields)} fields, the header has {len(names)}; fix the quoting "
+                        "or the separators of this row")
+            continue
+        values = {c: fields[i].strip() if i < len(fields) else "" for c, i in index.items()}
+        empty = [c for c in needed if not values.get(c)]
+        if empty:
+            log.problem(str(path), line, MALFORMED,
+                        f"no value for {', '.join(repr(columns[c][0]) for c in empty)}; "
+                        "fill it in or delete the row")
+            continue
+        yield TableRow(line, values)
+
+
+def read_jsonl(path: Path, log: ConversionLog) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, object)`` for every line of a JSON Lines file; bad lines are reported."""
+    require_file(path, "JSON Lines file")
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                log.problem(str(path), line, MALFORMED, f"invalid JSON ({error.msg}); fix the line")
+                continue
+            if not isinstance(value, dict):
+                log.problem(str(path), line, MALFORMED,
+                            f"expected a JSON object, got {type(value).__name__}")
+                continue
+            yield line, value
+
+
+def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
+    """The finite numbers in ``row`` under ``names``, or an error message naming the bad one."""
+    numbers: list[float] = []
+    for name in names:
+        text = row.values[name]
+        try:
+            value = float(text)
+        except ValueError:
+            return f"{name}={text!r} is not a number"
+        if not math.isfinite(value):
+            return f"{name}={text!r} is not a finite number"
+        numbers.append(value)
+    return numbers
+
+
+def read_coco(path: Path) -> COCO:
+    """A COCO-style JSON file through ``pycocotools`` (its progress prints are silenced)."""
+    require_file(path, "COCO JSON file")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
+        raise ConversionError(
+            f"{path}: not a COCO-style JSON file ({type(error).__name__}: {error}); it needs "
+            "'images', 'annotations' and 'categories'") from error
