@@ -1,0 +1,1 @@
+"""SynthCXR: a procedurally generated medical-report-grounding benchmark (see README, SynthCXR)."""
