@@ -173,3 +173,42 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
     return {"box": [round(v, 2) for v in box.tolist()],
             "hypotheses": [[round(v, 2) for v in h] for h in predictions.hypotheses[query].tolist()],
             "u": float(predictions.uncertainty[query]), "iou": iou}
+
+
+def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, split: str
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score the image-free phrase-prior baseline in the metrics.json format.
+
+    The baseline is handed the true phrases (it writes no text), so its ``grounding`` equals
+    its ``grounding_given_phrase`` and its phrase metrics are ``None``; its u is the spread of
+    the neighbours' boxes.
+    """
+    records: list[dict[str, Any]] = []
+    for sample in samples:
+        findings = ordered_findings(sample)
+        if not findings:
+            continue
+        boxes, spread = baseline.predict([f.phrase for f in findings])
+        size = torch.tensor([float(sample.width), float(sample.height)])
+        for finding, box, u in zip(findings, boxes, spread.tolist()):
+            pixels = to_pixels(box, size[0], size[1])
+            target = _target_pixels(sample, finding)
+            iou = float(box_ious(pixels[None], target[None])[0])
+            fields = {"box": [round(v, 2) for v in pixels.tolist()], "hypotheses": None,
+                      "u": u, "iou": iou}
+            records.append({"id": sample.id, "image": str(sample.image_path), "task": sample.task,
+                            "phrase": finding.phrase, "pred_phrase": finding.phrase,
+                            "gt_boxes": [[round(v, 2) for v in to_pixels(torch.tensor(b), size[0], size[1]).tolist()]
+                                         for b in finding.boxes],
+                            **fields, "given_phrase": dict(fields)})
+    ious = [r["iou"] for r in records]
+    u = [r["u"] for r in records]
+    grounding = grounding_metrics(ious)
+    metrics = {"dataset": dataset_name, "split": split, "n_samples": len(samples),
+               "n_findings": len(records), "baseline": "phrase_prior",
+               "grounding": grounding, "grounding_given_phrase": dict(grounding),
+               "phrase": {k: None for k in ("exact_match", "bleu_1", "bleu_4", "rouge_l", "cider",
+                                            "meteor")},
+               "uncertainty": uncertainty_metrics(u, ious),
+               "mean_u": float(sum(u) / len(u)) if u else 0.0}
+    return metrics, records

@@ -1,0 +1,1 @@
+"""Metric functions for ``test.py``: grounding, phrase matching and quality, uncertainty."""
