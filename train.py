@@ -265,7 +265,8 @@ def validate(model, processor, samples: list, args: argparse.Namespace,
             metrics = evaluate_model(model, processor, samples, batch_size=args.val_batch_size,
                                      max_new_tokens=args.max_new_tokens,
                                      model_max_length=args.model_max_length,
-                                     dataset_name=args.val_dataset, split="val").metrics
+                                     dataset_name=args.val_dataset, split="val",
+                                     meteor=False).metrics
     model.train()
     return metrics
 

@@ -74,14 +74,12 @@ class UncertainBoxDecoder(nn.Module):
         self.reset_heads()
 
     def reset_heads(self) -> None:
-        """Xavier-uniform weights and zero biases for the heads; the last layer starts small so
-        every hypothesis begins near the centre box (sigmoid(0) = 0.5) and the hypotheses are
-        separated by their different random weights."""
+        """Xavier-uniform weights and zero biases for every head layer (as DETR's box MLP);
+        the heads' different random weights start the hypotheses apart."""
         for head in self.box_heads:
             for layer in head.layers:
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
-            nn.init.uniform_(head.layers[-1].weight, -1e-2, 1e-2)
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
                 batch_index: torch.Tensor) -> BoxPrediction:

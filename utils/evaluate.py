@@ -77,8 +77,11 @@ def _target_pixels(sample: Sample, finding) -> torch.Tensor:
 def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int = 8,
                    max_new_tokens: int = 128, model_max_length: int = 512,
                    dataset_name: str = "", split: str = "", image_noise_std: float = 0.0,
-                   progress: bool = True) -> EvaluationResult:
-    """Evaluate end to end and given the phrase; see the module docstring for the rules."""
+                   progress: bool = True, meteor: bool = True) -> EvaluationResult:
+    """Evaluate end to end and given the phrase; see the module docstring for the rules.
+
+    ``meteor=False`` skips METEOR (a Java process), as per-epoch validation does.
+    """
     started = time.time()
     model.eval()
     device = next(model.box_decoder.parameters()).device
@@ -139,7 +142,7 @@ def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int 
         "grounding": grounding_metrics(end_to_end),
         "grounding_given_phrase": grounding_metrics(given),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
-                                 [r["phrase"] for r in records]),
+                                 [r["phrase"] for r in records], meteor=meteor),
         "uncertainty": uncertainty_metrics(u, given),
         "n_extra_predictions": n_extra,
         "image_noise_std": image_noise_std,
