@@ -2,10 +2,12 @@
 PYTHON ?= python3.11
 VENV := .venv
 VPY := $(VENV)/bin/python
+SYNTHCXR := ln_data/synthcxr
+TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast data tiny clean
+.PHONY: install data tiny demo test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -16,11 +18,15 @@ $(VENV)/.installed: requirements.txt requirements-torch.txt
 	$(VPY) -m pip install -q -r requirements.txt
 	touch $@
 
-data: install
-	$(VPY) -m utils.synthcxr --out ln_data/synthcxr --seed 0
+data: $(SYNTHCXR)/meta.json
 
-tiny: data
-	$(VPY) -m utils.tiny_checkpoints --data ln_data/synthcxr --out pretrained/tiny
+$(SYNTHCXR)/meta.json: $(VENV)/.installed
+	$(VPY) -m utils.synthcxr --out $(SYNTHCXR) --seed 0
+
+tiny: $(TINY)/sam_tiny.pth
+
+$(TINY)/sam_tiny.pth: $(SYNTHCXR)/meta.json
+	$(VPY) -m utils.tiny_checkpoints --data $(SYNTHCXR) --out $(TINY)
 
 demo: tiny
 	bash scripts/demo.sh
@@ -32,4 +38,4 @@ test-fast: install
 	$(VPY) -m pytest -q -m "not slow" tests
 
 clean:
-	rm -rf runs/demo ln_data/synthcxr pretrained/tiny
+	rm -rf runs/demo $(SYNTHCXR) $(TINY)
