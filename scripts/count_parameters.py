@@ -3,7 +3,8 @@
     python scripts/count_parameters.py            # tiny default and llava-1.5-7b + SAM vit_h
 
 Nothing is downloaded or allocated: llava-1.5-7b is built from its published configuration
-(CLIP ViT-L/14-336 + Llama-2-7B shapes, vocabulary 32064 + [BOX]).
+(CLIP ViT-L/14-336 + Llama-2-7B shapes, vocabulary 32064 + [BOX]); the tiny one from the
+configuration ``utils.tiny_checkpoints`` writes (vocabulary 1,002 + [BOX]).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ LLAVA_TINY = LlavaConfig(
     vision_config=CLIPVisionConfig(image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH_SIZE,
                                    hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=2, projection_dim=64),
-    text_config=LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=688,
+    text_config=LlamaConfig(vocab_size=1002, hidden_size=256, intermediate_size=688,
                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4),
     vision_feature_layer=-1)
 
@@ -56,16 +57,14 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
 
 
 def main() -> None:
-    demo = GroundingConfig("tiny", "tiny", lora_r=64, lora_alpha=128, train_vision_encoder=True,
-                           lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                "gate_proj", "up_proj", "down_proj"])
+    demo = GroundingConfig("tiny", "tiny", lora_r=0, train_vision_encoder=True)
     real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16)
-    rows = [("tiny (demo settings)", LLAVA_TINY, SAM_TINY_CONFIG, demo),
+    rows = [("tiny, demo settings (LM and SAM trained whole)", LLAVA_TINY, SAM_TINY_CONFIG, demo),
             ("llava-1.5-7b + SAM vit_h, LoRA r=8 on q/v", LLAVA_7B, OFFICIAL_CONFIGS["vit_h"], real)]
-    print(f"{'configuration':45s} {'total':>15s} {'trainable':>15s}")
+    print(f"{'configuration':48s} {'total':>15s} {'trainable':>15s}")
     for name, llava_config, sam_config, config in rows:
         total, trainable = count(llava_config, sam_config, config)
-        print(f"{name:45s} {total:15,d} {trainable:15,d}")
+        print(f"{name:48s} {total:15,d} {trainable:15,d}")
 
 
 if __name__ == "__main__":
