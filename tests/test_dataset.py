@@ -1,0 +1,81 @@
+"""Image preprocessing, conversations, truncation and collation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from model.llava_builder import load_processor
+from utils.annotations import load_annotations
+from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset
+from utils.prompts import BOX_TOKEN, answer_text
+from utils.sam_transforms import (image_to_padded_boxes, load_rgb, padded_to_image_boxes,
+                                  preprocess_for_sam)
+
+
+def test_real_radiographs_through_sam_preprocessing(nih_images):
+    for path in nih_images:
+        image = load_rgb(path)
+        assert image.shape == (512, 512, 3) and image.dtype == np.uint8
+        pixels, scale = preprocess_for_sam(image, 1024)
+        assert pixels.shape == (3, 1024, 1024) and scale == (1.0, 1.0)
+        assert abs(float(pixels.mean())) < 3.0
+    wide = np.zeros((300, 600, 3), np.uint8) + 200
+    pixels, scale = preprocess_for_sam(wide, 256)
+    assert scale == (1.0, 0.5)
+    assert float(pixels[:, 200:, :].abs().sum()) == 0.0  # zero padding below the image
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.8]])
+    padded = image_to_padded_boxes(boxes, torch.tensor(scale))
+    assert padded[0].tolist() == pytest.approx([0.1, 0.1, 0.5, 0.4])
+    assert padded_to_image_boxes(padded, torch.tensor(scale))[0].tolist() == pytest.approx(
+        boxes[0].tolist())
+
+
+def test_tiny_llava_folder_loads_with_autoprocessor(tiny_dir):
+    processor = AutoProcessor.from_pretrained(tiny_dir / "llava")
+    assert BOX_TOKEN in processor.tokenizer.get_vocab()
+    assert processor.image_token == "<image>"
+
+
+def test_only_the_answer_is_supervised_in_report_order(tiny_dir, synth_dir):
+    processor = load_processor(tiny_dir / "llava")
+    samples = [s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2]
+    dataset = GroundingDataset(samples[:1], processor, 256, train=True)
+    item = dataset[0]
+    tokenizer = processor.tokenizer
+    supervised = item["labels"][item["labels"] != IGNORE_INDEX]
+    answer = tokenizer.decode(supervised, skip_special_tokens=True)
+    assert answer == answer_text(item["phrases"])
+    positions = [samples[0].report.lower().find(p.lower()) for p in item["phrases"]]
+    assert positions == sorted(positions)
+    assert int((supervised == tokenizer.convert_tokens_to_ids(BOX_TOKEN)).sum()) == len(item["phrases"])
+    assert item["box_targets"].shape == (len(item["phrases"]), 4)
+
+
+def test_long_reports_are_cut_in_the_report_never_the_answer(tiny_dir, synth_dir, capsys):
+    processor = load_processor(tiny_dir / "llava")
+    samples = [s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2][:3]
+    dataset = GroundingDataset(samples, processor, 256, model_max_length=80)
+    assert dataset.truncated == 3
+    assert "3 of 3 report(s) are longer than model_max_length=80" in capsys.readouterr().err
+    box_id = processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    for index, sample in enumerate(samples):
+        item = dataset[index]
+        assert len(item["input_ids"]) <= 80
+        assert int((item["labels"] == box_id).sum()) == len(sample.findings)
+    with pytest.raises(ValueError, match="does not fit model_max_length=20"):
+        GroundingDataset(samples[:1], processor, 256, model_max_length=20)[0]
+
+
+def test_collate_pads_both_ways(tiny_dir, synth_dir):
+    processor = load_processor(tiny_dir / "llava")
+    samples = load_annotations(synth_dir / "report_train.jsonl")[:4]
+    dataset = GroundingDataset(samples, processor, 256)
+    items = [dataset[i] for i in range(4)]
+    pad = processor.tokenizer.pad_token_id
+    train = GroundingCollator(pad, "train")(items)
+    generate = GroundingCollator(pad, "generate")(items)
+    assert train["attention_mask"][:, 0].all() and generate["attention_mask"][:, -1].all()
+    assert generate["input_ids"].shape[1] == max(item["prompt_length"] for item in items)
+    assert len(train["box_batch_index"]) == sum(len(s.findings) for s in samples)

@@ -1,0 +1,85 @@
+"""test.py: no answer in the prompt, reproducible numbers, the baseline, the output files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.build import build_umedground, save_exported
+from model.config import GroundingConfig
+from model.llava_builder import load_processor
+from utils.annotations import load_annotations
+from utils.dataset import GroundingCollator, GroundingDataset
+from utils.prompts import BOX_TOKEN, answer_text
+
+
+_SPEC = importlib.util.spec_from_file_location(
+    "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py")
+_TEST_CLI = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_TEST_CLI)
+run_test_cli = _TEST_CLI.main  # test.py, loaded by path: `import test` is the standard library's
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_dir, tmp_path_factory):
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    model, processor, _ = build_umedground(config)
+    return save_exported(model, processor, tmp_path_factory.mktemp("exported"))
+
+
+@pytest.mark.parametrize("task", ["report", "vqa", "class"])
+def test_evaluation_prompts_never_hold_the_answer(tiny_dir, synth_dir, task):
+    processor = load_processor(tiny_dir / "llava")
+    samples = [s for s in load_annotations(synth_dir / f"{task}_test.jsonl") if s.findings][:4]
+    dataset = GroundingDataset(samples, processor, 256, train=False)
+    batch = GroundingCollator(processor.tokenizer.pad_token_id, "generate")(
+        [dataset[i] for i in range(len(samples))])
+    box_id = processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    for row, sample in enumerate(samples):
+        prompt = processor.tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
+        answer = answer_text([f.phrase for f in sample.findings])
+        assert BOX_TOKEN not in prompt and int((batch["input_ids"][row] == box_id).sum()) == 0
+        assert answer not in prompt and "It is" not in prompt.split("ASSISTANT:")[-1]
+        assert prompt.rstrip().endswith("ASSISTANT:")
+
+
+def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        run_test_cli(["--version", str(exported), "--dataset_dir", str(synth_dir), "--split", "test",
+                   "--out", str(out), "--max_new_tokens", "12", "--batch_size", "4",
+                   "--vis", "2", "--image_noise_std", "0,20"])
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics.pop("seconds")
+        runs.append(metrics)
+        assert (out / "risk_coverage.png").is_file() and (out / "iou_vs_u.png").is_file()
+        assert len(list((out / "vis").glob("*.png"))) == 2
+        noise = json.loads((out / "noise.json").read_text())
+        assert [row["image_noise_std"] for row in noise] == [0.0, 20.0]
+        lines = (out / "predictions.jsonl").read_text().splitlines()
+        assert len(lines) == metrics["n_findings"]
+    assert runs[0] == runs[1]
+    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
+    assert set(runs[0]["phrase"]) == {"exact_match", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor"}
+
+
+def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
+    run_test_cli(["--baseline", "phrase_prior", "--dataset_dir", str(synth_dir), "--split", "test",
+               "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["baseline"] == "phrase_prior" and metrics["n_findings"] > 0
+    assert 0.0 < metrics["grounding_given_phrase"]["miou"] < 1.0
+    assert metrics["grounding"] == metrics["grounding_given_phrase"]
+    record = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
+    assert record["pred_phrase"] == record["phrase"] and len(record["box"]) == 4
+
+
+def test_bad_dataset_is_a_clear_error(exported, tmp_path):
+    with pytest.raises(SystemExit, match="no annotation file report_test.jsonl"):
+        run_test_cli(["--version", str(exported), "--dataset_dir", str(tmp_path), "--out", str(tmp_path)])
