@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN=runs/demo
-EPOCHS=${DEMO_EPOCHS:-4}
+EPOCHS=${DEMO_EPOCHS:-5}
 STEPS=${DEMO_STEPS:-140}
 BATCH=${DEMO_BATCH:-16}
 start=$(date +%s)
@@ -21,7 +21,7 @@ rm -rf "$RUN"
   --exp_name demo --log_base_dir runs \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
   --lr 1e-3 --warmup_steps 30 --train_vision_encoder --lora_r 0 \
-  --box_head umhp --num_hypotheses 3 --val_max_samples 48 --val_batch_size 16 --workers 1
+  --box_head umhp --num_hypotheses 3 --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)
 $PY "$RUN/ckpt/zero_to_fp32.py" "$RUN/ckpt" "$RUN/fp32" --tag "$(cat "$RUN/ckpt/best")" --safe_serialization
 $PY merge_lora_weights_and_save_hf_model.py --version pretrained/tiny/llava \
