@@ -67,7 +67,7 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
     if config.lora_sam_rank > 0:
         sam_encoder = get_peft_model(sam_encoder, LoraConfig(
             r=config.lora_sam_rank, lora_alpha=2 * config.lora_sam_rank,
-            target_modules=SAM_LORA_TARGETS)).base_model.model
+            target_modules=SAM_LORA_TARGETS))
     model = UMedGround(llava, sam_encoder, projection, decoder,
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
     model.box_projection.to(device=device, dtype=dtype)
@@ -96,7 +96,8 @@ def grounding_state_dict(model: UMedGround) -> dict[str, torch.Tensor]:
 
 
 def save_exported(model: UMedGround, processor: Any, folder: str | Path) -> Path:
-    """Merge LoRA and write an HF folder + grounding weights + config.
+    """Merge LoRA (in place: the model keeps the merged weights) and write an HF folder +
+    grounding weights + config.
 
     Arguments:
       model: a trained model (LoRA may be merged already).
@@ -106,8 +107,8 @@ def save_exported(model: UMedGround, processor: Any, folder: str | Path) -> Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     llava = model.llava.merge_and_unload() if isinstance(model.llava, PeftModel) else model.llava
-    if model.config.lora_sam_rank > 0:
-        model.sam_encoder = _merge_sam_lora(model.sam_encoder)
+    if isinstance(model.sam_encoder, PeftModel):
+        model.sam_encoder = model.sam_encoder.merge_and_unload()
     llava.save_pretrained(folder)
     processor.save_pretrained(folder)
     save_file(grounding_state_dict(model), folder / GROUNDING_WEIGHTS)
@@ -118,14 +119,6 @@ def save_exported(model: UMedGround, processor: Any, folder: str | Path) -> Path
     exported.sam = model.config.sam
     exported.save(folder)
     return folder
-
-
-def _merge_sam_lora(encoder: torch.nn.Module) -> torch.nn.Module:
-    """Fold LoRA deltas of SAM's qkv layers into their weights."""
-    for module in encoder.modules():
-        if hasattr(module, "merge") and hasattr(module, "lora_A"):
-            module.merge()
-    return encoder
 
 
 def load_exported(folder: str | Path, vision_pretrained: str | None = None,

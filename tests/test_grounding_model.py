@@ -175,3 +175,27 @@ def test_save_and_load_exported(built, samples, tmp_path):
             assert tensor.abs().max() < 1e4, name
     assert not any(p.requires_grad for p in loaded.parameters())
     assert math.isfinite(float(after.uncertainty.sum()))
+
+
+def test_sam_lora_trains_only_adapters_and_merges_on_export(tiny_dir, samples, tmp_path):
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
+                             lora_sam_rank=2)
+    model, processor, _ = build_umedground(config)
+    sam_trainable = [n for n, p in model.sam_encoder.named_parameters() if p.requires_grad]
+    assert sam_trainable and all("lora_" in n for n in sam_trainable)
+    with torch.no_grad():
+        for name, parameter in model.sam_encoder.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)  # a trained adapter, so the merge matters
+    model.eval()
+    batch = batch_of(model, processor, [with_findings(samples, 1)])
+    inputs = {k: batch[k] for k in INPUTS if k != "box_targets"}
+    with torch.no_grad():
+        before = model(**inputs).prediction.hypotheses
+    save_exported(model, processor, tmp_path / "export")
+    loaded, _ = load_exported(tmp_path / "export")
+    with torch.no_grad():
+        after = loaded(**inputs).prediction.hypotheses
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
