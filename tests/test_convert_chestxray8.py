@@ -1,15 +1,14 @@
 """NIH ChestX-ray8 converter: fixtures in the official layouts, and real radiographs end to end."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.convert_helpers import convert, rows_of
 from utils.annotations import load_annotations
-from utils.convert.__main__ import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "convert" / "chestxray8"
 BBOX = FIXTURES / "BBox_List_2017.csv"
@@ -25,15 +24,6 @@ def nih_root(tmp_path: Path) -> Path:
                        ("00000005_000.png", 512)):
         Image.new("L", (size, size), 70).save(root / name)
     return root
-
-
-def convert(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def rows_of(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
 def test_templated_reports_boxes_and_problems(tmp_path, nih_root, capsys):

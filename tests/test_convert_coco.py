@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.convert_helpers import convert, rows_of
 from utils.annotations import load_annotations
-from utils.convert.__main__ import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "convert" / "coco"
 COCO = FIXTURES / "instances.json"
@@ -23,15 +23,6 @@ def image_root(tmp_path: Path) -> Path:
     for name in ("b.png", "c.png"):
         Image.new("L", (200, 100), 60).save(root / "imgs" / name)
     return root
-
-
-def convert(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def rows_of(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
 def test_templated_phrases_scaled_boxes_and_problems(tmp_path, image_root, capsys):

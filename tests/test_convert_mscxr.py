@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.convert_helpers import convert, rows_of
 from utils.annotations import load_annotations
-from utils.convert.__main__ import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "convert" / "mscxr"
 CSV = FIXTURES / "MS_CXR_Local_Alignment_v1.1.0.csv"
@@ -26,15 +26,6 @@ def mimic_root(tmp_path: Path) -> Path:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", size, 90).save(root / path)
     return root
-
-
-def convert(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def rows_of(path: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
 def test_mscxr_csv_rows_boxes_reports_and_problems(tmp_path, mimic_root, capsys):
