@@ -12,7 +12,6 @@ Writes ``<log_base_dir>/<exp_name>/``: ``ckpt/`` (DeepSpeed checkpoints, ``lates
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if rank() == 0:
         print("\n".join(load_report))
         print(f"[train] parameters: {total:,} total, {trainable:,} trainable")
-        print(f"[train] training sets: " + ", ".join(
+        print("[train] training sets: " + ", ".join(
             f"{n} ({len(s)} samples, rate {r})" for n, s, r in zip(args.datasets, train_sets, args.rates)))
 
     sam_size = model.sam_encoder.img_size

@@ -1,7 +1,6 @@
 """MS-CXR based converters (mscxr, msclass, diffvqa) on hand-written fixtures (official layouts)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
