@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.evaluation.grounding import box_ious, finding_target_box, grounding_metrics, to_pixels
+from utils.annotations import Finding
+from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import match_phrases, parse_generated_answer, token_f1
 
 
@@ -26,8 +27,8 @@ def test_paired_iou_and_degenerate_boxes():
 
 
 def test_enclosing_target_and_pixels():
-    boxes = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.6, 0.3]])
-    assert finding_target_box(boxes).tolist() == pytest.approx([0.1, 0.1, 0.6, 0.4])
+    finding = Finding("bilateral effusions", ((0.1, 0.2, 0.3, 0.4), (0.5, 0.1, 0.6, 0.3)))
+    assert finding.target_box() == pytest.approx((0.1, 0.1, 0.6, 0.4))
     assert to_pixels(torch.tensor([0.1, 0.2, 0.5, 1.0]), 200, 100).tolist() == pytest.approx(
         [20, 20, 100, 100])
 

@@ -18,12 +18,6 @@ def to_pixels(boxes: torch.Tensor, width: torch.Tensor | float, height: torch.Te
     return boxes * scale
 
 
-def finding_target_box(boxes: torch.Tensor) -> torch.Tensor:
-    """The smallest box (4,) enclosing a finding's ground-truth boxes (K,4): the project's
-    target rule for a phrase with several boxes, in training and in scoring."""
-    return torch.cat([boxes[:, :2].min(dim=0).values, boxes[:, 2:].max(dim=0).values])
-
-
 def box_ious(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Paired IoU (M,) of boxes (M,4) and (M,4), xyxy. A degenerate box (zero or negative
     area) scores 0, never NaN."""
