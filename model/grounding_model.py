@@ -77,9 +77,10 @@ class UMedGround(nn.Module):
 
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
         """SAM features (B,C,h,w) of preprocessed images (B,3,S,S); no graph when frozen."""
+        first = next(self.sam_encoder.parameters())
         trainable = any(p.requires_grad for p in self.sam_encoder.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            return self.sam_encoder(sam_images)
+            return self.sam_encoder(sam_images.to(first.dtype))
 
     def decode_boxes(self, image_embeddings: torch.Tensor, box_hidden: torch.Tensor,
                      box_batch_index: torch.Tensor) -> BoxPrediction:
