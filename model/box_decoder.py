@@ -95,6 +95,8 @@ class UncertainBoxDecoder(nn.Module):
             empty = box_embeddings.new_zeros(0, self.num_hypotheses, 4)
             return BoxPrediction.from_hypotheses(empty)
         h, w = image_embeddings.shape[-2:]
+        if self.pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
+            self.pe_layer.float()  # SAM's encoding builds a float32 grid; keep its matrix float32
         image_pe = self.pe_layer((h, w)).to(image_embeddings.dtype).unsqueeze(0)
         tokens = torch.cat([self.hypothesis_tokens.weight.unsqueeze(0).expand(queries, -1, -1),
                             box_embeddings.unsqueeze(1)], dim=1)

@@ -199,3 +199,18 @@ def test_sam_lora_trains_only_adapters_and_merges_on_export(tiny_dir, samples, t
     with torch.no_grad():
         after = loaded(**inputs).prediction.hypotheses
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_model_runs_both_paths(tiny_dir, samples):
+    """Device and dtype come from the arguments; bf16 (a GPU setting) works on the CPU too."""
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    model, processor, _ = build_umedground(config, "cpu", torch.bfloat16)
+    batch = batch_of(model, processor, [with_findings(samples, 2)])
+    output = model(**{k: batch[k] for k in INPUTS})
+    assert output.prediction.hypotheses.dtype == torch.bfloat16
+    assert torch.isfinite(output.losses["total"].float())
+    prompts = batch_of(model, processor, [with_findings(samples, 1)], mode="generate")
+    generated = model.generate(prompts["sam_images"], prompts["pixel_values"], prompts["input_ids"],
+                               prompts["attention_mask"], processor.tokenizer, max_new_tokens=4)
+    assert len(generated.texts) == 1
