@@ -47,7 +47,8 @@ def test_mean_variance_and_u():
     prediction = BoxPrediction.from_hypotheses(hypotheses)
     assert prediction.box[0].tolist() == pytest.approx([0.3, 0.2, 0.2, 0.2])
     assert prediction.variance[0].tolist() == pytest.approx([0.01, 0, 0, 0])
-    assert prediction.uncertainty.tolist() == pytest.approx([0.0025])
+    # scale-relative: var(cx) / w**2 = 0.01 / 0.04, averaged over the 4 coordinates
+    assert prediction.uncertainty.tolist() == pytest.approx([0.0625])
     single = BoxPrediction.from_hypotheses(hypotheses[:, :1])
     assert single.uncertainty.tolist() == [0.0]
 
