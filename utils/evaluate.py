@@ -191,7 +191,7 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
         findings = ordered_findings(sample)
         if not findings:
             continue
-        boxes, spread = baseline.predict([f.phrase for f in findings])
+        boxes, spread = baseline.predict_with_spread([f.phrase for f in findings])
         size = torch.tensor([float(sample.width), float(sample.height)])
         for finding, box, u in zip(findings, boxes, spread.tolist()):
             pixels = to_pixels(box, size[0], size[1])

@@ -1,76 +1,158 @@
 """Overlay pictures: ground truth, mean box, hypotheses, phrase, u and IoU on the radiograph.
 
-Line widths and text scale with the image, so one call reads well on a 256-px SynthCXR image
-and on a 3000-px radiograph. Captions go in a band below the image, one line per finding,
-coloured like its boxes.
+Colours: ground truth green, the mean box red (thick), the N hypothesis boxes orange (thin,
+semi-transparent). Each box carries its finding's number; the phrases, u and IoU are written
+in a caption band added below the image, with a colour legend. Line widths and text size
+scale with the image, so one call reads well on a 256-px SynthCXR image and on a 2500-px
+radiograph.
 """
 from __future__ import annotations
 
-import textwrap
+import math
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 GT_COLOUR = (40, 220, 80)
-PALETTE = ((255, 60, 60), (60, 160, 255), (255, 200, 40), (220, 90, 255), (255, 140, 60))
+BOX_COLOUR = (255, 40, 40)
+HYPOTHESIS_COLOUR = (255, 165, 0)
+HYPOTHESIS_ALPHA = 170
+TEXT_COLOUR = (240, 240, 240)
+BAND_COLOUR = (20, 20, 20)
+REFERENCE_SIZE = 512  # line widths are given for a 512-px image and scaled from there
+MIN_FONT_SIZE = 12
+LEGEND = (("legend:", TEXT_COLOUR), ("ground truth", GT_COLOUR), ("mean box", BOX_COLOUR),
+          ("hypotheses", HYPOTHESIS_COLOUR))
+LEGEND_GAP = "   "
 
 
-def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: Sequence[float], colour, width: int,
-                      dash: int) -> None:
-    x0, y0, x1, y1 = box
-    for (ax, ay), (bx, by) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)),
-                               ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
-        length = max(abs(bx - ax), abs(by - ay), 1.0)
-        steps = int(length // (2 * dash)) + 1
-        for i in range(steps):
-            t0, t1 = (2 * i * dash) / length, min((2 * i + 1) * dash / length, 1.0)
-            if t0 >= 1:
-                break
-            draw.line([(ax + (bx - ax) * t0, ay + (by - ay) * t0),
-                       (ax + (bx - ax) * t1, ay + (by - ay) * t1)], fill=colour, width=width)
+def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    """An 8-bit RGB copy of a grayscale or RGB image.
+
+    Arguments:
+      image: PIL image of any mode, or an array (H, W), (H, W, 1) or (H, W, 3); arrays and
+        images that are not 8-bit are rescaled from their min..max to 0..255.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"):
+            return image.convert("RGB")
+        image = np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"draw_grounding needs a grayscale (H, W) or RGB (H, W, 3) image, "
+                         f"got an array of shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        low, high = float(array.min()), float(array.max())
+        array = ((array - low) / max(high - low, 1e-12) * 255).round().astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def _box(values: Sequence[float] | None) -> tuple[float, float, float, float] | None:
+    """A drawable pixel xyxy box (corners ordered), or None for a missing or non-finite box."""
+    if values is None or not all(math.isfinite(v) for v in values):
+        return None
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _label(draw: ImageDraw.ImageDraw, box: tuple[float, ...], text: str, colour, font,
+           outside: bool) -> None:
+    """The finding number on a dark tag at the box's top-left corner (above it if ``outside``)."""
+    _, _, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(1, font.size // 8)
+    x = box[0]
+    y = box[1] - (bottom + 2 * pad) if outside else box[1]
+    y = max(0.0, y)
+    draw.rectangle((x, y, x + right + 2 * pad, y + bottom + 2 * pad), fill=BAND_COLOUR)
+    draw.text((x + pad, y + pad), text, fill=colour, font=font)
+
+
+def _wrap(text: str, font, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (long words kept)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def _pack(entries: list[tuple[str, Any]], font, width: float) -> list[list[tuple[str, Any]]]:
+    """Coloured legend entries laid left to right in rows no wider than ``width`` pixels."""
+    rows: list[list[tuple[str, Any]]] = [[]]
+    used = 0.0
+    for text, colour in entries:
+        length = font.getlength(text + LEGEND_GAP)
+        if rows[-1] and used + font.getlength(text) > width:
+            rows.append([])
+            used = 0.0
+        rows[-1].append((text, colour))
+        used += length
+    return rows
+
+
+def _caption(finding: dict[str, Any], number: int) -> str:
+    u = "n/a" if finding.get("u") is None else f"{finding['u']:.3g}"
+    iou = "n/a" if finding.get("iou") is None else f"{finding['iou']:.2f}"
+    return f"{number}. {finding['phrase']} (u {u}, IoU {iou})"
 
 
 def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any]]) -> Image.Image:
-    """An RGB picture of ``image`` with each finding drawn.
+    """An RGB picture of ``image`` with every finding drawn and a caption band below it.
 
     Arguments:
       image: grayscale or RGB, PIL or array (H, W[, 3]).
-      findings: dicts with ``phrase``, ``gt_boxes`` (pixel xyxy list), ``box`` (pixel xyxy or
-        None), ``hypotheses`` (list of pixel xyxy, may be None), ``u`` and ``iou`` (or None).
+      findings: dicts with ``phrase`` (str), ``gt_boxes`` (list of pixel xyxy, may be empty),
+        ``box`` (pixel xyxy mean box, or None), ``hypotheses`` (list of pixel xyxy, may be
+        empty or None), ``u`` (float or None) and ``iou`` (float or None).
+
+    Returns:
+      RGB image of width W and height H + caption band.
     """
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    picture = image.convert("RGB")
+    picture = to_rgb(image)
     width, height = picture.size
-    scale = max(width, height) / 512
-    line = max(1, round(2 * scale))
-    font = ImageFont.load_default(size=max(10, round(14 * scale)))
+    scale = max(width, height) / REFERENCE_SIZE
+    box_width, gt_width, hypothesis_width = (max(2, round(3 * scale)), max(2, round(2 * scale)),
+                                             max(1, round(scale)))
+    font = ImageFont.load_default(size=max(MIN_FONT_SIZE, round(max(width, height) / 40)))
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    layer_draw = ImageDraw.Draw(layer)
+    for finding in findings:
+        for values in finding.get("hypotheses") or []:
+            box = _box(values)
+            if box is not None:
+                layer_draw.rectangle(box, outline=(*HYPOTHESIS_COLOUR, HYPOTHESIS_ALPHA),
+                                     width=hypothesis_width)
+    picture = Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")
     draw = ImageDraw.Draw(picture)
-    captions = []
-    for index, finding in enumerate(findings):
-        colour = PALETTE[index % len(PALETTE)]
-        for box in finding.get("gt_boxes") or []:
-            draw.rectangle(box, outline=GT_COLOUR, width=line)
-        for box in finding.get("hypotheses") or []:
-            _dashed_rectangle(draw, box, colour, max(1, line // 2), dash=max(3, round(5 * scale)))
-        if finding.get("box") is not None:
-            draw.rectangle(finding["box"], outline=colour, width=line * 2)
-            draw.text((finding["box"][0] + 2 * line, finding["box"][1] + line), str(index + 1),
-                      fill=colour, font=font)
-        u = "n/a" if finding.get("u") is None else f"{finding['u']:.1e}"
-        iou = "n/a" if finding.get("iou") is None else f"{finding['iou']:.2f}"
-        captions.append((f"{index + 1}. {finding['phrase']}  (u {u}, IoU {iou})", colour))
-    captions.append(("green: ground truth, thick: mean box, dashed: hypotheses", GT_COLOUR))
-    characters = max(16, int(width / (font.getlength("m") * 0.9)))
-    captions = [(piece, colour) for text, colour in captions
-                for piece in textwrap.wrap(text, characters, subsequent_indent="   ")]
-    line_height = round(font.size * 1.35)
-    band = Image.new("RGB", (width, line_height * len(captions) + line_height // 2), (0, 0, 0))
+    for number, finding in enumerate(findings, start=1):
+        for values in finding.get("gt_boxes") or []:
+            box = _box(values)
+            if box is not None:
+                draw.rectangle(box, outline=GT_COLOUR, width=gt_width)
+                _label(draw, box, str(number), GT_COLOUR, font, outside=True)
+        box = _box(finding.get("box"))
+        if box is not None:
+            draw.rectangle(box, outline=BOX_COLOUR, width=box_width)
+            _label(draw, box, str(number), BOX_COLOUR, font, outside=False)
+
+    margin = font.size // 2
+    rows = [[(line, TEXT_COLOUR)] for number, finding in enumerate(findings, start=1)
+            for line in _wrap(_caption(finding, number), font, width - 2 * margin)]
+    rows += _pack(list(LEGEND), font, width - 2 * margin)
+    line_height = round(font.size * 1.3)
+    band = Image.new("RGB", (width, line_height * len(rows) + 2 * margin), BAND_COLOUR)
     band_draw = ImageDraw.Draw(band)
-    for row, (text, colour) in enumerate(captions):
-        band_draw.text((line_height // 3, line_height // 4 + row * line_height), text,
-                       fill=colour, font=font)
+    for row, entries in enumerate(rows):
+        x = float(margin)
+        for text, colour in entries:
+            band_draw.text((x, margin + row * line_height), text, fill=colour, font=font)
+            x += font.getlength(text + LEGEND_GAP)
     canvas = Image.new("RGB", (width, height + band.height))
     canvas.paste(picture, (0, 0))
     canvas.paste(band, (0, height))

@@ -1,38 +1,74 @@
-"""Readable stdout tables of the evaluation results."""
+"""Readable stdout tables of the evaluation results (metrics.json and the noise experiment)."""
 from __future__ import annotations
 
 from typing import Any
 
+GROUNDING_KEYS = ("acc@0.1", "acc@0.3", "acc@0.5", "miou")
+PHRASE_NAMES = {"exact_match": "exact match", "bleu_1": "BLEU-1", "bleu_4": "BLEU-4",
+                "rouge_l": "ROUGE-L", "cider": "CIDEr-D (0-10)", "meteor": "METEOR"}
+UNCERTAINTY_NAMES = {"aurc": "AURC (lower is better)",
+                     "auroc_failure@0.5": "AUROC of u for IoU < 0.5",
+                     "spearman_u_iou": "Spearman(u, IoU)"}
+
 
 def _number(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _rows(title: str, values: dict[str, Any], names: dict[str, str]) -> list[str]:
+    lines = [title]
+    for key, value in values.items():
+        lines.append(f"  {names.get(key, key):28s} {_number(value):>10s}")
+    return lines
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:
-    """Grounding (end to end) beside grounding given the phrase, then phrases and u."""
-    lines = [f"{metrics['dataset']} / {metrics['split']}: {metrics['n_samples']} samples, "
-             f"{metrics['n_findings']} findings, {metrics.get('seconds', 0):.1f} s",
-             f"{'grounding':18s} {'end-to-end':>12s} {'given phrase':>14s}"]
-    for key in ("acc@0.1", "acc@0.3", "acc@0.5", "miou"):
-        lines.append(f"{key:18s} {_number(metrics['grounding'][key]):>12s} "
-                     f"{_number(metrics['grounding_given_phrase'][key]):>14s}")
-    if metrics.get("phrase"):
-        lines.append("phrases     " + "  ".join(f"{k} {_number(v)}" for k, v in metrics["phrase"].items()))
-    if metrics.get("uncertainty"):
-        lines.append("uncertainty " + "  ".join(f"{k} {_number(v)}"
-                                                for k, v in metrics["uncertainty"].items()))
+    """A summary of one metrics.json dict for stdout.
+
+    Grounding end to end (from generated text) beside grounding given the true phrase, then
+    the phrase metrics and the uncertainty metrics; blocks that are missing or empty are left
+    out. ``n_extra_predictions`` and ``baseline`` are shown when present.
+    """
+    header = (f"{metrics['dataset']} / {metrics['split']}: {metrics['n_samples']} samples, "
+              f"{metrics['n_findings']} findings")
+    if "seconds" in metrics:
+        header += f", {metrics['seconds']:.1f} s"
+    if metrics.get("baseline"):
+        header += f"  [baseline: {metrics['baseline']}]"
+    lines = [header, f"  {'grounding':28s} {'end-to-end':>10s} {'given phrase':>13s}"]
+    for key in GROUNDING_KEYS:
+        lines.append(f"  {key:28s} {_number(metrics['grounding'][key]):>10s} "
+                     f"{_number(metrics['grounding_given_phrase'][key]):>13s}")
     if "n_extra_predictions" in metrics:
-        lines.append(f"extra generated phrases (unmatched): {metrics['n_extra_predictions']}")
+        lines.append(f"  {'extra generated phrases':28s} {metrics['n_extra_predictions']:>10d}")
+    if metrics.get("phrase"):
+        lines += _rows("phrases (generated vs true)", metrics["phrase"], PHRASE_NAMES)
+    if metrics.get("uncertainty"):
+        lines += _rows("uncertainty (given phrase)", metrics["uncertainty"], UNCERTAINTY_NAMES)
     return "\n".join(lines)
 
 
 def format_noise_table(rows: list[dict[str, Any]]) -> str:
-    """One line per image-noise level: end-to-end and given-phrase acc@0.5, mIoU, mean u."""
-    lines = [f"{'noise std':>9s} {'acc@0.5':>8s} {'mIoU':>7s} {'gp acc@0.5':>10s} {'gp mIoU':>8s} "
-             f"{'mean u':>9s} {'AURC':>7s}"]
+    """One line per image-noise level of the robustness experiment.
+
+    Arguments:
+      rows: metrics dicts, each with ``image_noise_std``, ``grounding``,
+        ``grounding_given_phrase``, ``mean_u`` and ``uncertainty``.
+
+    Returns:
+      Columns: noise std, end-to-end acc@0.5 and mIoU, given-phrase acc@0.5 and mIoU,
+      mean u, AURC and the AUROC of u for failures.
+    """
+    lines = [f"{'noise std':>9s} {'acc@0.5':>8s} {'mIoU':>7s} {'gp acc@0.5':>10s} "
+             f"{'gp mIoU':>8s} {'mean u':>9s} {'AURC':>7s} {'AUROC':>7s}"]
     for row in rows:
         lines.append(f"{row['image_noise_std']:9.1f} {row['grounding']['acc@0.5']:8.4f} "
-                     f"{row['grounding']['miou']:7.4f} {row['grounding_given_phrase']['acc@0.5']:10.4f} "
+                     f"{row['grounding']['miou']:7.4f} "
+                     f"{row['grounding_given_phrase']['acc@0.5']:10.4f} "
                      f"{row['grounding_given_phrase']['miou']:8.4f} {row['mean_u']:9.2e} "
-                     f"{row['uncertainty']['aurc']:7.4f}")
+                     f"{row['uncertainty']['aurc']:7.4f} "
+                     f"{row['uncertainty']['auroc_failure@0.5']:7.4f}")
+    lines.append("gp = true phrase teacher-forced; AURC/AUROC use the given-phrase boxes")
     return "\n".join(lines)
