@@ -93,12 +93,10 @@ class UncertainBoxDecoder(nn.Module):
           box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
           batch_index: (Q,) the sample of each query.
         Returns:
-          a :class:`BoxPrediction` with Q rows (Q may be 0).
+          a :class:`BoxPrediction` with Q rows. Q = 0 runs the same (empty) computation, so
+          the result stays in the graph of every decoder parameter and of ``box_embeddings``.
         """
         queries = box_embeddings.shape[0]
-        if queries == 0:
-            empty = box_embeddings.new_zeros(0, self.num_hypotheses, 4)
-            return BoxPrediction.from_hypotheses(empty)
         h, w = image_embeddings.shape[-2:]
         if self.pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
             self.pe_layer.float()  # SAM's encoding builds a float32 grid; keep its matrix float32

@@ -4,22 +4,32 @@ With ``L_k = l1_weight * L1(h_k, t) + giou_weight * GIoU(h_k, t)`` the loss of h
 (L1 summed over the 4 cxcywh coordinates, as in DETR; GIoU loss via torchvision), averaged
 over the Q boxes of the batch:
 
-- ``single`` (MedGround): ``L_1`` of the only hypothesis.
-- ``mhp`` (relaxed multiple-hypothesis): ``(1-σ) L_best + σ/(N-1) Σ_{k≠best} L_k`` with
-  ``best = argmin_k L_k``; plus ``hypothesis_weight * L(mean box)``.
-- ``umhp`` (uMedGround): ``Σ_k w_k L_k`` with ``w_k = d_k / Σ_j d_j``, ``d_k`` the Euclidean
-  norm of the coordinate-wise L1 distance of hypothesis k to the target, as in the reference
-  code's ``Cal_distance``; the weights are detached (they weigh, they are not optimised) and
-  ``umhp_temperature`` sharpens them as ``w ∝ d^(1/τ)`` (τ = 1 is the reference rule).
-  Plus ``hypothesis_weight * L(mean box)``.
+- ``single`` (MedGround): ``L_1`` of the only hypothesis (N must be 1).
+- ``mhp`` (relaxed multiple-hypothesis, winner-takes-all): ``(1-σ) L_best + σ/(N-1)
+  Σ_{k≠best} L_k`` with ``best = argmin_k L_k`` (chosen without gradient); plus
+  ``hypothesis_weight * L(mean box)``.
+- ``umhp`` (uMedGround): ``Σ_k w_k L_k`` with ``w_k = d_k / Σ_j d_j``, ``d_k = ||h_k - t||_2``
+  (cxcywh; the Euclidean norm of the per-coordinate L1 distances), so the farther a
+  hypothesis, the more its loss weighs. The weights are detached (they weigh, they are not
+  optimised); ``umhp_temperature`` τ sharpens them as ``w ∝ d^(1/τ)`` (τ = 1 is the
+  reference rule). Plus ``hypothesis_weight * L(mean box)``.
 - ``hinge``: ``L`` of the mean box, plus ``hypothesis_weight`` times the mean over hypothesis
-  pairs and coordinates of ``max(0, m - |h_i - h_j|)`` (the reference code's
-  ``MarginRankingLoss(margin=m)`` keeping hypotheses apart).
+  pairs and coordinates of ``max(0, m - |h_i - h_j|)`` (a margin keeping hypotheses apart).
+
+Source: the authors' code, github.com/Cocofeat/uMedGround ``models/vlm_model/LISA.py``
+(``trans_MHP_loss``, ``Cal_distance`` + ``trans_UMHP_loss``, ``trans_uncertain_box_loss``),
+with σ = 0.05 and m = 0.01 as there. Deliberate differences: its mhp always treats hypothesis 0
+as the best one (here the argmin, as relaxed winner-takes-all defines it); its umhp weights are
+not detached and call ``torch.tensor.linalg.norm``, which does not exist, so that branch could
+never run; its hinge (``MarginRankingLoss(margin=m)`` on ``|h_i - h_j|``) sums the 3 pairs
+where this averages them (a factor N(N-1)/2 that ``hypothesis_weight`` absorbs); its
+mhp/umhp do not regress the mean box, which is the box this project reports.
 
 Terms are returned weighted and separately: ``box_l1``, ``box_giou`` (the hypothesis
-aggregate above), ``box_hyp`` (the mean-box or margin term) and ``box_total``. With no box in
-the batch every term is ``0 * sum(predictions)``, which keeps the decoder in the graph so
-distributed training sees a gradient (of zeros) for every parameter.
+aggregate above; for hinge the mean box), ``box_hyp`` (the mean-box or margin term) and
+``box_total``. With no box in the batch (Q = 0) every term is ``0 * sum(hypotheses)``: the
+decoder runs on the empty batch, so this keeps every decoder parameter in the graph and
+distributed training (DDP, DeepSpeed) sees a gradient (of zeros) for each of them.
 """
 from __future__ import annotations
 
@@ -49,6 +59,12 @@ class BoxLossConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"box loss mode {self.mode!r} is not one of {MODES}")
+        if not 0.0 <= self.mhp_epsilon < 1.0:
+            raise ValueError(f"mhp_epsilon {self.mhp_epsilon} must lie in [0, 1)")
+        if self.umhp_temperature <= 0.0:
+            raise ValueError(f"umhp_temperature {self.umhp_temperature} must be positive")
+        if self.hinge_margin < 0.0:
+            raise ValueError(f"hinge_margin {self.hinge_margin} must not be negative")
 
 
 def _parts(boxes_cxcywh: torch.Tensor, targets_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,24 +78,25 @@ def _parts(boxes_cxcywh: torch.Tensor, targets_xyxy: torch.Tensor) -> tuple[torc
 
 def hypothesis_weights(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
                        config: BoxLossConfig) -> torch.Tensor:
-    """(Q,N) weights of the loss of each hypothesis (each row sums to 1), detached."""
+    """(Q,N) weights of the loss of each hypothesis in modes single, mhp and umhp (each row sums
+    to 1), detached. Mode hinge regresses the mean box and has none."""
+    if config.mode == "hinge":
+        raise ValueError("box loss mode 'hinge' regresses the mean box; it has no hypothesis "
+                         "weights")
     hypotheses = prediction.hypotheses.detach()
     queries, count = hypotheses.shape[:2]
     if config.mode == "single" or count == 1:
         return hypotheses.new_full((queries, count), 1.0 / count)
     targets = box_convert(targets_xyxy, "xyxy", "cxcywh").unsqueeze(1)
     if config.mode == "umhp":
-        distance = (hypotheses - targets).abs().norm(dim=-1).clamp_min(1e-8)
+        distance = (hypotheses - targets).norm(dim=-1).clamp_min(1e-8)
         distance = distance ** (1.0 / config.umhp_temperature)
         return distance / distance.sum(dim=1, keepdim=True)
-    if config.mode == "mhp":
-        l1, giou = _parts(prediction.hypotheses.detach(),
-                          targets_xyxy.unsqueeze(1).expand(-1, count, -1))
-        best = (config.l1_weight * l1 + config.giou_weight * giou).argmin(dim=1)
-        weights = hypotheses.new_full((queries, count), config.mhp_epsilon / (count - 1))
-        weights[torch.arange(queries), best] = 1.0 - config.mhp_epsilon
-        return weights
-    return hypotheses.new_zeros(queries, count)  # hinge: only the mean box is regressed
+    l1, giou = _parts(hypotheses, targets_xyxy.unsqueeze(1).expand(-1, count, -1))
+    best = (config.l1_weight * l1 + config.giou_weight * giou).argmin(dim=1)
+    weights = hypotheses.new_full((queries, count), config.mhp_epsilon / (count - 1))
+    weights[torch.arange(queries), best] = 1.0 - config.mhp_epsilon
+    return weights
 
 
 def compute_box_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
@@ -92,6 +109,11 @@ def compute_box_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
       ``box_l1``, ``box_giou``, ``box_hyp``, ``box_total`` (scalars, weighted).
     """
     queries, count = prediction.hypotheses.shape[:2]
+    if config.mode == "single" and count != 1:
+        raise ValueError(f"box loss mode 'single' needs 1 hypothesis, the decoder has {count}")
+    if targets_xyxy.shape != (queries, 4):
+        raise ValueError(f"box targets have shape {tuple(targets_xyxy.shape)}, expected "
+                         f"({queries}, 4): one normalised xyxy target per [BOX]")
     if queries == 0:
         zero = 0.0 * prediction.hypotheses.sum()
         return {"box_l1": zero, "box_giou": zero, "box_hyp": zero, "box_total": zero}

@@ -1,11 +1,14 @@
 """The multi-hypothesis box decoder: shapes, SAM initialisation, uncertainty, gradients."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from model.box_decoder import BoxPrediction, build_box_decoder
-from model.sam_encoder import SAM_TINY_CONFIG, build_sam
+from model.box_losses import BoxLossConfig, compute_box_losses
+from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +29,11 @@ def test_shapes(sam, queries):
         assert ((prediction.hypotheses > 0) & (prediction.hypotheses < 1)).all()
 
 
-def test_initialisation_copies_sam_tensors(sam):
-    state = sam.state_dict()
-    decoder, report = build_box_decoder(SAM_TINY_CONFIG, 3, state)
+@pytest.mark.parametrize("name", ["tiny", "vit_b"])
+def test_initialisation_copies_sam_tensors(sam, name):
+    config = SAM_TINY_CONFIG if name == "tiny" else OFFICIAL_CONFIGS[name]
+    state = sam.state_dict() if name == "tiny" else build_sam(config).state_dict()
+    decoder, report = build_box_decoder(config, 3, state)
     own = decoder.state_dict()
     for key in own:
         if key.startswith("transformer."):
@@ -37,9 +42,20 @@ def test_initialisation_copies_sam_tensors(sam):
     assert torch.equal(own["pe_layer.positional_encoding_gaussian_matrix"],
                        state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
     assert report.initialised and all(n.startswith("box_heads.") for n in report.initialised)
-    assert "box_heads" in str(report)
-    five, five_report = build_box_decoder(SAM_TINY_CONFIG, 5, state)
+    assert "box_heads" in str(report) and not report.skipped
+    assert len(report.loaded) + len(report.initialised) == len(own)
+    five, five_report = build_box_decoder(config, 5, state)
     assert "hypothesis_tokens.weight" in five_report.initialised  # SAM has only 4 mask tokens
+
+
+def test_initialisation_reports_shape_mismatches(sam):
+    narrow = dataclasses.replace(SAM_TINY_CONFIG, decoder_mlp_dim=128)
+    _, report = build_box_decoder(narrow, 3, sam.state_dict())
+    assert "transformer.layers.0.mlp.lin1.weight (256, 64) vs (128, 64)" in report.skipped
+    assert "transformer.layers.0.mlp.lin1.weight" in report.initialised
+    assert "skipped: transformer.layers.0.mlp.lin1.weight (256, 64) vs (128, 64)" in str(report)
+    _, fresh = build_box_decoder(SAM_TINY_CONFIG, 3)
+    assert not fresh.loaded and "transformer" in str(fresh)
 
 
 def test_mean_variance_and_u():
@@ -70,3 +86,17 @@ def test_gradients_reach_every_part(sam):
     assert queries.grad.abs().sum() > 0
     for name, parameter in decoder.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode", ["umhp", "hinge"])
+def test_no_box_keeps_every_parameter_in_the_graph(sam, mode):
+    """Q = 0: the zero loss still reaches every decoder parameter (DDP / DeepSpeed need it)."""
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
+    queries = torch.randn(0, 64, requires_grad=True)
+    prediction = decoder(torch.randn(2, 64, 32, 32), queries, torch.zeros(0, dtype=torch.long))
+    losses = compute_box_losses(prediction, torch.zeros(0, 4), BoxLossConfig(mode=mode))
+    assert all(float(value.detach()) == 0.0 for value in losses.values())
+    losses["box_total"].backward()
+    assert queries.grad is not None
+    for name, parameter in decoder.named_parameters():
+        assert parameter.grad is not None and not parameter.grad.any(), name
