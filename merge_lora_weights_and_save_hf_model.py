@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="dtype of the saved model")
     args = parser.parse_args(argv)
 
-    model, processor = load_trained(args.version, Path(args.weight), args.vision_pretrained,
-                                    args.config)
+    try:
+        model, processor = load_trained(args.version, Path(args.weight), args.vision_pretrained,
+                                        args.config)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot merge: {error}")
     model.to(PRECISIONS[args.precision])
     out = save_exported(model, processor, args.save_path)
     print(f"[merge] wrote {out}")

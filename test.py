@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     from utils.evaluate import evaluate_model
 
-    model, processor = load_model(args)
+    try:
+        model, processor = load_model(args)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot load the model: {error}")
     result = evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
                             args.model_max_length, args.test_dataset, args.split)
     write_outputs(out, result.metrics, result.records)

@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     barrier()
 
     config = grounding_config_from_args(args)
-    model, processor, load_report = build_umedground(config, device, PRECISIONS[args.precision])
+    try:
+        model, processor, load_report = build_umedground(config, device, PRECISIONS[args.precision])
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot build the model: {error}")
     total, trainable = count_parameters(model)
     train_sets = [load_split(args, name, "train") for name in args.datasets]
     val_samples = [] if args.no_validate else load_split(args, args.val_dataset, "val")
