@@ -1,8 +1,10 @@
-"""SynthCXR: determinism, spans, boxes, splits, the .pth schema and the phrase prior."""
+"""SynthCXR: determinism, spans, boxes, splits, reports, vqa/class rows, the .pth schema and the
+phrase prior."""
 from __future__ import annotations
 
 import filecmp
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,80 +12,179 @@ import torch
 
 from utils.annotations import load_annotations
 from utils.synthcxr.__main__ import main
-from utils.synthcxr.prior import phrase_prior_rate
+from utils.synthcxr.findings import FINDING_TYPES
+from utils.synthcxr.prior import phrase_prior_rate, phrase_prior_rates
 
 SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6"]  # as the synth_dir fixture
+SPLITS = ("train", "val", "test")
+HEART_NORMAL = ("Heart size is normal", "normal in size", "cardiomediastinal silhouette is normal")
 
 
 def rows(folder: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (folder / name).read_text().splitlines()]
 
 
-def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path, synth_dir):
-    main(["--out", str(tmp_path / "a"), "--seed", "0", *SIZES])
-    compare = filecmp.dircmp(synth_dir, tmp_path / "a")
-    assert not compare.diff_files and not compare.left_only and not compare.right_only
-    images = filecmp.cmpfiles(synth_dir / "images", tmp_path / "a" / "images",
-                              [p.name for p in (synth_dir / "images").iterdir()], shallow=False)
-    assert not images[1] and not images[2]
+def all_report_rows(folder: Path) -> list[dict]:
+    return [row for split in SPLITS for row in rows(folder, f"report_{split}.jsonl")]
+
+
+def test_same_seed_gives_identical_files_whatever_the_workers_and_another_seed_differs(
+        tmp_path, synth_dir):
+    main(["--out", str(tmp_path / "a"), "--seed", "0", "--workers", "1", *SIZES])
+    names = sorted(p.name for p in synth_dir.iterdir() if p.is_file())
+    assert names == sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_file())
+    images = sorted(p.name for p in (synth_dir / "images").iterdir())
+    assert images == sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(synth_dir, tmp_path / "a", names, shallow=False)
+    assert not mismatch and not errors
+    _, mismatch, errors = filecmp.cmpfiles(synth_dir / "images", tmp_path / "a" / "images",
+                                           images, shallow=False)
+    assert not mismatch and not errors
     main(["--out", str(tmp_path / "b"), "--seed", "1", *SIZES])
     assert (tmp_path / "b" / "report_train.jsonl").read_bytes() != \
         (synth_dir / "report_train.jsonl").read_bytes()
+    first = sorted((synth_dir / "images").iterdir())[0].name
+    assert (tmp_path / "b" / "images" / first).read_bytes() != \
+        (synth_dir / "images" / first).read_bytes()
 
 
-def test_phrases_are_spans_and_boxes_lie_inside_images(synth_dir):
-    for split in ("train", "val", "test"):
-        for row in rows(synth_dir, f"report_{split}.jsonl"):
-            sentences = row["report"].count(".")
-            assert 3 <= sentences <= 8, row["report"]
-            assert 0 <= len(row["findings"]) <= 3
-            phrases = [f["phrase"] for f in row["findings"]]
-            assert len(set(phrases)) == len(phrases)
-            for finding in row["findings"]:
-                assert finding["phrase"] in row["report"]
-                for x0, y0, x1, y1 in finding["boxes"]:
-                    assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
-    counts = [len(r["findings"]) for r in rows(synth_dir, "report_train.jsonl")]
-    assert 0 in counts and max(counts) >= 2
+def test_images_are_square_8_bit_grayscale(synth_dir):
+    from PIL import Image
+
+    for row in all_report_rows(synth_dir):
+        with Image.open(synth_dir / row["image"]) as image:
+            assert image.mode == "L" and image.size == (256, 256) == (row["width"], row["height"])
 
 
-def test_splits_are_patient_disjoint(synth_dir):
-    patients = {split: {r["patient"] for r in rows(synth_dir, f"report_{split}.jsonl")}
-                for split in ("train", "val", "test")}
-    assert not patients["train"] & patients["val"]
-    assert not patients["train"] & patients["test"]
-    assert not patients["val"] & patients["test"]
+def test_phrases_are_unique_spans_and_boxes_lie_inside_images(synth_dir):
+    for row in all_report_rows(synth_dir):
+        assert row["task"] == "report"
+        assert 3 <= row["report"].count(".") <= 8, row["report"]
+        phrases = [f["phrase"] for f in row["findings"]]
+        for finding in row["findings"]:
+            assert row["report"].count(finding["phrase"]) == 1, (finding["phrase"], row["report"])
+            assert not any(finding["phrase"] in other for other in phrases
+                           if other != finding["phrase"])
+            assert finding["type"] in FINDING_TYPES
+            assert len(finding["boxes"]) == (2 if finding["side"] == "bilateral" else 1)
+            for x0, y0, x1, y1 in finding["boxes"]:
+                assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
 
 
-def test_vqa_and_class_rows_load_and_ground_their_text(synth_dir):
+def test_finding_counts_types_and_locations(synth_dir):
+    report_rows = all_report_rows(synth_dir)
+    counts = Counter(len(row["findings"]) for row in report_rows)
+    assert set(counts) <= {0, 1, 2, 3} and counts[0] > 0 and max(counts) >= 2
+    for row in report_rows:
+        kinds = [f["type"] for f in row["findings"]]
+        assert len(set(kinds)) == len(kinds)
+        for finding in row["findings"]:
+            if finding["type"] == "cardiomegaly":
+                assert finding["side"] == finding["zone"] == ""
+            else:
+                assert finding["side"] in ("left", "right", "bilateral")
+                assert finding["zone"] in ("upper", "middle", "lower")
+                assert finding["side"] in finding["phrase"].lower()
+
+
+def test_reports_never_contradict_their_findings(synth_dir):
+    for row in all_report_rows(synth_dir):
+        kinds = {f["type"] for f in row["findings"]}
+        if "cardiomegaly" in kinds:
+            assert not any(text in row["report"] for text in HEART_NORMAL), row["report"]
+        if kinds - {"cardiomegaly"}:
+            assert "The lungs are clear." not in row["report"]
+        for kind in kinds:
+            assert f"No {kind}." not in row["report"] and f"no {kind}." not in row["report"]
+
+
+def test_splits_are_patient_disjoint_with_one_to_three_studies(synth_dir):
+    patients = {split: Counter(r["patient"] for r in rows(synth_dir, f"report_{split}.jsonl"))
+                for split in SPLITS}
+    assert not set(patients["train"]) & set(patients["val"])
+    assert not set(patients["train"]) & set(patients["test"])
+    assert not set(patients["val"]) & set(patients["test"])
+    assert all(1 <= n <= 3 for counter in patients.values() for n in counter.values())
+    assert [len(rows(synth_dir, f"report_{split}.jsonl")) for split in SPLITS] == [24, 6, 6]
+
+
+def test_vqa_and_class_rows_are_well_formed(synth_dir):
+    for split in SPLITS:
+        report_rows = rows(synth_dir, f"report_{split}.jsonl")
+        vqa = rows(synth_dir, f"vqa_{split}.jsonl")
+        abnormal = {r["id"] for r in report_rows if r["findings"]}
+        assert {q["id"].rsplit("_q", 1)[0] for q in vqa} == abnormal
+        for row in vqa:
+            assert row["task"] == "vqa" and row["question"].endswith("?")
+            assert len(row["findings"]) == 1 and row["findings"][0]["phrase"] in row["answer"]
+        classes = rows(synth_dir, f"class_{split}.jsonl")
+        assert len(classes) == sum(len(r["findings"]) for r in report_rows)
+        for row in classes:
+            assert row["task"] == "class" and row["label"] in FINDING_TYPES
+            assert [f["phrase"] for f in row["findings"]] == [row["label"]]
     for sample in load_annotations(synth_dir / "vqa_train.jsonl"):
-        assert sample.task == "vqa" and sample.question and len(sample.findings) == 1
         assert sample.findings[0].phrase in sample.answer
     for sample in load_annotations(synth_dir / "class_train.jsonl"):
-        assert sample.task == "class" and sample.findings[0].phrase == sample.label
+        assert sample.findings[0].phrase == sample.label
 
 
 def test_reference_pth_agrees_with_the_jsonl(synth_dir):
     data = torch.load(synth_dir / "report_test.pth", weights_only=True)
     assert set(data) == {"image_paths", "bboxes", "phrases", "all_reports"}
     assert len({len(v) for v in data.values()}) == 1
-    from_jsonl = {s.id: s for s in load_annotations(synth_dir / "report_test.jsonl")}
-    from_pth = load_annotations(synth_dir / "report_test.pth")
-    abnormal = [s for s in from_jsonl.values() if s.findings]
-    assert len(from_pth) == len(abnormal)
-    for sample in from_pth:
-        twin = next(s for s in abnormal if s.image_path == sample.image_path)
-        assert sample.report == twin.report
-        assert [f.phrase for f in sample.findings] == [f.phrase for f in twin.findings]
-        for mine, theirs in zip(sample.findings, twin.findings):
-            assert torch.allclose(torch.tensor(mine.boxes), torch.tensor(theirs.boxes), atol=1e-4)
+    report_rows = {r["image"]: r for r in rows(synth_dir, "report_test.jsonl")}
+    expected = [(r["image"], f) for r in report_rows.values() for f in r["findings"]]
+    assert len(data["phrases"]) == len(expected)
+    for path, box, phrase, report, (image, finding) in zip(
+            data["image_paths"], data["bboxes"], data["phrases"], data["all_reports"], expected):
+        assert path == image and phrase == finding["phrase"]
+        assert report == [report_rows[image]["report"]]
+        boxes = box if isinstance(box, list) else [box]
+        assert all(isinstance(b, tuple) and len(b) == 4 for b in boxes)
+        scale = 640 / report_rows[image]["width"]
+        for (x, y, w, h), (x0, y0, x1, y1) in zip(boxes, finding["boxes"]):
+            assert (x, y, w, h) == pytest.approx((x0 * scale, y0 * scale, (x1 - x0) * scale,
+                                                  (y1 - y0) * scale), abs=0.01)
+    from_jsonl = [s for s in load_annotations(synth_dir / "report_test.jsonl") if s.findings]
+    assert len(load_annotations(synth_dir / "report_test.pth")) == len(from_jsonl)
+
+
+def test_meta_records_the_prior_rate(synth_dir):
+    meta = json.loads((synth_dir / "meta.json").read_text())
+    assert meta["seed"] == 0 and meta["image_size"] == 256
+    assert meta["counts"] == {"train": 24, "val": 6, "test": 6}
+    assert len(meta["finding_types"]) >= 6
+    assert 0.0 <= meta["phrase_prior_acc@0.5"] <= 1.0
+    rate = phrase_prior_rate(rows(synth_dir, "report_train.jsonl"),
+                             rows(synth_dir, "report_test.jsonl"))
+    assert meta["phrase_prior_acc@0.5"] == pytest.approx(rate, abs=1e-4)
 
 
 def test_phrase_prior_rate_by_hand():
-    def row(box, kind="nodule"):
-        return {"width": 100, "height": 100,
-                "findings": [{"type": kind, "side": "left", "zone": "upper", "boxes": [box]}]}
+    def row(*findings):
+        return {"width": 100, "height": 100, "findings": list(findings)}
 
-    train = [row([0, 0, 20, 20]), row([20, 20, 40, 40])]  # mean box: [10, 10, 30, 30]
-    test = [row([10, 10, 30, 30]), row([20, 20, 40, 40])]  # IoU 1.0 and 100/700
+    def finding(boxes, kind="nodule", side="left", zone="upper"):
+        return {"type": kind, "side": side, "zone": zone, "boxes": boxes}
+
+    train = [row(finding([[0, 0, 20, 20]])), row(finding([[20, 20, 40, 40]])),  # mean 10..30
+             row(finding([[0, 50, 10, 60], [80, 50, 100, 70]], "effusion", "bilateral", "lower"))]
+    test = [row(finding([[10, 10, 30, 30]])),  # IoU 1.0
+            row(finding([[20, 20, 40, 40]])),  # IoU 100 / 700
+            row(finding([[0, 50, 40, 60], [60, 50, 100, 70]], "effusion", "bilateral", "lower")),
+            row(finding([[0, 0, 20, 20]], "mass"))]  # unseen key: mean of all train targets
+    # the effusion target is the enclosing box [0, 50, 100, 70] in both: IoU 1.0;
+    # all-target mean box [10, 23.33, 50, 43.33] vs [0, 0, 20, 20]: no overlap.
     assert phrase_prior_rate(train, test) == pytest.approx(0.5)
+    assert phrase_prior_rates(train, test) == pytest.approx(
+        {"all": 0.5, "effusion": 1.0, "mass": 0.0, "nodule": 0.5})
+    assert phrase_prior_rate(train, [row()]) == 0.0
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--n_train" in capsys.readouterr().out
+    for bad in (["--seed", "-1"], ["--image_size", "128"], ["--n_test", "0"], ["--workers", "0"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), *bad])

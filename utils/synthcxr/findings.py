@@ -1,144 +1,274 @@
-"""Finding types: where each one goes, how it looks, and its tight box.
+"""Finding types: where each one may go, how it looks, and its tight box.
 
-A finding is drawn inside a zone of one lung (or both, for bilateral effusion); its exact
-place and size are drawn at random inside that zone, so the words of the report give only a
-coarse prior on the box. Each function returns the pixel mask of the abnormality and the
-intensity it adds; the box is the tight extent of the mask.
+A focal finding (nodule, mass, consolidation, atelectasis) first draws its size, then a random
+(side, zone) among those with room for it, then a random centre there that leaves room for its
+whole extent inside the free lung (outside the heart and away from the findings drawn before
+it); so the words of a report give only a coarse prior on the box. Effusion fills one or both
+lung bases under a meniscus, pneumothorax peels the lung away from the apex and lateral wall,
+cardiomegaly enlarges the heart; their extents are random too. Every box is the tight extent
+(pixels, xyxy, exclusive max) of the pixels the finding changes (for cardiomegaly, the heart).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
-from utils.synthcxr.anatomy import SIDES, ZONES, Anatomy, Ellipse, grid
+from utils.synthcxr.anatomy import SIDES, ZONES, Anatomy, Canvas, Ellipse, grid
 
 FINDING_TYPES = ("nodule", "mass", "consolidation", "pleural effusion", "pneumothorax",
                  "cardiomegaly", "atelectasis")
+DRAW_ORDER = ("cardiomegaly", "pleural effusion", "pneumothorax", "mass", "consolidation",
+              "atelectasis", "nodule")  # large findings first, so focal ones avoid them
+CM_PER_PX_AT_256 = 0.12  # the nominal pixel spacing that turns a diameter into centimetres
+PixelBox = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
 class Lesion:
-    """A drawn finding: type, side ("right"/"left"/"bilateral"/""), zone and pixel boxes."""
+    """A drawn finding.
+
+    Arguments:
+      type: one of ``FINDING_TYPES``.
+      side: "right", "left", "bilateral" or "" (cardiomegaly).
+      zone: "upper", "middle", "lower" or "" (cardiomegaly).
+      grade: a severity or extent word ("small", "moderate", "large", "mild", "marked",
+        "patchy", "plate-like", "lobulated", ...).
+      size_cm: the diameter in whole centimetres (nodule and mass), else 0.
+      boxes: one pixel box (x0, y0, x1, y1) per side.
+    """
 
     type: str
     side: str
     zone: str
-    size_word: str
-    boxes: tuple[tuple[int, int, int, int], ...]
+    grade: str
+    size_cm: int
+    boxes: tuple[PixelBox, ...]
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+@dataclass(frozen=True)
+class Drawn:
+    """A finding's effect on the image.
+
+    Arguments:
+      delta: (H, W) float32 intensity added to the image.
+      clear: (H, W) bool, where the lung markings vanish (pneumothorax).
+      mask: (H, W) bool, every pixel the finding changes.
+      lesion: what was drawn, with its boxes.
+    """
+
+    delta: np.ndarray
+    clear: np.ndarray
+    mask: np.ndarray
+    lesion: Lesion
+
+
+def pixel_box(mask: np.ndarray) -> PixelBox:
+    """The tight box (x0, y0, x1, y1), exclusive max, of a non-empty (H, W) bool mask."""
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _point_in_zone(rng: np.random.Generator, anatomy: Anatomy, side: str, zone: str,
-                   margin: float, lungs: np.ndarray) -> tuple[float, float]:
-    """A random point of the zone that lies inside the lung, ``margin`` px from its edge."""
-    x0, y0, x1, y1 = anatomy.lung_zone(side, zone)
-    lung = anatomy.lungs[side]
-    for _ in range(200):
-        x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
-        shrunk = Ellipse(lung.cx, lung.cy, max(lung.rx - margin, 1), max(lung.ry - margin, 1))
-        if ((x - shrunk.cx) / shrunk.rx) ** 2 + ((y - shrunk.cy) / shrunk.ry) ** 2 <= 1:
-            return x, y
-    return lung.cx, (y0 + y1) / 2
+def enlarge_heart(anatomy: Anatomy, rng: np.random.Generator) -> tuple[Ellipse, str]:
+    """Cardiomegaly: the heart widens 25-70 % (mostly towards the patient's left) and grows
+    up to 35 % taller, its base kept on the diaphragm. Returns the new heart and its grade."""
+    heart = anatomy.heart
+    factor = rng.uniform(1.25, 1.7)
+    rx, ry = heart.rx * factor, heart.ry * rng.uniform(0.95, 1.45)
+    enlarged = Ellipse(heart.cx + rng.uniform(0.1, 0.5) * (rx - heart.rx),
+                       heart.cy + heart.ry - ry, rx, ry)
+    grade = "mild" if factor < 1.38 else "moderate" if factor < 1.54 else "marked"
+    return enlarged, grade
 
 
-def draw_finding(kind: str, side: str, zone: str, anatomy: Anatomy, lungs: np.ndarray,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Lesion]:
-    """(additive intensity map, mask, lesion) of one finding; cardiomegaly is drawn elsewhere."""
+def draw_cardiomegaly(anatomy: Anatomy, grade: str) -> Drawn:
+    """The box of cardiomegaly: the (already enlarged) heart inside the body."""
+    size = anatomy.size
+    heart = anatomy.heart.mask(size) & anatomy.body.mask(size)
+    zero = np.zeros((size, size), np.float32)
+    return Drawn(zero, np.zeros((size, size), bool), heart,
+                 Lesion("cardiomegaly", "", "", grade, 0, (pixel_box(heart),)))
+
+
+def _place(rng: np.random.Generator, zones: np.ndarray, free: np.ndarray, margin: float
+           ) -> tuple[str, str, float, float]:
+    """(side, zone, x, y): a random (side, zone) among those holding a free pixel at least
+    ``margin`` from anything not free, then a random such pixel in it. The margin is relaxed
+    step by step when no zone has room.
+
+    Arguments:
+      zones: (H, W) int8 zone map of ``Anatomy.zone_map``.
+      free: (H, W) bool, lung pixels outside the heart that no earlier finding took.
+    """
+    rows, cols = np.flatnonzero(free.any(axis=1)), np.flatnonzero(free.any(axis=0))
+    if not rows.size:
+        raise ValueError("no free lung pixel is left for a focal finding; the anatomy or the "
+                         "earlier findings leave no lung field")
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    distance = np.zeros(free.shape)
+    distance[window] = distance_transform_edt(np.pad(free[window], 1))[1:-1, 1:-1]
+    for fraction in (1.0, 0.7, 0.4, 1e-6):
+        candidates = np.flatnonzero((distance >= margin * fraction) & (zones >= 0))
+        if candidates.size:
+            labels = zones.ravel()[candidates]
+            label = rng.choice(np.unique(labels))
+            chosen = candidates[labels == label]
+            index = int(chosen[rng.integers(chosen.size)])
+            size = free.shape[1]
+            return SIDES[label // 3], ZONES[label % 3], float(index % size), float(index // size)
+    raise ValueError("the free lung pixels lie outside every lung zone; the zone map does not "
+                     "match the lung fields")
+
+
+def _blob_delta(mask: np.ndarray, amplitude: float, size: int) -> np.ndarray:
+    """(H, W) float32: ``amplitude`` over the mask, its edge softened inside the mask."""
+    soft = gaussian_filter(mask.astype(np.float32), 1.0 * size / 256, truncate=3.0)
+    return (amplitude * np.where(mask, np.maximum(soft, 0.6), 0.0)).astype(np.float32)
+
+
+def _rotated(cx: float, cy: float, angle: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (u, v), each (H, W), of every pixel in a frame turned by ``angle``."""
+    yy, xx = grid(size)
+    c, s = np.cos(angle), np.sin(angle)
+    return (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+
+
+def _focal(kind: str, anatomy: Anatomy, zones: np.ndarray, free: np.ndarray,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str, str, str, int]:
+    """(delta, mask, side, zone, grade, size_cm) of a nodule, mass, consolidation or
+    atelectasis; the mask stays inside the free lung."""
     size = anatomy.size
     s = size / 256.0
     yy, xx = grid(size)
-    delta = np.zeros((size, size), np.float32)
-    masks = []
-    size_word = ""
-    sides = SIDES if side == "bilateral" else (side,)
+    cm = CM_PER_PX_AT_256 / s
     if kind == "nodule":
         radius = rng.uniform(8, 14) * s
-        size_word = "small" if radius < 11 * s else "large"
-        cx, cy = _point_in_zone(rng, anatomy, side, zone, radius, lungs)
-        mask = Ellipse(cx, cy, radius, radius).mask(yy, xx)
-        delta[mask] = 0.38
-        masks.append(mask)
-    elif kind == "mass":
-        radius = rng.uniform(15, 24) * s
-        size_word = "large" if radius > 20 * s else "moderate"
-        cx, cy = _point_in_zone(rng, anatomy, side, zone, radius * 0.8, lungs)
-        mask = np.zeros((size, size), bool)
+        side, zone, cx, cy = _place(rng, zones, free, radius + 2 * s)
+        mask = (np.hypot(xx - cx, yy - cy) <= radius) & free
+        grade = "small" if radius < 10.5 * s else "well-defined"
+        return _blob_delta(mask, rng.uniform(0.3, 0.38), size), mask, side, zone, grade, \
+            max(1, round(2 * radius * cm))
+    if kind == "mass":
+        radius = rng.uniform(16, 26) * s
+        side, zone, cx, cy = _place(rng, zones, free, radius + 2 * s)
+        mask = Ellipse(cx, cy, radius * 0.6, radius * 0.6).mask(size)
         for _ in range(4):
-            ox, oy = rng.normal(0, radius * 0.3, 2)
-            mask |= Ellipse(cx + ox, cy + oy, radius * rng.uniform(0.6, 0.85),
-                            radius * rng.uniform(0.6, 0.85)).mask(yy, xx)
-        delta[mask] = 0.42
+            ox, oy = rng.normal(0, radius * 0.22, 2)
+            mask |= Ellipse(cx + ox, cy + oy, radius * rng.uniform(0.55, 0.8),
+                            radius * rng.uniform(0.55, 0.8)).mask(size)
+        mask &= free
+        x0, _, x1, _ = pixel_box(mask)
+        return _blob_delta(mask, rng.uniform(0.34, 0.42), size), mask, side, zone, \
+            "large" if radius > 21 * s else "lobulated", max(3, round((x1 - x0) * cm))
+    if kind == "consolidation":
+        rx, ry = rng.uniform(14, 26) * s, rng.uniform(12, 22) * s
+        side, zone, cx, cy = _place(rng, zones, free, max(rx, ry) * 0.8)
+        u, v = _rotated(cx, cy, rng.uniform(-0.5, 0.5), size)
+        texture = gaussian_filter(rng.random((size, size), dtype=np.float32), 2.5 * s, truncate=3.0)
+        texture = np.clip((texture - texture.mean()) / (texture.std() + 1e-6), -2, 2)
+        mask = ((u / rx) ** 2 + (v / ry) ** 2 <= 1 + 0.25 * texture) & free
+        bronchi = np.zeros((size, size), bool)
+        for _ in range(int(rng.integers(2, 4))):
+            angle = rng.uniform(-0.6, 0.6) + (0 if side == "left" else np.pi)
+            bu, bv = _rotated(cx - np.cos(angle) * rx * 0.6, cy - np.sin(angle) * ry * 0.6,
+                              angle, size)
+            bronchi |= (np.abs(bv) < 1.1 * s) & (bu > 0) & (bu < 1.3 * rx)
+        amplitude = 0.3 * (0.8 + 0.1 * texture) * np.where(bronchi, 0.35, 1.0)
+        delta = np.where(mask, amplitude, 0.0).astype(np.float32)
+        return delta, mask, side, zone, "patchy" if rx * ry < 300 * s * s else "dense", 0
+    if kind == "atelectasis":
+        length, thickness = rng.uniform(20, 32) * s, rng.uniform(3.5, 6) * s
+        side, zone, cx, cy = _place(rng, zones, free, length * 0.7)
+        u, v = _rotated(cx, cy, rng.uniform(-0.4, 0.4), size)
+        mask = (np.abs(u) <= length) & (np.abs(v) <= thickness * (1 - (u / length) ** 2) + 1.0)
+        mask &= free
+        return _blob_delta(mask, rng.uniform(0.3, 0.36), size), mask, side, zone, \
+            "plate-like" if thickness < 4.8 * s else "band-like", 0
+    raise ValueError(f"unknown focal finding type {kind!r}; expected one of "
+                     f"nodule, mass, consolidation, atelectasis")
+
+
+def _effusion(anatomy: Anatomy, canvas: Canvas, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, Lesion]:
+    """(delta, mask, lesion): fluid filling one or both lung bases up to a meniscus that
+    rises towards the lateral chest wall, blunting the costophrenic angle."""
+    size = anatomy.size
+    yy, xx = grid(size)
+    side = str(rng.choice(["right", "left", "bilateral"], p=[0.4, 0.4, 0.2]))
+    grade = str(rng.choice(["small", "moderate", "large"], p=[0.45, 0.4, 0.15]))
+    low, high = {"small": (0.07, 0.15), "moderate": (0.17, 0.28), "large": (0.3, 0.42)}[grade]
+    delta = np.zeros((size, size), np.float32)
+    masks = []
+    for lung_side in (SIDES if side == "bilateral" else (side,)):
+        lung = anatomy.lungs[lung_side]
+        height = lung.bottom - lung.top
+        level = lung.bottom - height * rng.uniform(low, high)
+        outward = (xx - lung.outline.cx) * (1 if lung_side == "left" else -1) / lung.outline.rx
+        rise = rng.uniform(0.06, 0.14) * height
+        meniscus = level - rise * np.clip(outward + 0.3, 0, None) ** 2
+        mask = lung.mask(size) & (yy >= meniscus)
+        target = 0.56 + 0.1 * np.clip((yy - meniscus) / (0.15 * height), 0, 1)
+        delta[mask] = np.maximum(target - canvas.base, 0.0)[mask]  # the heart shows through
         masks.append(mask)
-    elif kind in ("consolidation", "atelectasis"):
-        if kind == "consolidation":
-            rx, ry = rng.uniform(14, 26) * s, rng.uniform(12, 22) * s
-            angle = 0.0
-        else:
-            rx, ry = rng.uniform(18, 28) * s, rng.uniform(3.5, 5.5) * s
-            angle = rng.uniform(-0.35, 0.35)
-        size_word = "patchy" if kind == "consolidation" else "linear"
-        cx, cy = _point_in_zone(rng, anatomy, side, zone, ry, lungs)
-        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-        region = (u / rx) ** 2 + (v / ry) ** 2 <= 1
-        if kind == "consolidation":
-            texture = gaussian_filter(rng.random((size, size)).astype(np.float32), 2.5 * s)
-            region &= texture > np.quantile(texture[region], 0.2) if region.any() else region
-        mask = region & lungs
-        delta[mask] = 0.3 if kind == "consolidation" else 0.4
-        masks.append(mask)
-    elif kind == "pleural effusion":
-        size_word = str(rng.choice(["small", "moderate"]))
-        for lung_side in sides:
-            lung = anatomy.lungs[lung_side]
-            fraction = rng.uniform(0.1, 0.22) if size_word == "small" else rng.uniform(0.24, 0.45)
-            level = lung.cy + lung.ry - 2 * lung.ry * fraction
-            outer = 1 if lung_side == "left" else -1
-            meniscus = level - 0.25 * lung.ry * fraction * ((xx - lung.cx) * outer / lung.rx)
-            mask = lung.mask(yy, xx) & (yy >= meniscus)
-            delta[mask] = 0.45
-            masks.append(mask)
-    elif kind == "pneumothorax":
-        lung = anatomy.lungs[side]
-        size_word = str(rng.choice(["small", "moderate"]))
-        depth = rng.uniform(0.18, 0.3) if size_word == "small" else rng.uniform(0.32, 0.48)
-        inner = Ellipse(lung.cx + (1 if side == "left" else -1) * -lung.rx * depth * 0.5,
-                        lung.cy + lung.ry * depth * 0.5, lung.rx * (1 - depth * 0.7),
-                        lung.ry * (1 - depth * 0.6))
-        bottom = lung.cy - lung.ry * rng.uniform(-0.3, 0.45)
-        mask = lung.mask(yy, xx) & ~inner.mask(yy, xx) & (yy < bottom)
-        delta[mask] = -0.12
-        edge = inner.mask(yy, xx) & ~Ellipse(inner.cx, inner.cy, inner.rx - 1.5 * s,
-                                             inner.ry - 1.5 * s).mask(yy, xx)
-        delta[edge & lung.mask(yy, xx) & (yy < bottom)] = 0.35
-        masks.append(mask)
-    else:
-        raise ValueError(f"unknown finding type {kind!r}")
-    boxes = tuple(_box(m) for m in masks)
-    return delta, np.logical_or.reduce(masks), Lesion(kind, side, zone, size_word, boxes)
+    lesion = Lesion("pleural effusion", side, "lower", grade, 0,
+                    tuple(pixel_box(m) for m in masks))
+    return delta, np.logical_or.reduce(masks), lesion
 
 
-def enlarge_heart(anatomy: Anatomy, rng: np.random.Generator) -> tuple[Ellipse, Lesion]:
-    """Cardiomegaly: the heart grows 25-45 %; its box is the heart's extent."""
-    factor = rng.uniform(1.2, 1.6)
-    heart = replace(anatomy.heart, rx=anatomy.heart.rx * factor, ry=anatomy.heart.ry * factor * 0.9)
-    yy, xx = grid(anatomy.size)
-    box = _box(heart.mask(yy, xx) & anatomy.body.mask(yy, xx))
-    return heart, Lesion("cardiomegaly", "", "", "moderate" if factor < 1.4 else "marked", (box,))
+def _pneumothorax(anatomy: Anatomy, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Lesion]:
+    """(delta, clear, mask, lesion): air between the chest wall and the edge of the partly
+    collapsed lung, over an arc that always holds the apex and reaches a random way medially
+    (up to 0.8 lung half-widths) and down the lateral wall (12-60 % of the lung's height);
+    darker, free of markings, bounded by a thin bright visceral pleural line."""
+    size = anatomy.size
+    s = size / 256.0
+    yy, xx = grid(size)
+    side = str(rng.choice(SIDES))
+    lung = anatomy.lungs[side]
+    grade = str(rng.choice(["small", "moderate", "large"], p=[0.45, 0.4, 0.15]))
+    depth = rng.uniform(*{"small": (0.12, 0.2), "moderate": (0.22, 0.32),
+                          "large": (0.34, 0.46)}[grade]) * lung.outline.rx
+    o = lung.outline
+    inner = Ellipse(o.cx, o.cy + depth * rng.uniform(0, 0.6), o.rx - depth, o.ry - depth)
+    outward = (xx - o.cx) * (1 if side == "left" else -1) / o.rx  # 0 at the apex, 1 laterally
+    reach = lung.top + (lung.bottom - lung.top) * rng.uniform(0.12, 0.6)
+    arc = (outward >= rng.uniform(-0.8, -0.05)) & (yy <= reach)
+    field = lung.mask(size) & arc
+    collapsed = inner.mask(size)
+    air = field & ~collapsed
+    line = collapsed & ~Ellipse(inner.cx, inner.cy, inner.rx - 1.6 * s, inner.ry - 1.6 * s
+                                ).mask(size) & field
+    delta = np.where(air, -0.07, 0.0).astype(np.float32)
+    delta[line] = 0.28
+    mask = air | line
+    return delta, air, mask, Lesion("pneumothorax", side, "upper", grade, 0, (pixel_box(mask),))
 
 
-def sample_location(kind: str, rng: np.random.Generator) -> tuple[str, str]:
-    """(side, zone) allowed for a finding type."""
-    if kind == "cardiomegaly":
-        return "", ""
+def draw_finding(kind: str, anatomy: Anatomy, canvas: Canvas, zones: np.ndarray,
+                 free: np.ndarray, rng: np.random.Generator) -> Drawn:
+    """Draw one lung finding at a random place allowed for its type (cardiomegaly goes
+    through ``enlarge_heart`` and ``draw_cardiomegaly`` instead).
+
+    Arguments:
+      kind: a finding type other than "cardiomegaly".
+      anatomy: the patient, with the heart of this study.
+      canvas: the rendered normal chest of this study.
+      zones: (H, W) int8 zone map of ``anatomy.zone_map()``.
+      free: (H, W) bool, lung pixels outside the heart that no earlier finding took.
+      rng: the study's generator.
+
+    Returns:
+      The finding's delta, cleared markings, mask and lesion.
+    """
+    size = anatomy.size
+    no_clear = np.zeros((size, size), bool)
     if kind == "pleural effusion":
-        return str(rng.choice(["right", "left", "bilateral"], p=[0.4, 0.4, 0.2])), "lower"
+        delta, mask, lesion = _effusion(anatomy, canvas, rng)
+        return Drawn(delta, no_clear, mask, lesion)
     if kind == "pneumothorax":
-        return str(rng.choice(SIDES)), "upper"
-    return str(rng.choice(SIDES)), str(rng.choice(ZONES))
+        return Drawn(*_pneumothorax(anatomy, rng))
+    delta, mask, side, zone, grade, size_cm = _focal(kind, anatomy, zones, free, rng)
+    return Drawn(delta, no_clear, mask, Lesion(kind, side, zone, grade, size_cm,
+                                               (pixel_box(mask),)))

@@ -1,14 +1,15 @@
 """The phrase-prior rate: how often the words alone place a box at IoU >= 0.5.
 
-For each (finding type, side, zone) key, the mean training target box (normalised xyxy; the
-box enclosing all of a finding's boxes) is the prediction for every test finding with that
-key; the rate is the fraction of test findings it reaches IoU >= 0.5 with. A model must beat
-it to show that it uses the image.
+For each (finding type, side, zone) key, the mean training target box (normalised xyxy; for a
+finding with several boxes the box enclosing them all) is the prediction for every test finding
+with that key (a key unseen in training gets the mean of all training targets). The rate is the
+fraction of test findings whose prediction reaches IoU >= 0.5 with their target. A model must
+beat it to show that it uses the image.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torchvision.ops import box_iou
@@ -16,30 +17,55 @@ from torchvision.ops import box_iou
 Key = tuple[str, str, str]
 
 
-def target_box(finding: dict, width: int, height: int) -> list[float]:
-    """The normalised box enclosing all pixel boxes of a canonical finding."""
+def target_box(finding: dict[str, Any], width: int, height: int) -> list[float]:
+    """The normalised box (x0, y0, x1, y1) enclosing all pixel boxes of a canonical finding."""
     boxes = finding["boxes"]
     return [min(b[0] for b in boxes) / width, min(b[1] for b in boxes) / height,
             max(b[2] for b in boxes) / width, max(b[3] for b in boxes) / height]
 
 
-def keyed_targets(rows: Iterable[dict]) -> list[tuple[Key, list[float]]]:
+def keyed_targets(rows: Iterable[dict[str, Any]]) -> list[tuple[Key, list[float]]]:
+    """((type, side, zone), normalised target box) of every finding of canonical rows."""
     return [((f["type"], f["side"], f["zone"]), target_box(f, row["width"], row["height"]))
             for row in rows for f in row["findings"]]
 
 
-def phrase_prior_rate(train_rows: Iterable[dict], test_rows: Iterable[dict],
-                      threshold: float = 0.5) -> float:
-    """Fraction of test findings whose key's mean train box has IoU >= ``threshold``."""
-    sums: dict[Key, list[torch.Tensor]] = defaultdict(list)
-    for key, box in keyed_targets(train_rows):
-        sums[key].append(torch.tensor(box))
-    means = {key: torch.stack(boxes).mean(dim=0) for key, boxes in sums.items()}
-    everything = torch.stack([b for boxes in sums.values() for b in boxes]).mean(dim=0)
+def prior_hits(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
+               threshold: float = 0.5) -> list[tuple[str, bool]]:
+    """(finding type, whether its key's mean train box reaches IoU >= ``threshold``) per test
+    finding, in row order."""
+    train = keyed_targets(train_rows)
     test = keyed_targets(test_rows)
     if not test:
-        return 0.0
+        return []
+    if not train:
+        raise ValueError("the phrase prior needs training findings; the training split has none")
+    grouped: dict[Key, list[list[float]]] = defaultdict(list)
+    for key, box in train:
+        grouped[key].append(box)
+    means = {key: torch.tensor(boxes, dtype=torch.float64).mean(dim=0)
+             for key, boxes in grouped.items()}
+    everything = torch.tensor([box for _, box in train], dtype=torch.float64).mean(dim=0)
     predictions = torch.stack([means.get(key, everything) for key, _ in test])
-    targets = torch.tensor([box for _, box in test])
+    targets = torch.tensor([box for _, box in test], dtype=torch.float64)
     ious = box_iou(predictions, targets).diagonal()
-    return float((ious >= threshold).float().mean())
+    return [(key[0], bool(iou >= threshold)) for (key, _), iou in zip(test, ious.tolist())]
+
+
+def phrase_prior_rate(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
+                      threshold: float = 0.5) -> float:
+    """Fraction of test findings whose key's mean train box has IoU >= ``threshold`` (0.0 when
+    the test rows hold no finding)."""
+    hits = prior_hits(train_rows, test_rows, threshold)
+    return sum(hit for _, hit in hits) / len(hits) if hits else 0.0
+
+
+def phrase_prior_rates(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
+                       threshold: float = 0.5) -> dict[str, float]:
+    """The rate over all test findings (key "all") and per finding type (sorted keys)."""
+    hits = prior_hits(train_rows, test_rows, threshold)
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for kind, hit in hits:
+        by_type[kind].append(hit)
+    rates = {kind: sum(v) / len(v) for kind, v in sorted(by_type.items())}
+    return {"all": sum(hit for _, hit in hits) / len(hits) if hits else 0.0, **rates}
