@@ -22,7 +22,7 @@ from utils.convert.images import image_size
 from utils.convert.log import ConversionLog
 from utils.convert.output import add_output_arguments, finish
 from utils.convert.tables import MALFORMED, TableRow, parse_numbers, read_table
-from utils.convert.text import join_sentences, render_phrase, sentence_with
+from utils.convert.text import grounded_report_row, render_phrase, sentence_with
 from utils.convert.user_reports import NO_REPORT, UserReports, read_user_reports
 
 SOURCE = "ChestX-ray8"
@@ -149,14 +149,8 @@ def build_row(image: str, boxes: BoxRows, size: tuple[int, int],
         finding["boxes"].append(pixels)
     if not findings:
         return None
-    categories = dict.fromkeys(f["category"] for f in findings.values())
-    row = {"id": Path(image).stem, "image": image, "patient": patient,
-           "report": report or join_sentences(list(findings)), "findings": list(findings.values()),
-           "task": "report", "question": "", "answer": "", "label": ", ".join(categories),
-           "width": width, "height": height, "source": SOURCE}
-    if report is None:
-        row["templated"] = True
-    return row
+    return grounded_report_row(Path(image).stem, image, patient, report, list(findings.values()),
+                               width, height, SOURCE)
 
 
 def run(args: argparse.Namespace) -> int:

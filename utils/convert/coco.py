@@ -22,7 +22,7 @@ from utils.convert.log import ConversionError, ConversionLog
 from utils.convert.output import add_output_arguments, finish
 from utils.convert.paths import patient_from_path
 from utils.convert.tables import MALFORMED, read_coco, require_file
-from utils.convert.text import join_sentences, render_phrase, sentence_with
+from utils.convert.text import grounded_report_row, render_phrase, sentence_with
 from utils.convert.user_reports import NO_REPORT, UserReports, read_user_reports
 
 SOURCE = "COCO"
@@ -136,14 +136,8 @@ def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dic
     if not patient:
         log.note(NO_PATIENT)
         patient = Path(name).stem
-    row = {"id": Path(name).with_suffix("").as_posix(), "image": name, "patient": patient,
-           "report": report or join_sentences(list(findings)), "findings": list(findings.values()),
-           "task": "report", "question": "", "answer": "",
-           "label": ", ".join(dict.fromkeys(f["category"] for f in findings.values())),
-           "width": width, "height": height, "source": SOURCE}
-    if report is None:
-        row["templated"] = True
-    return row
+    return grounded_report_row(Path(name).with_suffix("").as_posix(), name, patient, report,
+                               list(findings.values()), width, height, SOURCE)
 
 
 def run(args: argparse.Namespace) -> int:

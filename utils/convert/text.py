@@ -72,3 +72,20 @@ def render_phrase(template: str, words: dict[str, str]) -> str:
 def join_sentences(phrases: Sequence[str]) -> str:
     """Phrases as a report: each one a sentence ending in a full stop."""
     return " ".join(f"{p.rstrip('.')}." for p in phrases)
+
+
+def grounded_report_row(row_id: str, image: str, patient: str, report: str | None,
+                        findings: list[dict], width: int, height: int, source: str) -> dict:
+    """A canonical "report" row; without a user report the phrases become a templated one.
+
+    The row's ``label`` lists the findings' categories in order, without repeats.
+    """
+    row = {"id": row_id, "image": image, "patient": patient,
+           "report": report or join_sentences([f["phrase"] for f in findings]),
+           "findings": findings, "task": "report", "question": "", "answer": "",
+           "label": ", ".join(dict.fromkeys(f["category"] for f in findings)),
+           "width": width, "height": height, "source": source}
+    if report is None:
+        row["templated"] = True
+    return row
+
