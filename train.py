@@ -28,7 +28,7 @@ from utils.annotations import AnnotationError, annotation_file, load_annotations
 from utils.checkpoints import mark_best, read_pointer, resolve_resume, save_checkpoint
 from utils.cli import PRECISIONS, add_model_args, grounding_config_from_args
 from utils.dataset import GroundingCollator, GroundingDataset
-from utils.deepspeed_config import build_deepspeed_config
+from utils.deepspeed_config import build_deepspeed_config, group_learning_rates
 from utils.distributed import barrier, ensure_single_process_env, rank, world_size
 
 from utils.mixing import MixtureSampler
@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--steps_per_epoch", type=int, default=500)
     run.add_argument("--batch_size", type=int, default=2, help="micro batch per rank")
     run.add_argument("--grad_accumulation_steps", type=int, default=10)
-    run.add_argument("--lr", type=float, default=3e-4)
+    run.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the language model")
+    run.add_argument("--grounding_lr", type=float, default=None,
+                     help="peak learning rate of the SAM encoder, box projection and box decoder "
+                          "(default: --lr)")
     run.add_argument("--weight_decay", type=float, default=0.0)
     run.add_argument("--warmup_steps", type=int, default=100)
     run.add_argument("--gradient_clipping", type=float, default=1.0)
@@ -101,6 +104,18 @@ def load_split(args: argparse.Namespace, name: str, split: str) -> list:
         return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
     except AnnotationError as error:
         raise SystemExit(str(error))
+
+
+def parameter_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The trainable parameters as two optimizer groups, in the order of
+    :func:`utils.deepspeed_config.group_learning_rates`: the language model (``--lr``), then
+    the grounding parts (``--grounding_lr``)."""
+    language, grounding = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (language if name.startswith("llava.") else grounding).append(parameter)
+    rates = group_learning_rates(args)
+    return [{"params": params, "lr": lr} for params, lr in zip((language, grounding), rates)]
 
 
 def seed_everything(seed: int) -> None:
@@ -161,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     total_steps = args.epochs * args.steps_per_epoch
     ds_config = build_deepspeed_config(args, total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=ds_config)
+        model=model, model_parameters=parameter_groups(model, args), config=ds_config)
 
     resume_from = Path(args.resume) if args.resume else (
         ckpt_root if args.auto_resume and (ckpt_root / "latest").is_file() else None)
@@ -224,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
             step_in_epoch += 1
             global_step += 1
             bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items()})
-            log.write("train", global_step, {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
+            lm_lr, grounding_lr = scheduler.get_last_lr()
+            log.write("train", global_step, {"epoch": epoch, "lr": lm_lr,
+                                             "grounding_lr": grounding_lr,
                                              "seconds": time.time() - started, **sums,
                                              "sample_ids": ids})
             if args.save_every and global_step % args.save_every == 0 \

@@ -1,15 +1,24 @@
 """The uncertainty-aware multi-hypothesis box decoder.
 
 Each ``[BOX]`` becomes one query: its projected hidden state joins N learned hypothesis tokens,
-SAM's ``TwoWayTransformer`` attends between these tokens and the image features, and head k
-turns the k-th hypothesis token into a box. The hypotheses stay an ordered tensor (head k is
-always hypothesis k). The box is their mean; the per-coordinate (population) variance over
-the N hypotheses is the coordinate uncertainty. The scalar uncertainty is scale-relative:
-``u = mean over (cx, cy, w, h) of variance / size**2`` with size = (w, h, w, h) of the mean
-box, the squared coefficient of variation, so a 2-px spread counts for more on a nodule than
-on the heart (0 when N = 1). Relative spread is what IoU responds to: on the demo run it
-ranks failures with AUROC 0.69 where the absolute variance gave 0.42 (one demo run on the first
-SynthCXR generator, same predictions scored both ways).
+and SAM's ``TwoWayTransformer`` attends between these tokens and the image features. It
+returns the updated tokens and the image features updated for this query. Hypothesis k then
+places its box densely, as SAM's hypernetworks place masks: an MLP of hypothesis token k is
+dotted with every cell's feature, and a softmax over the grid turns these logits into a centre
+heatmap. A per-cell MLP reads, for each hypothesis, a sub-cell offset of the centre (at most
+half a cell) and the box size. Box k is the heatmap-weighted mean of its per-cell boxes
+(cx, cy, w, h, all in [0, 1]). Reading the position from a heatmap over the grid learns far
+faster than regressing it from a token (DETR style): with learned finding embeddings as
+queries, a tiny encoder trained from scratch reached acc@0.5 0.47 after 300 steps where the
+token regression reached 0.38 (same data, seed and budget).
+
+The hypotheses stay an ordered tensor (head k is always hypothesis k). The box is their mean;
+the per-coordinate (population) variance over the N hypotheses is the coordinate uncertainty.
+The scalar uncertainty is scale-relative: ``u = mean over (cx, cy, w, h) of variance / size**2``
+with size = (w, h, w, h) of the mean box, the squared coefficient of variation, so a 2-px
+spread counts for more on a nodule than on the heart (0 when N = 1). Relative spread is what
+IoU responds to: on a demo run it ranked failures with AUROC 0.69 where the absolute variance
+gave 0.42 (one demo run on the first SynthCXR generator, same predictions scored both ways).
 """
 from __future__ import annotations
 
@@ -64,28 +73,19 @@ class UncertainBoxDecoder(nn.Module):
       transformer_dim: C, the width of the image features and of the tokens.
       transformer: SAM's two-way transformer of width C.
       num_hypotheses: N.
-      head_hidden_dim: hidden width of each 3-layer box head (default C).
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
-                 num_hypotheses: int = 3, head_hidden_dim: int | None = None):
+                 num_hypotheses: int = 3):
         super().__init__()
         self.num_hypotheses = num_hypotheses
         self.hypothesis_tokens = nn.Embedding(num_hypotheses, transformer_dim)
         self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
         self.transformer = transformer
-        hidden = head_hidden_dim or transformer_dim
-        self.box_heads = nn.ModuleList(MLP(transformer_dim, hidden, 4, 3, sigmoid_output=True)
-                                       for _ in range(num_hypotheses))
-        self.reset_heads()
-
-    def reset_heads(self) -> None:
-        """Xavier-uniform weights and zero biases for every head layer (as DETR's box MLP);
-        the heads' different random weights start the hypotheses apart."""
-        for head in self.box_heads:
-            for layer in head.layers:
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        self.centre_hypernetworks = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim, 3)
+            for _ in range(num_hypotheses))
+        self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * num_hypotheses, 2)
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
                 batch_index: torch.Tensor) -> BoxPrediction:
@@ -97,16 +97,27 @@ class UncertainBoxDecoder(nn.Module):
           a :class:`BoxPrediction` with Q rows. Q = 0 runs the same (empty) computation, so
           the result stays in the graph of every decoder parameter and of ``box_embeddings``.
         """
-        queries = box_embeddings.shape[0]
+        queries, channels = box_embeddings.shape
         h, w = image_embeddings.shape[-2:]
         if self.pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
             self.pe_layer.float()  # SAM's encoding builds a float32 grid; keep its matrix float32
         image_pe = self.pe_layer((h, w)).to(image_embeddings.dtype).unsqueeze(0)
         tokens = torch.cat([self.hypothesis_tokens.weight.unsqueeze(0).expand(queries, -1, -1),
                             box_embeddings.unsqueeze(1)], dim=1)
-        hidden, _ = self.transformer(image_embeddings[batch_index], image_pe, tokens)
-        hypotheses = torch.stack([head(hidden[:, k]) for k, head in enumerate(self.box_heads)],
-                                 dim=1)
+        hidden, cells = self.transformer(image_embeddings[batch_index], image_pe, tokens)
+        centre_queries = torch.stack([mlp(hidden[:, k]) for k, mlp in
+                                      enumerate(self.centre_hypernetworks)], dim=1)  # (Q,N,C)
+        heatmap = (centre_queries @ cells.transpose(1, 2) / channels ** 0.5).softmax(dim=-1)
+        cell_boxes = self.cell_box_head(cells).view(queries, h * w, self.num_hypotheses, 4)
+        cell_boxes = cell_boxes.transpose(1, 2)  # (Q,N,hw,4)
+        ys, xs = torch.meshgrid(torch.arange(h, device=cells.device, dtype=cells.dtype),
+                                torch.arange(w, device=cells.device, dtype=cells.dtype),
+                                indexing="ij")
+        cell_size = torch.tensor([1.0 / w, 1.0 / h], device=cells.device, dtype=cells.dtype)
+        centres = (torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * cell_size  # (hw,2)
+        centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
+        boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
+        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,N,4)
         return BoxPrediction.from_hypotheses(hypotheses)
 
 
@@ -114,7 +125,8 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
                               sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
 
-    Tensors whose shapes differ are skipped and reported; the box heads are always new.
+    Tensors whose shapes differ are skipped and reported; the centre hypernetworks and the
+    per-cell box head are always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v

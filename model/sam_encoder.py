@@ -58,14 +58,15 @@ OFFICIAL_CONFIGS = {
     "vit_l": SamConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
     "vit_b": SamConfig("vit_b", 768, 12, 12, (2, 5, 8, 11)),
 }
-# The CPU default: 256 px with 8-px patches gives a 32 x 32 feature grid, fine enough for
-# small nodules; 64 channels throughout. Attention is windowed only (8 x 8 patches): a
-# forward+backward of 16 images takes 0.20 s on 2 CPU cores, and 0.56 s with the last block
-# global over the 1,024 tokens; the box decoder's transformer attends over the whole feature
-# map anyway.
+# The CPU default: 256 px with 16-px patches gives a 16 x 16 feature grid; 64 channels
+# throughout; a windowed block (4 x 4 patches) then a global one. The box decoder's heatmap
+# and sub-cell offsets place even small nodules on this grid. Trained from scratch on SynthCXR
+# with learned finding embeddings as queries, it reached acc@0.5 0.47 after 300 steps at
+# 0.09 s a step (16 images, 2 CPU cores), where 8-px patches with windowed attention only
+# reached 0.45 at 0.29 s a step.
 SAM_TINY_CONFIG = SamConfig("tiny", encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                            encoder_global_attn_indexes=(), patch_size=8, image_size=256,
-                            window_size=8, prompt_embed_dim=64, decoder_depth=2,
+                            encoder_global_attn_indexes=(1,), patch_size=16, image_size=256,
+                            window_size=4, prompt_embed_dim=64, decoder_depth=2,
                             decoder_num_heads=4, decoder_mlp_dim=256)
 KNOWN_CONFIGS = (*OFFICIAL_CONFIGS.values(), SAM_TINY_CONFIG)
 VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")

@@ -6,6 +6,8 @@ import dataclasses
 import pytest
 import torch
 
+from torchvision.ops import box_convert, box_iou
+
 from model.box_decoder import BoxPrediction, build_box_decoder
 from model.box_losses import BoxLossConfig, compute_box_losses
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam
@@ -20,7 +22,7 @@ def sam():
 @pytest.mark.parametrize("queries", [0, 1, 5])
 def test_shapes(sam, queries):
     decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
-    features = torch.randn(2, 64, 32, 32)
+    features = torch.randn(2, 64, 16, 16)
     prediction = decoder(features, torch.randn(queries, 64), torch.arange(queries) % 2)
     assert prediction.hypotheses.shape == (queries, 3, 4)
     assert prediction.box.shape == (queries, 4) and prediction.variance.shape == (queries, 4)
@@ -41,8 +43,10 @@ def test_initialisation_copies_sam_tensors(sam, name):
     assert torch.equal(own["hypothesis_tokens.weight"], state["mask_decoder.mask_tokens.weight"][:3])
     assert torch.equal(own["pe_layer.positional_encoding_gaussian_matrix"],
                        state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
-    assert report.initialised and all(n.startswith("box_heads.") for n in report.initialised)
-    assert "box_heads" in str(report) and not report.skipped
+    new_heads = ("centre_hypernetworks.", "cell_box_head.")
+    assert report.initialised and all(n.startswith(new_heads) for n in report.initialised)
+    assert "centre_hypernetworks" in str(report) and "cell_box_head" in str(report)
+    assert not report.skipped
     assert len(report.loaded) + len(report.initialised) == len(own)
     five, five_report = build_box_decoder(config, 5, state)
     assert "hypothesis_tokens.weight" in five_report.initialised  # SAM has only 4 mask tokens
@@ -71,7 +75,7 @@ def test_mean_variance_and_u():
 
 def test_hypotheses_are_ordered_and_deterministic(sam):
     decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
-    features, queries = torch.randn(1, 64, 32, 32), torch.randn(2, 64)
+    features, queries = torch.randn(1, 64, 16, 16), torch.randn(2, 64)
     first = decoder(features, queries, torch.zeros(2, dtype=torch.long)).hypotheses
     again = decoder(features, queries, torch.zeros(2, dtype=torch.long)).hypotheses
     assert torch.equal(first, again)
@@ -81,7 +85,7 @@ def test_hypotheses_are_ordered_and_deterministic(sam):
 def test_gradients_reach_every_part(sam):
     decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
     queries = torch.randn(3, 64, requires_grad=True)
-    prediction = decoder(torch.randn(2, 64, 32, 32), queries, torch.tensor([0, 1, 1]))
+    prediction = decoder(torch.randn(2, 64, 16, 16), queries, torch.tensor([0, 1, 1]))
     (prediction.hypotheses.sum() + prediction.uncertainty.sum()).backward()
     assert queries.grad.abs().sum() > 0
     for name, parameter in decoder.named_parameters():
@@ -93,10 +97,42 @@ def test_no_box_keeps_every_parameter_in_the_graph(sam, mode):
     """Q = 0: the zero loss still reaches every decoder parameter (DDP / DeepSpeed need it)."""
     decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
     queries = torch.randn(0, 64, requires_grad=True)
-    prediction = decoder(torch.randn(2, 64, 32, 32), queries, torch.zeros(0, dtype=torch.long))
+    prediction = decoder(torch.randn(2, 64, 16, 16), queries, torch.zeros(0, dtype=torch.long))
     losses = compute_box_losses(prediction, torch.zeros(0, 4), BoxLossConfig(mode=mode))
     assert all(float(value.detach()) == 0.0 for value in losses.values())
     losses["box_total"].backward()
     assert queries.grad is not None
     for name, parameter in decoder.named_parameters():
         assert parameter.grad is not None and not parameter.grad.any(), name
+
+
+def test_heatmap_places_a_box_between_cell_centres(sam):
+    """The centre heatmap and sub-cell offsets learn to place a box on a marked cell, off the
+    cell grid, and its size, from image features alone (one query per image)."""
+    torch.manual_seed(0)
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
+    query = torch.nn.Parameter(torch.randn(1, 64))
+    marker = torch.randn(64)
+    optimiser = torch.optim.Adam([*decoder.parameters(), query], lr=3e-3)
+
+    def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.randn(8, 64, 16, 16, generator=generator) * 0.1
+        cells = torch.randint(1, 15, (8, 2), generator=generator)
+        features[torch.arange(8), :, cells[:, 1], cells[:, 0]] += marker
+        centres = (cells + 0.75) / 16  # a quarter cell right of and below the cell centre
+        half = 1.5 / 16
+        return features, torch.cat([centres - half, centres + half], dim=1)
+
+    train, held_out = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    for _ in range(150):
+        features, targets = batch(train)
+        prediction = decoder(features, query.expand(8, -1), torch.arange(8))
+        loss = compute_box_losses(prediction, targets, BoxLossConfig(mode="umhp"))["box_total"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    features, targets = batch(held_out)
+    with torch.no_grad():
+        boxes = decoder(features, query.expand(8, -1), torch.arange(8)).box
+    iou = box_iou(box_convert(boxes, "cxcywh", "xyxy"), targets).diag()
+    assert iou.min() > 0.7

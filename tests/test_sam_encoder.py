@@ -82,9 +82,9 @@ def test_tiny_round_trip_with_sidecar(tmp_path):
 def test_image_encoder_geometry_and_dtype():
     encoder = build_sam(SAM_TINY_CONFIG).image_encoder
     assert isinstance(encoder, SamImageEncoder) and isinstance(encoder, ImageEncoderViT)
-    assert (encoder.image_size, encoder.grid_size, encoder.embed_dim) == (256, 32, 64)
+    assert (encoder.image_size, encoder.grid_size, encoder.embed_dim) == (256, 16, 64)
     features = encoder.encode(torch.zeros(2, 3, 256, 256, dtype=torch.float64))
-    assert features.shape == (2, 64, 32, 32) and features.dtype == torch.float32
+    assert features.shape == (2, 64, 16, 16) and features.dtype == torch.float32
 
 
 def test_custom_size_is_inferred_from_shapes(tmp_path):

@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 
+def group_learning_rates(args: argparse.Namespace) -> list[float]:
+    """Peak learning rates of the two optimizer groups: the language model, then the grounding
+    parts (SAM encoder, box projection, box decoder)."""
+    return [args.lr, args.lr if args.grounding_lr is None else args.grounding_lr]
+
+
 def build_deepspeed_config(args: argparse.Namespace, total_steps: int) -> dict[str, Any]:
     """ZeRO (stage 2 by default), AdamW, linear warmup then linear decay, clipping, precision.
+
+    The scheduler warms each optimizer group up to its own peak (``warmup_max_lr`` is a list,
+    one entry per group of :func:`group_learning_rates`) and decays it linearly to 0.
 
     ``torch_adam`` keeps DeepSpeed from building its fused CUDA/CPU Adam kernels, so the same
     config runs on a CPU and on GPUs. With ``--deepspeed_config FILE`` the file is used as is,
@@ -35,7 +44,7 @@ def build_deepspeed_config(args: argparse.Namespace, total_steps: int) -> dict[s
             "torch_adam": True}},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "total_num_steps": max(total_steps, 1), "warmup_min_lr": 0.0,
-            "warmup_max_lr": args.lr, "warmup_num_steps": min(args.warmup_steps, total_steps),
+            "warmup_max_lr": group_learning_rates(args), "warmup_num_steps": min(args.warmup_steps, total_steps),
             "warmup_type": "linear"}},
         "gradient_clipping": args.gradient_clipping,
         "fp16": {"enabled": args.precision == "fp16"},
