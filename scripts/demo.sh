@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN=runs/demo
 EPOCHS=${DEMO_EPOCHS:-5}
-STEPS=${DEMO_STEPS:-140}
+STEPS=${DEMO_STEPS:-180}
 BATCH=${DEMO_BATCH:-16}
 start=$(date +%s)
 rm -rf "$RUN"
