@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--steps_per_epoch", type=int, default=500)
     run.add_argument("--batch_size", type=int, default=2, help="micro batch per rank")
     run.add_argument("--grad_accumulation_steps", type=int, default=10)
-    run.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the language model")
+    run.add_argument("--lr", type=float, default=3e-4,
+                     help="peak learning rate of the language model (and of the rest without "
+                          "--grounding_lr)")
     run.add_argument("--grounding_lr", type=float, default=None,
                      help="peak learning rate of the SAM encoder, box projection and box decoder "
                           "(default: --lr)")

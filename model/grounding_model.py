@@ -113,9 +113,8 @@ class UMedGround(nn.Module):
             answer = (labels[row] != -100).nonzero(as_tuple=True)[0]
             start = int(answer[0]) if answer.numel() else 0
             for position in (labels[row] == self.box_token_id).nonzero(as_tuple=True)[0].tolist():
-                emit = position - 1
-                segment = hidden[row, start:emit + 1] if start <= emit else hidden[row, emit:emit + 1]
-                states.append(segment.mean(dim=0))
+                emit = position - 1  # no phrase token before it: the emitting state alone
+                states.append(hidden[row, min(start, emit):emit + 1].mean(dim=0))
                 rows.append(row)
                 start = position + 1
         if not states:
@@ -167,7 +166,8 @@ class UMedGround(nn.Module):
         batch = new_tokens.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=new_tokens.device)
         token_ids: list[list[int]] = [[] for _ in range(batch)]
-        phrase_sum = generated.hidden_states[0][-1].new_zeros(batch, generated.hidden_states[0][-1].shape[-1])
+        first_state = generated.hidden_states[0][-1]
+        phrase_sum = first_state.new_zeros(batch, first_state.shape[-1])
         phrase_count = new_tokens.new_zeros(batch)
         box_rows, box_hidden = [], []
         for step in range(new_tokens.shape[1]):
@@ -189,7 +189,7 @@ class UMedGround(nn.Module):
                 token_ids[row].append(int(tokens[row]))
             finished |= tokens == tokenizer.eos_token_id
         rows = torch.tensor(box_rows, dtype=torch.long, device=new_tokens.device)
-        hidden = torch.stack(box_hidden) if box_hidden else phrase_sum.new_zeros(0, phrase_sum.shape[-1])
+        hidden = torch.stack(box_hidden) if box_hidden else phrase_sum[:0]
         order = torch.sort(rows, stable=True).indices  # batch-then-generation order
         prediction = self.decode_boxes(self.encode_images(sam_images), hidden[order], rows[order])
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
