@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     samples_per_rank = args.steps_per_epoch * args.batch_size * args.grad_accumulation_steps
     total_steps = args.epochs * args.steps_per_epoch
     ds_config = build_deepspeed_config(args, total_steps)
-    engine, _, _, scheduler = deepspeed.initialize(
+    engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, args), config=ds_config)
 
     resume_from = Path(args.resume) if args.resume else (
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             step_in_epoch += 1
             global_step += 1
             bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items()})
-            lm_lr, grounding_lr = scheduler.get_last_lr()
+            lm_lr, grounding_lr = engine.get_lr()  # the optimizer's groups, scheduler or not
             log.write("train", global_step, {"epoch": epoch, "lr": lm_lr,
                                              "grounding_lr": grounding_lr,
                                              "seconds": time.time() - started, **sums,

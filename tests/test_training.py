@@ -46,7 +46,11 @@ def logged_steps(run_dir: Path) -> dict[int, list[str]]:
 def test_two_rank_deepspeed_run(tiny_dir, synth_dir, tmp_path):
     run([DEEPSPEED, "--num_gpus", "2", "--master_port", "29731",
          *train_command(tiny_dir, synth_dir, tmp_path, "two_ranks", "--epochs", "1",
-                        "--steps_per_epoch", "2", "--no_validate")])
+                        "--steps_per_epoch", "2", "--no_validate", "--grounding_lr", "3e-3")])
+    logged = [json.loads(line) for line in (tmp_path / "two_ranks" / "log.jsonl").read_text().splitlines()]
+    rates = [(entry["lr"], entry["grounding_lr"]) for entry in logged if entry["kind"] == "train"]
+    assert len(rates) == 2 and rates[-1][0] > 0  # the first step is at the warmup's lr 0
+    assert all(grounding == pytest.approx(3 * lm) for lm, grounding in rates)
     ckpt = tmp_path / "two_ranks" / "ckpt"
     tag = (ckpt / "latest").read_text().strip()
     assert tag == "step_000002"
