@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="drop invalid annotation rows (counted and printed) instead of failing")
     data.add_argument("--model_max_length", type=int, default=512)
     data.add_argument("--workers", type=int, default=2)
+    data.add_argument("--group_by_length", action="store_true",
+                      help="batch training samples of similar length together (less padding)")
     run = parser.add_argument_group("run")
     run.add_argument("--exp_name", default="umedground")
     run.add_argument("--log_base_dir", default="runs")
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="peak learning rate of the language model (and of the rest without "
                           "--grounding_lr)")
     run.add_argument("--grounding_lr", type=float, default=None,
-                     help="peak learning rate of the SAM encoder, box projection and box decoder "
+                     help="peak learning rate of the SAM encoder, phrase query and box decoder "
                           "(default: --lr)")
     run.add_argument("--weight_decay", type=float, default=0.0)
     run.add_argument("--warmup_steps", type=int, default=100)
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                                  seed=args.seed, name=f"{name}_train")
                 for name, samples in zip(args.datasets, train_sets)]
     train_data = ConcatDataset(datasets)
+    lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
     samples_per_rank = args.steps_per_epoch * args.batch_size * args.grad_accumulation_steps
     total_steps = args.epochs * args.steps_per_epoch
     ds_config = build_deepspeed_config(args, total_steps)
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
             dataset.set_epoch(epoch)
         sampler = MixtureSampler([len(d) for d in datasets], args.rates, args.seed, epoch,
                                  samples_per_rank, rank(), world_size(),
-                                 start=step_in_epoch * args.batch_size * args.grad_accumulation_steps)
+                                 start=step_in_epoch * args.batch_size * args.grad_accumulation_steps,
+                                 lengths=lengths, batch_size=args.batch_size)
         loader = DataLoader(train_data, batch_size=args.batch_size, sampler=sampler,
                             collate_fn=collate, num_workers=args.workers,
                             persistent_workers=False, drop_last=True)

@@ -1,7 +1,7 @@
 """Building uMedGround from base checkpoints, and saving / loading an exported model.
 
 An exported folder is a llava-hf folder (LoRA merged, ``[BOX]`` in the tokenizer) plus
-``grounding.safetensors`` (the box projection, the box decoder and, when it was trained, the
+``grounding.safetensors`` (the phrase query, the box decoder and, when it was trained, the
 SAM encoder) and ``grounding_config.json``. Nothing is unpickled on the load path.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from model.box_decoder import build_box_decoder
 from model.config import CONFIG_NAME, GroundingConfig
-from model.grounding_model import UMedGround, build_box_projection
+from model.grounding_model import UMedGround
+from model.phrase_query import build_phrase_query
 from model.llava_builder import apply_lm_lora, load_llava, load_processor
 from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
 from utils.prompts import BOX_TOKEN
@@ -30,7 +31,7 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
     """Freeze the CLIP tower, the projector and (by default) SAM; train the rest.
 
     Trained: LoRA (or, with ``lora_r = 0``, the whole language model), the embed_tokens and
-    lm_head matrices (they hold the ``[BOX]`` rows), the box projection and the box decoder;
+    lm_head matrices (they hold the ``[BOX]`` rows), the phrase query and the box decoder;
     the SAM encoder only with ``train_vision_encoder`` or ``lora_sam_rank``.
     """
     llava = model.llava
@@ -40,7 +41,7 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
     llava.get_output_embeddings().weight.requires_grad = True
     for name, parameter in model.sam_encoder.named_parameters():
         parameter.requires_grad = config.train_vision_encoder or "lora_" in name
-    for module in (model.box_projection, model.box_decoder):
+    for module in (model.phrase_query, model.box_decoder):
         module.requires_grad_(True)
 
 
@@ -58,8 +59,13 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
     config.sam = asdict(sam_config)
     decoder, decoder_report = build_box_decoder(sam_config, config.num_hypotheses,
                                                 sam.state_dict())
-    projection = build_box_projection(llava.config.text_config.hidden_size,
-                                      sam_config.prompt_embed_dim)
+    depth = llava.config.text_config.num_hidden_layers
+    outside = [layer for layer in config.query_layers if not -(depth + 1) <= layer <= depth]
+    if outside:
+        raise ValueError(f"query_layers {outside} do not exist: {config.version} has hidden "
+                         f"states 0..{depth} (0 = token embeddings, -1 = last layer)")
+    phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
+                                    len(config.query_layers), sam_config.prompt_embed_dim)
     if config.lora_r > 0:
         llava = apply_lm_lora(llava, config.lora_r, config.lora_alpha, config.lora_dropout,
                               config.lora_target_modules)
@@ -68,14 +74,14 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
         sam_encoder = get_peft_model(sam_encoder, LoraConfig(
             r=config.lora_sam_rank, lora_alpha=2 * config.lora_sam_rank,
             target_modules=SAM_LORA_TARGETS))
-    model = UMedGround(llava, sam_encoder, projection, decoder,
+    model = UMedGround(llava, sam_encoder, phrase_query, decoder,
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
-    model.box_projection.to(device=device, dtype=dtype)
+    model.phrase_query.to(device=device, dtype=dtype)
     model.box_decoder.to(device=device, dtype=dtype)
     _set_trainable(model, config)
     report = [f"llava: {config.version} (vocab {len(processor.tokenizer)})",
               f"sam: {config.vision_pretrained} ({sam_config.name})",
-              f"box decoder: {decoder_report}", "box projection: newly initialised"]
+              f"box decoder: {decoder_report}", "phrase query: newly initialised"]
     return model, processor, report
 
 
@@ -88,7 +94,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 def grounding_state_dict(model: UMedGround) -> dict[str, torch.Tensor]:
     """The grounding parts to save beside the HF folder (SAM only when it was trained)."""
-    parts = {"box_projection": model.box_projection, "box_decoder": model.box_decoder}
+    parts = {"phrase_query": model.phrase_query, "box_decoder": model.box_decoder}
     if model.config.train_vision_encoder or model.config.lora_sam_rank > 0:
         parts["sam_encoder"] = model.sam_encoder
     return {f"{prefix}.{key}": value.detach().contiguous().cpu()
@@ -145,13 +151,13 @@ def load_exported(folder: str | Path, vision_pretrained: str | None = None,
         sam, sam_config = load_sam_checkpoint(vision_pretrained or config.vision_pretrained,
                                               sam_config.name, device=device, dtype=dtype)
     decoder, _ = build_box_decoder(sam_config, config.num_hypotheses, None)
-    projection = build_box_projection(llava.config.text_config.hidden_size,
-                                      sam_config.prompt_embed_dim)
-    model = UMedGround(llava, sam.image_encoder, projection, decoder,
+    phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
+                                    len(config.query_layers), sam_config.prompt_embed_dim)
+    model = UMedGround(llava, sam.image_encoder, phrase_query, decoder,
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
-    model.box_projection.to(device=device, dtype=dtype)
+    model.phrase_query.to(device=device, dtype=dtype)
     model.box_decoder.to(device=device, dtype=dtype)
-    for prefix in ("box_projection", "box_decoder", "sam_encoder"):
+    for prefix in ("phrase_query", "box_decoder", "sam_encoder"):
         part = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
         if part:
             getattr(model, prefix).load_state_dict(part, strict=True)

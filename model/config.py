@@ -18,6 +18,8 @@ class GroundingConfig:
 
     ``version``/``vision_pretrained`` are the base checkpoints (a llava-hf folder, a SAM /
     MedSAM / tiny state dict). ``lora_r = 0`` trains the whole language model instead of LoRA.
+    ``query_layers`` are the LM hidden-state layers (0 = token embeddings, -1 = last layer)
+    whose phrase states make a ``[BOX]``'s query (see :mod:`model.phrase_query`).
     """
 
     version: str
@@ -31,6 +33,7 @@ class GroundingConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     train_vision_encoder: bool = False
     lora_sam_rank: int = 0
+    query_layers: list[int] = field(default_factory=lambda: [0, -1])
     ce_weight: float = 1.0
     box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
     sam: dict[str, Any] | None = None  # the SAM architecture, filled in when the model is built
@@ -45,6 +48,8 @@ class GroundingConfig:
         if isinstance(self.box_loss, dict):
             self.box_loss = BoxLossConfig(**self.box_loss)
         self.box_loss.mode = self.box_head
+        if not self.query_layers:
+            raise ValueError("query_layers is empty: name at least one LM layer, e.g. -1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.box_decoder import build_box_decoder  # noqa: E402
 from model.build import _set_trainable, count_parameters  # noqa: E402
 from model.config import GroundingConfig  # noqa: E402
-from model.grounding_model import UMedGround, build_box_projection  # noqa: E402
+from model.grounding_model import UMedGround
+from model.phrase_query import build_phrase_query  # noqa: E402
 from model.llava_builder import apply_lm_lora  # noqa: E402
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam  # noqa: E402
 from utils.tiny_checkpoints import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE  # noqa: E402
@@ -46,12 +47,12 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
         llava.resize_token_embeddings(llava_config.text_config.vocab_size + 1, mean_resizing=False)
         sam = build_sam(sam_config)
         decoder, _ = build_box_decoder(sam_config, config.num_hypotheses)
-        projection = build_box_projection(llava_config.text_config.hidden_size,
-                                          sam_config.prompt_embed_dim)
+        phrase_query = build_phrase_query(llava_config.text_config.hidden_size,
+                                        len(config.query_layers), sam_config.prompt_embed_dim)
         if config.lora_r > 0:
             llava = apply_lm_lora(llava, config.lora_r, config.lora_alpha, 0.0,
                                   config.lora_target_modules)
-    model = UMedGround(llava, sam.image_encoder, projection, decoder, 0, config)
+    model = UMedGround(llava, sam.image_encoder, phrase_query, decoder, 0, config)
     _set_trainable(model, config)
     return count_parameters(model)
 

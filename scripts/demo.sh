@@ -7,7 +7,7 @@
 # rather than adapting it with LoRA; the LoRA + merge path is what real checkpoints use, and
 # tests/test_training.py runs it. The merge script still writes the exported folder.
 # Two settings make the most of the CPU budget. The grounding parts (SAM encoder, box
-# projection, box decoder) learn at 3x the language model's rate (--grounding_lr). The text
+# query, box decoder) learn at 3x the language model's rate (--grounding_lr). The text
 # loss weighs 10x (--ce_loss_weight): with Adam only the language model sees the ratio, so
 # the box loss no longer drowns its next-token learning (per-token text loss at step 500:
 # 0.07 with weight 10, as with no box loss at all; 0.44 with weight 1).
@@ -25,7 +25,7 @@ rm -rf "$RUN"
   --dataset_dir ln_data/synthcxr --dataset report --sample_rates 1 \
   --exp_name demo --log_base_dir runs \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
-  --lr 1e-3 --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 \
+  --lr 1e-3 --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
   --train_vision_encoder --lora_r 0 \
   --box_head umhp --num_hypotheses 3 --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)

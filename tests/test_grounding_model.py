@@ -62,7 +62,7 @@ def test_only_the_documented_parts_train(built):
     assert not any("vision_tower" in n or "multi_modal_projector" in n for n in trainable)
     assert not any(n.startswith("sam_encoder.") for n in trainable)
     assert any(n.startswith("box_decoder.") for n in trainable)
-    assert any(n.startswith("box_projection.") for n in trainable)
+    assert any(n.startswith("phrase_query.") for n in trainable)
     assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
     assert not any("language_model" in n and "lora_" not in n and "embed_tokens" not in n
                    for n in trainable)
@@ -214,3 +214,10 @@ def test_bf16_model_runs_both_paths(tiny_dir, samples):
     generated = model.generate(prompts["sam_images"], prompts["pixel_values"], prompts["input_ids"],
                                prompts["attention_mask"], processor.tokenizer, max_new_tokens=4)
     assert len(generated.texts) == 1
+
+
+def test_query_layers_outside_the_language_model_are_refused(tiny_dir):
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), query_layers=[0, 9])
+    with pytest.raises(ValueError, match=r"query_layers \[9\] do not exist"):
+        build_umedground(config)

@@ -43,3 +43,21 @@ def test_bad_rates_are_refused():
         mixture_stream([3, 3], [0, 0], 0, 0, 5)
     with pytest.raises(ValueError, match="2 datasets but 1"):
         mixture_stream([3, 3], [1], 0, 0, 5)
+
+
+def test_group_by_length_batches_similar_lengths_and_keeps_every_draw():
+    lengths = [(index * 37) % 101 for index in range(200)]
+    plain = list(MixtureSampler([200], [1], 0, 0, samples_per_rank=192))
+    grouped = list(MixtureSampler([200], [1], 0, 0, samples_per_rank=192, lengths=lengths,
+                                  batch_size=4))
+    assert sorted(grouped) == sorted(plain)
+    assert sorted(grouped[:64]) == sorted(plain[:64])  # reordered within a group of 16 batches
+    assert grouped[:64] != sorted(grouped[:64], key=lambda i: lengths[i])  # batches shuffled
+
+    def padded(order: list[int]) -> int:
+        return sum(4 * max(lengths[i] for i in order[b:b + 4]) for b in range(0, len(order), 4))
+
+    assert padded(grouped) < 0.8 * padded(plain)
+    resumed = list(MixtureSampler([200], [1], 0, 0, samples_per_rank=192, lengths=lengths,
+                                  batch_size=4, start=40))
+    assert resumed == grouped[40:]

@@ -48,6 +48,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        const="hinge", help="alias of --box_head hinge (reference code)")
     group.add_argument("--num_hypotheses", type=int, default=3,
                        help="hypothesis boxes per [BOX] (forced to 1 by --box_head single)")
+    group.add_argument("--query_layers", default="0,-1",
+                       help="comma-separated LM hidden-state layers whose phrase states make a "
+                            "[BOX]'s query (0 = token embeddings, -1 = last layer)")
     defaults = BoxLossConfig()
     group.add_argument("--ce_loss_weight", type=float, default=1.0)
     group.add_argument("--l1_loss_weight", type=float, default=defaults.l1_weight)
@@ -68,6 +71,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
+        query_layers=[int(layer) for layer in args.query_layers.split(",") if layer.strip()],
         ce_weight=args.ce_loss_weight,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
                                giou_weight=args.giou_loss_weight,

@@ -69,6 +69,12 @@ class GroundingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def text_lengths(self) -> list[int]:
+        """Characters of each sample's report (or question and answer, or label) and phrases:
+        a cheap stand-in for its token count, for ``--group_by_length``."""
+        return [len(s.report) + len(s.question) + len(s.answer) + len(s.label) +
+                sum(len(f.phrase) for f in s.findings) for s in self.samples]
+
     def set_epoch(self, epoch: int) -> None:
         """Changes the template draw between epochs, deterministically."""
         self.epoch = epoch

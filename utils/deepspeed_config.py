@@ -9,7 +9,7 @@ from typing import Any
 
 def group_learning_rates(args: argparse.Namespace) -> list[float]:
     """Peak learning rates of the two optimizer groups: the language model, then the grounding
-    parts (SAM encoder, box projection, box decoder)."""
+    parts (SAM encoder, phrase query, box decoder)."""
     return [args.lr, args.lr if args.grounding_lr is None else args.grounding_lr]
 
 

@@ -1,0 +1,45 @@
+"""The query of a ``[BOX]``: its phrase's language-model states, pooled and projected.
+
+Each phrase position contributes the states of a few LM layers (``query_layers``: 0 is the
+token embedding, -1 the last layer). Each layer's state is layer-normalised on its own, so an
+embedding (norm ~0.3 at initialisation) weighs as much as a last-layer state (norm ~16). A
+learned score per position, softmax over the phrase, pools them (attention pooling): the
+words that say where to look ("left", "apex", "nodule") can outweigh "in", "the" and "It
+is". An MLP (LISA's ``text_hidden_fcs`` shape) maps the pooled vector to the decoder width.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PhraseQuery(nn.Module):
+    """(Q,T,L*H) phrase states with a (Q,T) mask → (Q,C) decoder queries.
+
+    Arguments:
+      hidden_size: H, the LM width.
+      num_layers: L, how many LM layers each position contributes.
+      out_dim: C, the box decoder width.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, out_dim: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(num_layers))
+        width = hidden_size * num_layers
+        self.score = nn.Linear(width, 1, bias=False)  # a softmax ignores a shared bias
+        self.projection = nn.Sequential(nn.Linear(width, hidden_size), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden_size, out_dim))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``states`` (Q,T,L*H), ``mask`` (Q,T) true on phrase positions (≥ 1 per row)."""
+        parts = states.split(self.hidden_size, dim=-1)
+        normed = torch.cat([norm(part) for norm, part in zip(self.norms, parts)], dim=-1)
+        logits = self.score(normed).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = logits.softmax(dim=-1)
+        pooled = torch.einsum("qt,qtd->qd", weights, normed)
+        return self.projection(pooled)
+
+
+def build_phrase_query(hidden_size: int, num_layers: int, out_dim: int) -> PhraseQuery:
+    return PhraseQuery(hidden_size, num_layers, out_dim)
