@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from model.box_decoder import build_box_decoder
 from model.config import CONFIG_NAME, GroundingConfig
 from model.grounding_model import UMedGround
-from model.phrase_query import build_phrase_query
 from model.llava_builder import apply_lm_lora, load_llava, load_processor
+from model.phrase_query import build_phrase_query
 from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
 from utils.prompts import BOX_TOKEN
 
@@ -65,7 +65,7 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
         raise ValueError(f"query_layers {outside} do not exist: {config.version} has hidden "
                          f"states 0..{depth} (0 = token embeddings, -1 = last layer)")
     phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                    len(config.query_layers), sam_config.prompt_embed_dim)
+                                      len(config.query_layers), sam_config.prompt_embed_dim)
     if config.lora_r > 0:
         llava = apply_lm_lora(llava, config.lora_r, config.lora_alpha, config.lora_dropout,
                               config.lora_target_modules)
@@ -152,7 +152,7 @@ def load_exported(folder: str | Path, vision_pretrained: str | None = None,
                                               sam_config.name, device=device, dtype=dtype)
     decoder, _ = build_box_decoder(sam_config, config.num_hypotheses, None)
     phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                    len(config.query_layers), sam_config.prompt_embed_dim)
+                                      len(config.query_layers), sam_config.prompt_embed_dim)
     model = UMedGround(llava, sam.image_encoder, phrase_query, decoder,
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
     model.phrase_query.to(device=device, dtype=dtype)
