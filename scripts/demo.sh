@@ -12,7 +12,8 @@
 # the box loss no longer drowns its next-token learning (per-token text loss at step 500:
 # 0.07 with weight 10, as with no box loss at all; 0.44 with weight 1).
 # --group_by_length batches reports of similar length, so less padding goes through the
-# language model (about 0.50 s a step instead of 0.57).
+# language model (380k tokens an epoch instead of 469k; training took 574 s for 1,100 steps,
+# against 609 s for 1,000 steps without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
