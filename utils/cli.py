@@ -14,6 +14,18 @@ from model.config import BOX_HEADS, GroundingConfig
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def layer_list(text: str) -> list[int]:
+    """``"0,-1"`` → ``[0, -1]``, for ``--query_layers``."""
+    try:
+        layers = [int(layer) for layer in text.split(",") if layer.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer "
+                                         "indices, e.g. 0,-1")
+    if not layers:
+        raise argparse.ArgumentTypeError("name at least one layer, e.g. -1")
+    return layers
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Flags that define the model: base checkpoints, LoRA, the box head and loss weights."""
     group = parser.add_argument_group("model")
@@ -48,7 +60,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        const="hinge", help="alias of --box_head hinge (reference code)")
     group.add_argument("--num_hypotheses", type=int, default=3,
                        help="hypothesis boxes per [BOX] (forced to 1 by --box_head single)")
-    group.add_argument("--query_layers", default="0,-1",
+    group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
     defaults = BoxLossConfig()
@@ -71,7 +83,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
-        query_layers=[int(layer) for layer in args.query_layers.split(",") if layer.strip()],
+        query_layers=list(args.query_layers),
         ce_weight=args.ce_loss_weight,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
                                giou_weight=args.giou_loss_weight,
