@@ -112,7 +112,7 @@ class UMedGround(nn.Module):
         return self.box_decoder(image_embeddings, queries, box_batch_index)
 
     def query_states(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The ``query_layers`` of a hidden-state tuple, concatenated: (B,L,H) each → (B,L,k*H)."""
+        """The ``query_layers`` of a hidden-state tuple, concatenated: (...,H) each → (...,k*H)."""
         return torch.cat([hidden_states[layer] for layer in self.config.query_layers], dim=-1)
 
     def phrase_states(self, hidden: torch.Tensor, labels: torch.Tensor
@@ -189,8 +189,8 @@ class UMedGround(nn.Module):
         for step in range(new_tokens.shape[1]):
             tokens = new_tokens[:, step]
             live = ~finished
-            # the states of the step that reads token step-1 and emits tokens
-            hidden = self.query_states(generated.hidden_states[step])[:, -1]
+            # the last position's states of the step that reads token step-1 and emits tokens
+            hidden = self.query_states(tuple(h[:, -1] for h in generated.hidden_states[step]))
             for row in live.nonzero(as_tuple=True)[0].tolist():
                 # an answer token's state joins its phrase unless it reads a [BOX]
                 if step > 0 and int(new_tokens[row, step - 1]) != self.box_token_id:
