@@ -7,15 +7,16 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo test test-fast clean
+.PHONY: install data tiny demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-torch.txt
+$(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-torch.txt
 	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 data: $(SYNTHCXR)/meta.json
@@ -33,6 +34,9 @@ demo: tiny
 
 test: install
 	$(VPY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(VPY) -m pytest -q -m "not slow" tests

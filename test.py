@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
+from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TASKS
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
-from utils.cli import PRECISIONS
-
-TASKS = ("report", "vqa", "class")
+from utils.cli import PRECISIONS, non_negative_int, positive_int, writable_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,24 +45,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--image_root", default=None)
     parser.add_argument("--skip_invalid", action="store_true")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--model_max_length", type=int, default=512)
-    parser.add_argument("--max_samples", type=int, default=0, help="first N samples only")
+    parser.add_argument("--out", required=True, type=writable_folder,
+                        help="output folder (created; checked before anything runs)")
+    parser.add_argument("--batch_size", type=positive_int, default=8)
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--model_max_length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH)
+    parser.add_argument("--max_samples", type=positive_int, default=None,
+                        help="first N samples only (default: all)")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--vis", type=int, default=0, help="save N overlay pictures")
+    parser.add_argument("--vis", type=non_negative_int, default=0, help="save N overlay pictures")
     parser.add_argument("--image_noise_std", default="",
                         help="comma-separated Gaussian noise levels (0..255 pixel units) for the "
                              "robustness table, e.g. 0,10,25")
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
-    parser.add_argument("--baseline_k", type=int, default=5)
+    parser.add_argument("--baseline_k", type=positive_int, default=5)
     args = parser.parse_args(argv)
     if args.baseline is None and args.version is None:
         parser.error("--version is required (unless --baseline)")
-    args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
+    try:
+        args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--image_noise_std {args.image_noise_std!r}: give comma-separated numbers")
+    if not all(0 <= level < float("inf") for level in args.noise_levels):
+        parser.error(f"--image_noise_std {args.image_noise_std}: each level must be finite and "
+                     ">= 0")
     return args
 
 
@@ -73,7 +80,7 @@ def load_split(args: argparse.Namespace, split: str) -> list[Sample]:
         samples = load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
     except AnnotationError as error:
         raise SystemExit(str(error))
-    return samples[: args.max_samples] if args.max_samples else samples
+    return samples[: args.max_samples]
 
 
 def load_model(args: argparse.Namespace):
@@ -127,7 +134,7 @@ def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict,
     from utils.baseline import PhrasePriorBaseline
     from utils.evaluate import baseline_metrics
 
-    train = load_split(argparse.Namespace(**{**vars(args), "max_samples": 0}), "train")
+    train = load_split(argparse.Namespace(**{**vars(args), "max_samples": None}), "train")
     baseline = PhrasePriorBaseline(k=args.baseline_k).fit(
         [(f.phrase, f.target_box()) for s in train for f in s.findings])
     return baseline_metrics(baseline, samples, args.test_dataset, args.split)
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     from utils.evaluation.report import format_metrics_table, format_noise_table
 
     samples = load_split(args, args.split)
-    out = Path(args.out)
+    out = args.out
     started = time.time()
     if args.baseline:
         metrics, records = run_baseline(args, samples)

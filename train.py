@@ -7,35 +7,37 @@
     python train.py …   # the same, one process (the rank variables are filled in)
 
 Writes ``<log_base_dir>/<exp_name>/``: ``ckpt/`` (DeepSpeed checkpoints, ``latest``, ``best``,
-``zero_to_fp32.py``), ``log.jsonl`` and ``tensorboard/`` (loss parts, lr, validation metrics).
+``best.json``), ``log.jsonl`` and ``tensorboard/`` (loss parts, lr, validation metrics).
+The loop lives in :mod:`training.engine`, checkpoints in :mod:`training.checkpoints`.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
-from tqdm import tqdm
 
-from model.build import build_umedground, count_parameters
+from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH
+from training.checkpoints import BEST_MODES, CheckpointError, Checkpointer, resolve_resume
+from training.deepspeed_config import build_deepspeed_config, group_learning_rates
+from training.distributed import (barrier, default_extensions_dir, ensure_single_process_env,
+                                  rank, world_size)
+from training.engine import NonFiniteLossError, train_one_epoch, validate
+from training.log import TrainLog
+from training.mixing import MixtureSampler
+from training.rng import loader_generator, seed_everything
+from training.state import TrainState
 from utils.annotations import AnnotationError, annotation_file, load_annotations
-from utils.checkpoints import mark_best, read_pointer, resolve_resume, save_checkpoint
-from utils.cli import PRECISIONS, add_model_args, grounding_config_from_args
+from utils.cli import (PRECISIONS, add_model_args, grounding_config_from_args, non_negative_int,
+                       positive_int)
 from utils.dataset import GroundingCollator, GroundingDataset
-from utils.deepspeed_config import build_deepspeed_config, group_learning_rates
-from utils.distributed import barrier, ensure_single_process_env, rank, world_size
+from utils.logs import setup_logging
 
-from utils.mixing import MixtureSampler
-from utils.train_log import TrainLog
-
-MODEL_INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels",
-                "box_targets")
+logger = logging.getLogger("train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,17 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="folder image paths are relative to (default: --dataset_dir)")
     data.add_argument("--skip_invalid", action="store_true",
                       help="drop invalid annotation rows (counted and printed) instead of failing")
-    data.add_argument("--model_max_length", type=int, default=512)
-    data.add_argument("--workers", type=int, default=2)
+    data.add_argument("--model_max_length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH)
+    data.add_argument("--workers", type=non_negative_int, default=2,
+                      help="DataLoader worker processes (0: load in the training process)")
     data.add_argument("--group_by_length", action="store_true",
                       help="batch training samples of similar length together (less padding)")
     run = parser.add_argument_group("run")
     run.add_argument("--exp_name", default="umedground")
     run.add_argument("--log_base_dir", default="runs")
-    run.add_argument("--epochs", type=int, default=10)
-    run.add_argument("--steps_per_epoch", type=int, default=500)
-    run.add_argument("--batch_size", type=int, default=2, help="micro batch per rank")
-    run.add_argument("--grad_accumulation_steps", type=int, default=10)
+    run.add_argument("--epochs", type=positive_int, default=10)
+    run.add_argument("--steps_per_epoch", type=positive_int, default=500)
+    run.add_argument("--batch_size", type=positive_int, default=2, help="micro batch per rank")
+    run.add_argument("--grad_accumulation_steps", type=positive_int, default=10)
     run.add_argument("--lr", type=float, default=3e-4,
                      help="peak learning rate of the language model (and of the rest without "
                           "--grounding_lr)")
@@ -72,47 +75,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="peak learning rate of the SAM encoder, phrase query and box decoder "
                           "(default: --lr)")
     run.add_argument("--weight_decay", type=float, default=0.0)
-    run.add_argument("--warmup_steps", type=int, default=100)
+    run.add_argument("--warmup_steps", type=non_negative_int, default=100)
     run.add_argument("--gradient_clipping", type=float, default=1.0)
     run.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
     run.add_argument("--deepspeed_config", default=None,
                      help="a DeepSpeed JSON config used instead of the one built from the flags")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--save_every", type=int, default=0,
+    run.add_argument("--save_every", type=non_negative_int, default=0,
                      help="also checkpoint every N optimizer steps (0: only at epoch ends)")
     run.add_argument("--resume", default=None, help="checkpoint folder (or tag folder) to resume")
     run.add_argument("--auto_resume", action="store_true",
                      help="resume from <run>/ckpt/latest when it exists")
     run.add_argument("--no_validate", action="store_true", help="skip the per-epoch validation")
-    run.add_argument("--val_batch_size", type=int, default=8)
-    run.add_argument("--val_max_samples", type=int, default=0,
+    run.add_argument("--val_batch_size", type=positive_int, default=8)
+    run.add_argument("--val_max_samples", type=non_negative_int, default=0,
                      help="validate on the first N samples only (0: the whole split)")
-    run.add_argument("--max_new_tokens", type=int, default=128)
+    run.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     run.add_argument("--best_metric", default="grounding.miou",
                      help="validation metric that picks the best checkpoint (dotted key)")
+    run.add_argument("--best_mode", default="auto", choices=BEST_MODES,
+                     help="max: higher is better; min: lower is better; auto: min for AURC and "
+                          "losses, max otherwise")
     run.add_argument("--local_rank", type=int, default=0, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
     args.datasets = [name for name in args.dataset.split("||") if name]
-    args.rates = [float(r) for r in args.sample_rates.split(",")]
+    try:
+        args.rates = [float(r) for r in args.sample_rates.split(",")]
+    except ValueError:
+        parser.error(f"--sample_rates {args.sample_rates!r}: give comma-separated numbers")
     if len(args.rates) != len(args.datasets):
         parser.error(f"--sample_rates has {len(args.rates)} values for {len(args.datasets)} "
                      f"datasets ({args.datasets})")
+    if any(not rate >= 0 or rate == float("inf") for rate in args.rates) or not sum(args.rates) > 0:
+        parser.error(f"--sample_rates {args.sample_rates}: each must be finite and >= 0, and "
+                     "not all 0")
+    if args.warmup_steps > args.epochs * args.steps_per_epoch:
+        parser.error(f"--warmup_steps {args.warmup_steps} exceeds the run's "
+                     f"{args.epochs * args.steps_per_epoch} steps (--epochs x --steps_per_epoch)")
     if args.precision != "fp32" and not torch.cuda.is_available():
         parser.error(f"--precision {args.precision} needs a GPU; use fp32 on a CPU")
     return args
 
 
 def load_split(args: argparse.Namespace, name: str, split: str) -> list:
-    try:
-        path = annotation_file(Path(args.dataset_dir), name, split)
-        return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
-    except AnnotationError as error:
-        raise SystemExit(str(error))
+    path = annotation_file(Path(args.dataset_dir), name, split)
+    return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
 
 
 def parameter_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The trainable parameters as two optimizer groups, in the order of
-    :func:`utils.deepspeed_config.group_learning_rates`: the language model (``--lr``), then
+    :func:`training.deepspeed_config.group_learning_rates`: the language model (``--lr``), then
     the grounding parts (``--grounding_lr``)."""
     language, grounding = [], []
     for name, parameter in model.named_parameters():
@@ -122,178 +134,123 @@ def parameter_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[d
     return [{"params": params, "lr": lr} for params, lr in zip((language, grounding), rates)]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def epoch_loader(datasets: list[GroundingDataset], lengths: list[int] | None,
+                 collate: GroundingCollator, args: argparse.Namespace,
+                 state: TrainState) -> DataLoader:
+    """This rank's loader for ``state.epoch``, from the draw after ``state.step_in_epoch``."""
+    for dataset in datasets:
+        dataset.set_epoch(state.epoch)
+    per_step = args.batch_size * args.grad_accumulation_steps
+    sampler = MixtureSampler([len(d) for d in datasets], args.rates, args.seed, state.epoch,
+                             args.steps_per_epoch * per_step, rank(), world_size(),
+                             start=state.step_in_epoch * per_step, lengths=lengths,
+                             batch_size=args.batch_size)
+    return DataLoader(ConcatDataset(datasets), batch_size=args.batch_size, sampler=sampler,
+                      collate_fn=collate, num_workers=args.workers,
+                      generator=loader_generator(args.seed, state.epoch, rank()),
+                      persistent_workers=False, drop_last=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ensure_single_process_env()
+    default_extensions_dir()
     import deepspeed  # after the rank variables exist
 
     deepspeed.init_distributed(dist_backend=None)
+    setup_logging(rank())
     seed_everything(args.seed + rank())
     from deepspeed.accelerator import get_accelerator
+
+    from model.build import build_umedground, count_parameters
 
     device = torch.device(get_accelerator().device_name(args.local_rank))
     run_dir = Path(args.log_base_dir) / args.exp_name
     ckpt_root = run_dir / "ckpt"
+    resume_from = Path(args.resume) if args.resume else (
+        ckpt_root if args.auto_resume and (ckpt_root / "latest").is_file() else None)
+    if resume_from is not None:
+        resolve_resume(resume_from)  # a damaged or unsafe checkpoint fails before the build
+    train_sets = [load_split(args, name, "train") for name in args.datasets]
+    val_samples = [] if args.no_validate else load_split(args, args.val_dataset, "val")
+    val_samples = val_samples[: args.val_max_samples or None]
     if rank() == 0:
         ckpt_root.mkdir(parents=True, exist_ok=True)
     barrier()
 
     config = grounding_config_from_args(args)
     try:
-        model, processor, load_report = build_umedground(config, device, PRECISIONS[args.precision])
+        model, processor, load_report = build_umedground(config, device,
+                                                         PRECISIONS[args.precision])
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"cannot build the model: {error}")
     total, trainable = count_parameters(model)
-    train_sets = [load_split(args, name, "train") for name in args.datasets]
-    val_samples = [] if args.no_validate else load_split(args, args.val_dataset, "val")
-    if args.val_max_samples:
-        val_samples = val_samples[: args.val_max_samples]
-    if rank() == 0:
-        print("\n".join(load_report))
-        print(f"[train] parameters: {total:,} total, {trainable:,} trainable")
-        print("[train] training sets: " + ", ".join(
-            f"{n} ({len(s)} samples, rate {r})" for n, s, r in zip(args.datasets, train_sets, args.rates)))
-
-    sam_size = model.sam_encoder.img_size
-    datasets = [GroundingDataset(samples, processor, sam_size, args.model_max_length, train=True,
-                                 seed=args.seed, name=f"{name}_train")
+    logger.info("\n".join(load_report))
+    logger.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
+    logger.info("training sets: %s", ", ".join(f"{n} ({len(s)} samples, rate {r})" for n, s, r
+                                               in zip(args.datasets, train_sets, args.rates)))
+    datasets = [GroundingDataset(samples, processor, model.sam_encoder.img_size,
+                                 args.model_max_length, train=True, seed=args.seed,
+                                 name=f"{name}_train")
                 for name, samples in zip(args.datasets, train_sets)]
-    train_data = ConcatDataset(datasets)
     lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
-    samples_per_rank = args.steps_per_epoch * args.batch_size * args.grad_accumulation_steps
-    total_steps = args.epochs * args.steps_per_epoch
-    ds_config = build_deepspeed_config(args, total_steps)
+    ds_config = build_deepspeed_config(args, args.epochs * args.steps_per_epoch)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, args), config=ds_config)
-
-    resume_from = Path(args.resume) if args.resume else (
-        ckpt_root if args.auto_resume and (ckpt_root / "latest").is_file() else None)
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    best_value, best_tag = None, read_pointer(ckpt_root, "best")
+    checkpointer = Checkpointer(engine, ckpt_root, config, dict(vars(args)), args.best_metric,
+                                args.best_mode)
+    state = TrainState()
     if resume_from is not None:
-        root, tag = resolve_resume(resume_from)
-        _, client_state = engine.load_checkpoint(str(root), tag=tag)
-        epoch, step_in_epoch, global_step = (client_state["epoch"], client_state["step_in_epoch"],
-                                             client_state["global_step"])
-        best_value = client_state.get("best_value")
-        set_rng_state(client_state["rng"][rank()] if isinstance(client_state["rng"], list)
-                      else client_state["rng"])
-        if rank() == 0:
-            print(f"[train] resumed from {root / tag}: epoch {epoch}, step {global_step}")
-
+        state = checkpointer.resume(resume_from)
+        logger.info("resumed from %s: epoch %d, step %d", resume_from, state.epoch,
+                    state.global_step)
+    collate = GroundingCollator(processor.tokenizer.pad_token_id, mode="train")
     log = TrainLog(run_dir, enabled=rank() == 0)
     if rank() == 0:
         config.save(run_dir)
-    collate = GroundingCollator(processor.tokenizer.pad_token_id, mode="train")
-    train_args = dict(vars(args))
-
-    def checkpoint(tag: str) -> None:
-        states = [None] * world_size()
-        if world_size() > 1:
-            torch.distributed.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
-        save_checkpoint(engine, ckpt_root, tag, {
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "best_value": best_value, "rng": states}, config, train_args, best_tag)
-
-    while epoch < args.epochs:
-        for dataset in datasets:
-            dataset.set_epoch(epoch)
-        sampler = MixtureSampler([len(d) for d in datasets], args.rates, args.seed, epoch,
-                                 samples_per_rank, rank(), world_size(),
-                                 start=step_in_epoch * args.batch_size * args.grad_accumulation_steps,
-                                 lengths=lengths, batch_size=args.batch_size)
-        loader = DataLoader(train_data, batch_size=args.batch_size, sampler=sampler,
-                            collate_fn=collate, num_workers=args.workers,
-                            persistent_workers=False, drop_last=True)
-        batches = iter(loader)
-        engine.train()
-        bar = tqdm(range(step_in_epoch, args.steps_per_epoch), disable=rank() != 0,
-                   desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True)
-        for _ in bar:
-            sums: dict[str, float] = {}
-            ids: list[str] = []
-            started = time.time()
-            for _ in range(args.grad_accumulation_steps):
-                batch = next(batches)
-                ids.extend(batch["ids"])
-                inputs = {k: batch[k].to(device) for k in MODEL_INPUTS}
-                output = engine(**inputs)
-                engine.backward(output.losses["total"])
-                engine.step()
-                for key, value in output.losses.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / args.grad_accumulation_steps
-            step_in_epoch += 1
-            global_step += 1
-            bar.set_postfix({k: f"{v:.3f}" for k, v in sums.items()})
-            lm_lr, grounding_lr = engine.get_lr()  # the optimizer's groups, scheduler or not
-            log.write("train", global_step, {"epoch": epoch, "lr": lm_lr,
-                                             "grounding_lr": grounding_lr,
-                                             "seconds": time.time() - started, **sums,
-                                             "sample_ids": ids})
-            if args.save_every and global_step % args.save_every == 0 \
-                    and step_in_epoch < args.steps_per_epoch:
-                checkpoint(f"step_{global_step:06d}")
-        epoch, step_in_epoch = epoch + 1, 0
-        tag = f"step_{global_step:06d}"
-        checkpoint(tag)
+    while state.epoch < args.epochs:
+        train_one_epoch(engine, epoch_loader(datasets, lengths, collate, args, state), state,
+                        steps_per_epoch=args.steps_per_epoch,
+                        grad_accumulation_steps=args.grad_accumulation_steps, device=device,
+                        log=log, checkpointer=checkpointer, save_every=args.save_every,
+                        description=f"epoch {state.epoch + 1}/{args.epochs}")
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        tag = checkpointer.save(state)
         if not args.no_validate:
-            metrics = validate(engine.module, processor, val_samples, args, ds_config)
-            if rank() == 0:
-                log.write("val", global_step, metrics)
-                from utils.evaluate import metric_value
-
-                value = metric_value(metrics, args.best_metric)
-                print(f"[val] epoch {epoch}: {args.best_metric} = {value:.4f}")
-                if best_value is None or value > best_value:
-                    best_value, best_tag = value, tag
-                    mark_best(ckpt_root, tag, args.best_metric, value)
-            barrier()
+            validate_epoch(engine.module, processor, val_samples, args, ds_config, state,
+                           checkpointer, log, tag)
     log.close()
+    logger.info("done: %d steps; checkpoints in %s", state.global_step, ckpt_root)
+
+
+def validate_epoch(model: torch.nn.Module, processor: Any, samples: list,
+                   args: argparse.Namespace, ds_config: dict[str, Any], state: TrainState,
+                   checkpointer: Checkpointer, log: TrainLog, tag: str) -> None:
+    """Validate the checkpoint ``tag`` just saved, log the metrics and keep the best."""
+    from utils.evaluate import metric_value
+
+    metrics = validate(model, processor, samples,
+                       zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
+                       batch_size=args.val_batch_size, max_new_tokens=args.max_new_tokens,
+                       model_max_length=args.model_max_length, dataset_name=args.val_dataset)
     if rank() == 0:
-        print(f"[train] done: {global_step} steps; checkpoints in {ckpt_root}")
+        log.write("val", state.global_step, metrics)
+        value = metric_value(metrics, args.best_metric)
+        best = checkpointer.record_validation(state, tag, value)
+        logger.info("epoch %d: %s = %.4f%s", state.epoch, args.best_metric, value,
+                    " (best so far)" if best else "")
+    barrier()
 
 
-def validate(model, processor, samples: list, args: argparse.Namespace,
-             ds_config: dict[str, Any]) -> dict[str, Any]:
-    """End-to-end and given-phrase validation on rank 0 (under ZeRO-3 with gathered weights)."""
-    import deepspeed
-
-    from utils.evaluate import evaluate_model
-
-    model.eval()
-    gather = deepspeed.zero.GatheredParameters(list(model.parameters()),
-                                               enabled=ds_config.get("zero_optimization", {})
-                                               .get("stage", 0) == 3)
-    metrics: dict[str, Any] = {}
-    with gather:
-        if rank() == 0:
-            metrics = evaluate_model(model, processor, samples, batch_size=args.val_batch_size,
-                                     max_new_tokens=args.max_new_tokens,
-                                     model_max_length=args.model_max_length,
-                                     dataset_name=args.val_dataset, split="val",
-                                     meteor=False).metrics
-    model.train()
-    return metrics
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with the expected failures as one clear message and exit status 2."""
+    try:
+        main(argv)
+    except (AnnotationError, CheckpointError, NonFiniteLossError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

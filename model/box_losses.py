@@ -40,8 +40,8 @@ import torch
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from model.box_decoder import BoxPrediction
+from model.constants import BOX_HEADS
 
-MODES = ("single", "mhp", "umhp", "hinge")
 
 
 @dataclass
@@ -57,8 +57,8 @@ class BoxLossConfig:
     hinge_margin: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"box loss mode {self.mode!r} is not one of {MODES}")
+        if self.mode not in BOX_HEADS:
+            raise ValueError(f"box loss mode {self.mode!r} is not one of {BOX_HEADS}")
         if not 0.0 <= self.mhp_epsilon < 1.0:
             raise ValueError(f"mhp_epsilon {self.mhp_epsilon} must lie in [0, 1)")
         if self.umhp_temperature <= 0.0:

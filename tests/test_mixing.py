@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from utils.mixing import MixtureSampler, mixture_stream
+from training.mixing import MixtureSampler, mixture_stream
 
 
 def test_rates_give_the_requested_proportions():

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,29 +56,57 @@ def test_two_rank_deepspeed_run(tiny_dir, synth_dir, tmp_path):
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
 
 
-def test_killed_run_resumes_without_repeating_or_skipping(tiny_dir, synth_dir, tmp_path):
-    args = ["--epochs", "2", "--steps_per_epoch", "8", "--save_every", "3", "--no_validate"]
-    run([PYTHON, *train_command(tiny_dir, synth_dir, tmp_path, "reference", *args)])
-    reference = logged_steps(tmp_path / "reference")
-    assert sorted(reference) == list(range(1, 17))
+RESUME_ARGS = ("--epochs", "2", "--steps_per_epoch", "4", "--save_every", "3", "--workers", "1",
+               "--val_max_samples", "2", "--max_new_tokens", "4")
+LOSS_KEYS = ("ce", "box_total", "total")
 
-    command = [PYTHON, *train_command(tiny_dir, synth_dir, tmp_path, "killed", *args)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    latest = tmp_path / "killed" / "ckpt" / "latest"
-    deadline = time.time() + 600
-    while not latest.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert latest.read_text().strip() == "step_000003"
+
+def logged_losses(run_dir: Path) -> dict[int, tuple[float, ...]]:
+    """The loss parts of each training step; a step logged twice keeps its last entry."""
+    steps: dict[int, tuple[float, ...]] = {}
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["kind"] == "train":
+            steps[entry["step"]] = tuple(entry[key] for key in LOSS_KEYS)
+    return steps
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, synth_dir, tmp_path_factory) -> Path:
+    """8 steps in 2 epochs, checkpoints at steps 3, 4, 6 and 8, validation after 4 and 8, LoRA
+    dropout on (0.05), one loader worker."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run([PYTHON, *train_command(tiny_dir, synth_dir, root, "reference", *RESUME_ARGS)])
+    assert sorted(logged_steps(root / "reference")) == list(range(1, 9))
+    return root / "reference"
+
+
+@pytest.mark.parametrize("fault, latest_after_kill, redone", [
+    # killed in step 7, after the checkpoint of step 6: step 7 is lost and redone
+    ("forward:7", "step_000006", [7, 8]),
+    # killed half-way through writing the checkpoint of step 4 (the epoch's end)
+    ("save:2", "step_000003", [4, 5, 6, 7, 8]),
+])
+def test_killed_run_resumes_exactly(fault, latest_after_kill, redone, uninterrupted, tiny_dir,
+                                    synth_dir, tmp_path):
+    command = train_command(tiny_dir, synth_dir, tmp_path, "killed", *RESUME_ARGS)
+    killed = subprocess.run([PYTHON, "tests/fault_injection.py", fault, *command[1:]], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpt = tmp_path / "killed" / "ckpt"
+    assert (ckpt / "latest").read_text().strip() == latest_after_kill
 
     logged_before = len((tmp_path / "killed" / "log.jsonl").read_text().splitlines())
-    run([PYTHON, *train_command(tiny_dir, synth_dir, tmp_path, "killed", *args, "--auto_resume")])
-    assert logged_steps(tmp_path / "killed") == reference
+    run([PYTHON, *command, "--auto_resume"])
     lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()[logged_before:]
-    # the step counter continues after the checkpoint: steps 4..16, each once
-    assert [json.loads(line)["step"] for line in lines] == list(range(4, 17))
+    assert [json.loads(line)["step"] for line in lines
+            if json.loads(line)["kind"] == "train"] == redone
+    assert logged_steps(tmp_path / "killed") == logged_steps(uninterrupted)
+    resumed, reference = logged_losses(tmp_path / "killed"), logged_losses(uninterrupted)
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+    assert json.loads((ckpt / "best.json").read_text()) == \
+        json.loads((uninterrupted / "ckpt" / "best.json").read_text())
 
 
 def test_export_reproduces_the_trained_model_and_runs_through_test_py(tiny_dir, synth_dir, tmp_path):
@@ -94,8 +120,8 @@ def test_export_reproduces_the_trained_model_and_runs_through_test_py(tiny_dir, 
     run_dir = tmp_path / "export"
     assert (run_dir / "ckpt" / "best").is_file()
     tag = (run_dir / "ckpt" / "best").read_text().strip()
-    run([PYTHON, str(run_dir / "ckpt" / "zero_to_fp32.py"), str(run_dir / "ckpt"),
-         str(run_dir / "fp32"), "--tag", tag, "--safe_serialization"])
+    run([PYTHON, "-m", "training.consolidate", str(run_dir / "ckpt"), str(run_dir / "fp32"),
+         "--tag", tag])
     run([PYTHON, "merge_lora_weights_and_save_hf_model.py", "--version", str(tiny_dir / "llava"),
          "--weight", str(run_dir / "fp32"), "--save_path", str(run_dir / "hf")])
 

@@ -5,13 +5,48 @@ Flag names follow the reference code (LISA conventions) where it had one.
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 
 from model.box_losses import BoxLossConfig
-from model.config import BOX_HEADS, GroundingConfig
+from model.config import GroundingConfig
+from model.constants import BOX_HEADS, VISION_MODELS
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def writable_folder(text: str) -> Path:
+    """An argparse type: a folder that exists or can be made, and can be written to."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{path} cannot be written to ({error.strerror})")
+    return path
 
 
 def layer_list(text: str) -> list[int]:
@@ -36,19 +71,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="SAM/MedSAM state dict: sam_vit_h_4b8939.pth, medsam_vit_b.pth, "
                             "or pretrained/tiny/sam_tiny.pth")
     group.add_argument("--vision_model", default="auto",
-                       choices=["auto", "vit_h", "vit_l", "vit_b", "tiny"],
-                       help="SAM encoder type; 'auto' detects it from the state dict")
+                       choices=VISION_MODELS,
+                       help="the SAM encoder type --vision_pretrained must hold (a mismatch is "
+                            "an error); 'auto' accepts the type its shapes show")
     group.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                        help="bf16/fp16 need a GPU; CPU runs use fp32")
-    group.add_argument("--lora_r", type=int, default=8,
+    group.add_argument("--lora_r", type=non_negative_int, default=8,
                        help="LoRA rank on the language model; 0 trains the whole LM instead")
-    group.add_argument("--lora_alpha", type=int, default=16)
+    group.add_argument("--lora_alpha", type=positive_int, default=16)
     group.add_argument("--lora_dropout", type=float, default=0.05)
     group.add_argument("--lora_target_modules", default="q_proj,v_proj",
                        help="comma-separated LM module names (scoped to the language model)")
     group.add_argument("--train_vision_encoder", action="store_true",
                        help="train the SAM encoder (frozen by default; the tiny one needs it)")
-    group.add_argument("--lora_sam_rank", type=int, default=0,
+    group.add_argument("--lora_sam_rank", type=non_negative_int, default=0,
                        help="LoRA rank on the SAM encoder's qkv layers (0 = none)")
     group.add_argument("--box_head", default="umhp", choices=BOX_HEADS,
                        help="single = MedGround, mhp, umhp = uMedGround, hinge")
@@ -58,7 +94,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="alias of --box_head umhp (reference code)")
     group.add_argument("--uncertain_box_head", dest="box_head", action="store_const",
                        const="hinge", help="alias of --box_head hinge (reference code)")
-    group.add_argument("--num_hypotheses", type=int, default=3,
+    group.add_argument("--num_hypotheses", type=positive_int, default=3,
                        help="hypothesis boxes per [BOX] (forced to 1 by --box_head single)")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -32,3 +34,19 @@ def world_size() -> int:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_gather(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` in one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def default_extensions_dir() -> None:
+    """Keep DeepSpeed's compiled ops in the repository (``.torch_extensions``) unless
+    ``TORCH_EXTENSIONS_DIR`` says otherwise, as the Makefile does."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path(__file__).resolve().parents[1] / ".torch_extensions"))

@@ -1,0 +1,17 @@
+"""Names and sizes shared by the model, the data code, training and evaluation: one home each.
+
+Dependency-free, so that ``utils/``, ``training/``, the converters and the entry points import
+them from here and nothing in ``model/`` needs to import from elsewhere in the project.
+"""
+from __future__ import annotations
+
+BOX_TOKEN = "[BOX]"  # the token that closes a diagnostic phrase; each one becomes a box
+TASKS = ("report", "vqa", "class")  # annotation tasks: report grounding, VQA, classification
+BOX_HEADS = ("single", "mhp", "umhp", "hinge")  # single = MedGround, umhp = uMedGround
+VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")  # SAM / MedSAM encoder types
+REFERENCE_BOX_FRAME = 640  # the reference code's boxes are pixels of the image resized to 640²
+DEFAULT_MODEL_MAX_LENGTH = 512  # tokens of prompt + answer
+DEFAULT_MAX_NEW_TOKENS = 128  # tokens generated per answer at evaluation
+# The batch keys a UMedGround forward takes (collated by utils.dataset.GroundingCollator).
+MODEL_INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels",
+                "box_targets")

@@ -1,0 +1,1 @@
+"""Training infrastructure: the engine, checkpoints, distributed set-up, DeepSpeed config, logs, data mixing."""
