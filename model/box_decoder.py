@@ -7,18 +7,15 @@ places its box densely, as SAM's hypernetworks place masks: an MLP of hypothesis
 dotted with every cell's feature, and a softmax over the grid turns these logits into a centre
 heatmap. A per-cell MLP reads, for each hypothesis, a sub-cell offset of the centre (at most
 half a cell) and the box size. Box k is the heatmap-weighted mean of its per-cell boxes
-(cx, cy, w, h, all in [0, 1]). Reading the position from a heatmap over the grid learns far
-faster than regressing it from a token (DETR style): with learned finding embeddings as
-queries, a tiny encoder trained from scratch reached acc@0.5 0.47 after 300 steps where the
-token regression reached 0.38 (same data, seed and budget).
+(cx, cy, w, h, all in [0, 1]). Reading the position from a heatmap over the grid learns
+faster than regressing it from a token, DETR style (docs/experiments.md, 2026-11-29).
 
 The hypotheses stay an ordered tensor (head k is always hypothesis k). The box is their mean;
 the per-coordinate (population) variance over the N hypotheses is the coordinate uncertainty.
 The scalar uncertainty is scale-relative: ``u = mean over (cx, cy, w, h) of variance / size**2``
 with size = (w, h, w, h) of the mean box, the squared coefficient of variation, so a 2-px
-spread counts for more on a nodule than on the heart (0 when N = 1). Relative spread is what
-IoU responds to: on a demo run it ranked failures with AUROC 0.69 where the absolute variance
-gave 0.42 (one demo run on the first SynthCXR generator, same predictions scored both ways).
+spread counts for more on a nodule than on the heart (0 when N = 1): relative spread is what
+IoU responds to (docs/experiments.md, 2026-11-28).
 """
 from __future__ import annotations
 

@@ -10,10 +10,8 @@ layer) are attention-pooled and projected by :class:`model.phrase_query.PhraseQu
 LISA reads only the emitting position; with a pretrained 7B model that state already says
 which phrase it closes. A language model trained from scratch has nothing there at first (the
 emitting token is always "is"), and the boxes stall until it learns to route the phrase to
-it. In the tiny demo setting (600 steps), given-phrase acc@0.5 was 0.66 and 0.68 (two seeds,
-the 150 validation reports) with attention pooling over embeddings and last layer, 0.49 with
-their mean and 0.42 with the last layer's mean (the first 64 reports), and 0.89 with an oracle
-query built from the finding's labelled type, side and zone.
+it; pooling the whole phrase gives the query content from the start (docs/experiments.md,
+2026-11-29).
 
 Teacher-forced training pools the states of the input positions; generation pools the
 states of the very generation steps that read the same tokens (``output_hidden_states`` of

@@ -60,10 +60,7 @@ OFFICIAL_CONFIGS = {
 }
 # The CPU default: 256 px with 16-px patches gives a 16 x 16 feature grid; 64 channels
 # throughout; a windowed block (4 x 4 patches) then a global one. The box decoder's heatmap
-# and sub-cell offsets place even small nodules on this grid. Trained from scratch on SynthCXR
-# with learned finding embeddings as queries, it reached acc@0.5 0.47 after 300 steps at
-# 0.09 s a step (16 images, 2 CPU cores), where 8-px patches with windowed attention only
-# reached 0.45 at 0.29 s a step.
+# and sub-cell offsets place even small nodules on this grid (docs/experiments.md, 2026-11-29).
 SAM_TINY_CONFIG = SamConfig("tiny", encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
                             encoder_global_attn_indexes=(1,), patch_size=16, image_size=256,
                             window_size=4, prompt_embed_dim=64, decoder_depth=2,

@@ -31,9 +31,9 @@ def _bounded_int(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {text!r}")
     if value < least:
-        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {value}")
     return value
 
 
