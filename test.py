@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,11 @@ import torch
 
 from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TASKS
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
-from utils.cli import PRECISIONS, non_negative_int, positive_int, writable_folder
+from utils.cli import (PRECISIONS, add_embedding_cache_args, attach_embedding_cache,
+                       non_negative_int, positive_int, writable_folder)
+from utils.logs import setup_logging
+
+logger = logging.getLogger("test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
     parser.add_argument("--baseline_k", type=positive_int, default=5)
+    add_embedding_cache_args(parser, "memory only")
     args = parser.parse_args(argv)
     if args.baseline is None and args.version is None:
         parser.error("--version is required (unless --baseline)")
@@ -142,6 +148,7 @@ def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict,
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    setup_logging()
     from utils.evaluation.report import format_metrics_table, format_noise_table
 
     samples = load_split(args, args.split)
@@ -151,26 +158,31 @@ def main(argv: list[str] | None = None) -> None:
         metrics, records = run_baseline(args, samples)
         metrics["seconds"] = time.time() - started
         write_outputs(out, metrics, records)
-        print(format_metrics_table(metrics))
+        logger.info("\n%s", format_metrics_table(metrics))
         return
-    from utils.evaluate import evaluate_model
+    from utils.evaluate import build_eval_dataset, evaluate_model
 
     try:
         model, processor = load_model(args)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
-    result = evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
-                            args.model_max_length, args.test_dataset, args.split)
+    logger.info(attach_embedding_cache(model, args, None))
+    dataset = build_eval_dataset(model, processor, samples, args.model_max_length,
+                                 f"{args.test_dataset}_{args.split}")
+    result = evaluate_model(model, processor, dataset, args.batch_size, args.max_new_tokens,
+                            args.test_dataset, args.split)
     write_outputs(out, result.metrics, result.records)
     if args.vis:
         save_overlays(out, result.records, args.vis)
-    print(format_metrics_table(result.metrics))
+    logger.info("\n%s", format_metrics_table(result.metrics))
     if args.noise_levels:
-        rows = [evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
-                               args.model_max_length, args.test_dataset, args.split,
-                               image_noise_std=level).metrics for level in args.noise_levels]
+        rows = []
+        for level in args.noise_levels:
+            dataset.image_noise_std = level
+            rows.append(evaluate_model(model, processor, dataset, args.batch_size,
+                                       args.max_new_tokens, args.test_dataset, args.split).metrics)
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-        print(format_noise_table(rows))
+        logger.info("\n%s", format_noise_table(rows))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,11 @@ from training.mixing import MixtureSampler
 from training.rng import loader_generator, seed_everything
 from training.state import TrainState
 from utils.annotations import AnnotationError, annotation_file, load_annotations
-from utils.cli import (PRECISIONS, add_model_args, grounding_config_from_args, non_negative_int,
+from utils.cli import (PRECISIONS, add_embedding_cache_args, add_model_args,
+                       attach_embedding_cache, grounding_config_from_args, non_negative_int,
                        positive_int)
 from utils.dataset import GroundingCollator, GroundingDataset
+from utils.evaluate import build_eval_dataset
 from utils.logs import setup_logging
 
 logger = logging.getLogger("train")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
+    add_embedding_cache_args(parser, "<log_base_dir>/<exp_name>/embedding_cache")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="ln_data/synthcxr",
                       help="folder with <name>_<split>.jsonl (or .pth) annotation files")
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"cannot build the model: {error}")
     total, trainable = count_parameters(model)
+    load_report.append(attach_embedding_cache(model, args, run_dir / "embedding_cache"))
     logger.info("\n".join(load_report))
     logger.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
     logger.info("training sets: %s", ", ".join(f"{n} ({len(s)} samples, rate {r})" for n, s, r
@@ -194,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                                  name=f"{name}_train")
                 for name, samples in zip(args.datasets, train_sets)]
     lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
+    val_data = build_eval_dataset(model, processor, val_samples, args.model_max_length,
+                                  f"{args.val_dataset}_val") if val_samples and rank() == 0 else None
     ds_config = build_deepspeed_config(args, args.epochs * args.steps_per_epoch)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, args), config=ds_config)
@@ -215,24 +221,29 @@ def main(argv: list[str] | None = None) -> None:
                         log=log, checkpointer=checkpointer, save_every=args.save_every,
                         description=f"epoch {state.epoch + 1}/{args.epochs}")
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        if model.embedding_cache is not None:
+            cache = model.embedding_cache
+            log.write("cache", state.global_step, {"epoch": state.epoch, "hits": cache.hits,
+                                                   "misses": cache.misses,
+                                                   "recomputed": cache.recomputed})
         tag = checkpointer.save(state)
         if not args.no_validate:
-            validate_epoch(engine.module, processor, val_samples, args, ds_config, state,
+            validate_epoch(engine.module, processor, val_data, args, ds_config, state,
                            checkpointer, log, tag)
     log.close()
     logger.info("done: %d steps; checkpoints in %s", state.global_step, ckpt_root)
 
 
-def validate_epoch(model: torch.nn.Module, processor: Any, samples: list,
+def validate_epoch(model: torch.nn.Module, processor: Any, dataset: Any,
                    args: argparse.Namespace, ds_config: dict[str, Any], state: TrainState,
                    checkpointer: Checkpointer, log: TrainLog, tag: str) -> None:
     """Validate the checkpoint ``tag`` just saved, log the metrics and keep the best."""
     from utils.evaluate import metric_value
 
-    metrics = validate(model, processor, samples,
+    metrics = validate(model, processor, dataset,
                        zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
                        batch_size=args.val_batch_size, max_new_tokens=args.max_new_tokens,
-                       model_max_length=args.model_max_length, dataset_name=args.val_dataset)
+                       dataset_name=args.val_dataset)
     if rank() == 0:
         log.write("val", state.global_step, metrics)
         value = metric_value(metrics, args.best_metric)

@@ -20,6 +20,7 @@ states of the very generation steps that read the same tokens (``output_hidden_s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from torch import nn
 from model.box_decoder import BoxPrediction, UncertainBoxDecoder
 from model.box_losses import compute_box_losses
 from model.config import GroundingConfig
+from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 
 
 @dataclass
@@ -80,7 +82,12 @@ class UMedGround(nn.Module):
       box_decoder: the uncertainty-aware multi-hypothesis decoder.
       box_token_id: the tokenizer id of ``[BOX]``.
       config: the model and head configuration (loss weights included).
+
+    ``embedding_cache`` (an :class:`EmbeddingCache`, set by train.py / test.py) serves the SAM
+    features while the encoder is frozen; it is not part of the weights.
     """
+
+    embedding_cache: EmbeddingCache | None = None
 
     def __init__(self, llava: nn.Module, sam_encoder: nn.Module, phrase_query: nn.Module,
                  box_decoder: UncertainBoxDecoder, box_token_id: int, config: GroundingConfig):
@@ -92,12 +99,30 @@ class UMedGround(nn.Module):
         self.box_token_id = box_token_id
         self.config = config
 
+    def enable_embedding_cache(self, folder: str | Path | None,
+                               max_memory_bytes: int) -> EmbeddingCache | None:
+        """Serve the SAM features from an :class:`EmbeddingCache` (on disk in ``folder``, or
+        in memory only for ``None``) while the encoder is frozen; ``None`` and no cache when
+        any encoder parameter is trained."""
+        if any(p.requires_grad for p in self.sam_encoder.parameters()):
+            self.embedding_cache = None
+        else:
+            self.embedding_cache = EmbeddingCache(encoder_fingerprint(self.sam_encoder), folder,
+                                                  max_memory_bytes)
+        return self.embedding_cache
+
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
-        """SAM features (B,C,h,w) of preprocessed images (B,3,S,S); no graph when frozen."""
+        """SAM features (B,C,h,w) of preprocessed images (B,3,S,S); no graph when frozen, and
+        from :attr:`embedding_cache` when one is set and the encoder is frozen."""
         first = next(self.sam_encoder.parameters())
         trainable = any(p.requires_grad for p in self.sam_encoder.parameters())
-        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            return self.sam_encoder(sam_images.to(first.dtype))
+        images = sam_images.to(first.dtype)
+        if trainable and torch.is_grad_enabled():
+            return self.sam_encoder(images)
+        with torch.no_grad():
+            if self.embedding_cache is not None and not trainable:
+                return self.embedding_cache.encode(images, self.sam_encoder)
+            return self.sam_encoder(images)
 
     def decode_boxes(self, image_embeddings: torch.Tensor, phrase_states: torch.Tensor,
                      phrase_mask: torch.Tensor, box_batch_index: torch.Tensor) -> BoxPrediction:
@@ -139,7 +164,8 @@ class UMedGround(nn.Module):
 
     def forward(self, sam_images: torch.Tensor, pixel_values: torch.Tensor,
                 input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                box_targets: torch.Tensor | None = None) -> GroundingOutput:
+                box_targets: torch.Tensor | None = None,
+                image_embeddings: torch.Tensor | None = None) -> GroundingOutput:
         """Teacher-forced pass.
 
         Arguments:
@@ -148,12 +174,16 @@ class UMedGround(nn.Module):
           input_ids, attention_mask, labels: (B,L); labels are -100 outside the answer.
           box_targets: (Q,4) normalised xyxy in SAM's padded frame, one per ``[BOX]`` label in
             batch-then-answer order; ``None`` skips the box losses (prediction only).
+          image_embeddings: (B,C,h,w) SAM features of ``sam_images`` when the caller has them
+            (evaluation shares one encoding between generation and this pass).
         """
         outputs = self.llava(input_ids=input_ids, attention_mask=attention_mask,
                              pixel_values=pixel_values.to(self.llava.dtype), labels=labels,
                              output_hidden_states=True)
         rows, states, mask = self.phrase_states(self.query_states(outputs.hidden_states), labels)
-        prediction = self.decode_boxes(self.encode_images(sam_images), states, mask, rows)
+        if image_embeddings is None:
+            image_embeddings = self.encode_images(sam_images)
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows)
         ce = outputs.loss * self.config.ce_weight
         losses = {"ce": ce}
         if box_targets is not None:
@@ -171,8 +201,12 @@ class UMedGround(nn.Module):
     @torch.no_grad()
     def generate(self, sam_images: torch.Tensor, pixel_values: torch.Tensor,
                  input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
-                 max_new_tokens: int = 128) -> GenerationOutput:
-        """Greedy generation from left-padded prompts (B,L), with the boxes of every ``[BOX]``."""
+                 max_new_tokens: int = 128,
+                 image_embeddings: torch.Tensor | None = None) -> GenerationOutput:
+        """Greedy generation from left-padded prompts (B,L), with the boxes of every ``[BOX]``.
+
+        ``image_embeddings`` (B,C,h,w), when given, are used instead of encoding ``sam_images``.
+        """
         generated = self.llava.generate(
             input_ids=input_ids, attention_mask=attention_mask,
             pixel_values=pixel_values.to(self.llava.dtype), max_new_tokens=max_new_tokens,
@@ -203,7 +237,9 @@ class UMedGround(nn.Module):
         rows = torch.tensor(box_rows, dtype=torch.long, device=new_tokens.device)
         order = torch.sort(rows, stable=True).indices  # batch-then-generation order
         states, mask = pad_phrases([box_phrases[i] for i in order.tolist()], hidden)
-        prediction = self.decode_boxes(self.encode_images(sam_images), states, mask, rows[order])
+        if image_embeddings is None:
+            image_embeddings = self.encode_images(sam_images)
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows[order])
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
         return GenerationOutput(texts, [torch.tensor(ids, dtype=torch.long) for ids in token_ids],
                                 prediction, rows[order])

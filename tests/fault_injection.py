@@ -1,8 +1,10 @@
 """Run train.py and kill it with SIGKILL at a chosen point (for the resume tests).
 
-    python tests/fault_injection.py forward:N  <train.py flags>   # in the N-th training forward
-    python tests/fault_injection.py save:N     <train.py flags>   # half-way through writing the
-                                                                  # N-th checkpoint's optimizer file
+    FAULT=forward:N python tests/fault_injection.py <train.py flags>  # in the N-th training forward
+    FAULT=save:N    python tests/fault_injection.py <train.py flags>  # half-way through writing
+                                                                      # the N-th optimizer file
+The point comes from the environment so that the deepspeed launcher, which puts its own
+``--local_rank`` first, can start this script too.
 """
 from __future__ import annotations
 
@@ -54,6 +56,6 @@ def kill_in_save(at: int) -> None:
 
 
 if __name__ == "__main__":
-    point, count = sys.argv[1].split(":")
+    point, count = os.environ["FAULT"].split(":")
     {"forward": kill_in_forward, "save": kill_in_save}[point](int(count))
-    sys.exit(train.run(sys.argv[2:]))
+    sys.exit(train.run(sys.argv[1:]))

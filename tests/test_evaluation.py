@@ -83,3 +83,95 @@ def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
 def test_bad_dataset_is_a_clear_error(exported, tmp_path):
     with pytest.raises(SystemExit, match="no annotation file report_test.jsonl"):
         run_test_cli(["--version", str(exported), "--dataset_dir", str(tmp_path), "--out", str(tmp_path)])
+
+
+def two_pass_records(model, processor, samples, batch_size, max_new_tokens):
+    """The evaluation as it was before the single pass: two loaders over the same samples,
+    SAM run in generation and again in the teacher-forced pass, phrases read back from the
+    decoded text. Returns the records ``evaluate_model`` writes."""
+    import re
+
+    from torch.utils.data import DataLoader
+
+    from utils.dataset import ordered_findings
+    from utils.evaluate import _box_fields, _pixel_predictions, _target_pixels
+    from utils.evaluation.matching import LEADING, TRAILING, match_phrases
+
+    dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size, train=False)
+    pad = processor.tokenizer.pad_token_id
+    loaders = [DataLoader(dataset, batch_size=batch_size,
+                          collate_fn=GroundingCollator(pad, mode)) for mode in ("generate", "train")]
+    records = []
+    for generate_batch, forced_batch in zip(*loaders):
+        generated = model.generate(*(generate_batch[k] for k in (
+            "sam_images", "pixel_values", "input_ids", "attention_mask")), processor.tokenizer,
+            max_new_tokens=max_new_tokens)
+        with torch.no_grad():
+            forced = model(**{k: forced_batch[k] for k in (
+                "sam_images", "pixel_values", "input_ids", "attention_mask", "labels")})
+        generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
+                                          generate_batch)
+        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
+        for row, sample in enumerate(generate_batch["samples"]):
+            findings = ordered_findings(sample)
+            phrases = [TRAILING.sub("", LEADING.sub("", piece))
+                       for piece in re.split(re.escape(BOX_TOKEN), generated.texts[row])[:-1]]
+            gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
+            phrases = phrases[: len(gen_idx)]
+            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
+            forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
+            for index, finding in enumerate(findings):
+                target = _target_pixels(sample, finding)
+                record = {"phrase": finding.phrase, "generated_text": generated.texts[row],
+                          "pred_phrase": None, "box": None, "iou": 0.0,
+                          "given_phrase": _box_fields(forced_px, forced_idx[index], target)}
+                if index in matches:
+                    record.update(_box_fields(generated_px, gen_idx[matches[index]], target))
+                    record["pred_phrase"] = phrases[matches[index]]
+                records.append(record)
+    return records
+
+
+def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, monkeypatch):
+    """An untrained model writes no phrase close to a finding, so every pair is kept here
+    (similarity >= 0) and the generated boxes are compared too."""
+    from functools import partial
+
+    import utils.evaluate
+    import utils.evaluation.matching
+    from tests.test_grounding_model import BoxEveryThirdStep
+    from utils.evaluate import build_eval_dataset, evaluate_model
+
+    keep_all = partial(utils.evaluation.matching.match_phrases, min_similarity=0.0)
+    monkeypatch.setattr(utils.evaluate, "match_phrases", keep_all)
+    monkeypatch.setattr(utils.evaluation.matching, "match_phrases", keep_all)
+
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    model, processor, _ = build_umedground(config)
+    model.eval()
+    tokenizer = processor.tokenizer
+    samples = load_annotations(synth_dir / "report_test.jsonl")
+    records = {}
+    for name in ("two-pass", "single-pass"):
+        hook = model.llava.get_output_embeddings().register_forward_hook(BoxEveryThirdStep(
+            tokenizer.convert_tokens_to_ids(BOX_TOKEN), tokenizer.eos_token_id))
+        try:
+            if name == "two-pass":
+                records[name] = two_pass_records(model, processor, samples, 4, 12)
+            else:
+                dataset = build_eval_dataset(model, processor, samples)
+                records[name] = evaluate_model(model, processor, dataset, batch_size=4,
+                                               max_new_tokens=12, progress=False,
+                                               meteor=False).records
+        finally:
+            hook.remove()
+    assert len(records["single-pass"]) == len(records["two-pass"]) > 0
+    assert any(r["box"] is not None for r in records["two-pass"])
+    for single, double in zip(records["single-pass"], records["two-pass"]):
+        for key in ("phrase", "generated_text", "pred_phrase", "box"):
+            assert single[key] == pytest.approx(double[key], abs=0.02), key
+        assert single["iou"] == pytest.approx(double["iou"], abs=1e-4)
+        assert single["given_phrase"]["box"] == pytest.approx(double["given_phrase"]["box"],
+                                                              abs=0.02)

@@ -6,7 +6,7 @@ import torch
 
 from utils.annotations import Finding
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
-from utils.evaluation.matching import match_phrases, parse_generated_answer, token_f1, words
+from utils.evaluation.matching import generated_phrases, match_phrases, token_f1, words
 from utils.evaluation.report import format_metrics_table, format_noise_table
 
 
@@ -63,19 +63,29 @@ def test_iou_in_pixels_of_a_non_square_image():
     assert float(pixels[0]) == pytest.approx(100 * 50 / (200 * 100 + 200 * 50 - 100 * 50))
 
 
-def test_parse_generated_answer():
-    text = "Small left effusion. It is [BOX]. Right upper zone nodule. It is [BOX]."
-    assert parse_generated_answer(text) == ["Small left effusion", "Right upper zone nodule"]
-    assert parse_generated_answer("No finding to ground.") == []
-    assert parse_generated_answer("") == []
-    assert parse_generated_answer("[BOX] cardiomegaly. It is [BOX]") == ["", "cardiomegaly"]
-    assert parse_generated_answer("  Heart  enlarged .  it is  [BOX]  nodule,it is [BOX] tail") == [
-        "Heart  enlarged", "nodule"]
-    assert parse_generated_answer("effusion. It is <B>. It is <B>.", box_token="<B>") == [
-        "effusion", ""]
-    assert parse_generated_answer("visit it is [BOX]") == ["visit"]
-    for text in ("a. It is [BOX]. b [BOX] c. [BOX][BOX]", "[BOX]. [BOX]."):
-        assert len(parse_generated_answer(text)) == text.count("[BOX]")
+def word_phrases(text: str) -> list[str]:
+    """``generated_phrases`` over a word-level vocabulary: one token per space-separated word."""
+    words_ = text.split(" ")
+    vocab = {word: i for i, word in enumerate(dict.fromkeys([*words_, "[BOX]"]))}
+    inverse = {i: word for word, i in vocab.items()}
+    return generated_phrases([vocab[w] for w in words_], vocab["[BOX]"],
+                             lambda ids: " ".join(inverse[i] for i in ids))
+
+
+@pytest.mark.parametrize("text, phrases", [
+    ("Small left effusion. It is [BOX] . Right upper zone nodule. It is [BOX] .",
+     ["Small left effusion", "Right upper zone nodule"]),
+    ("No finding to ground.", []),
+    ("", []),
+    ("[BOX] cardiomegaly. It is [BOX]", ["", "cardiomegaly"]),
+    ("  Heart  enlarged .  it is  [BOX]  nodule,it is [BOX] tail", ["Heart  enlarged", "nodule"]),
+    ("effusion. It is [BOX] . It is [BOX] .", ["effusion", ""]),
+    ("visit it is [BOX]", ["visit"]),
+    ("a. It is [BOX] . b [BOX] c. [BOX] [BOX]", ["a", "b", "c", ""]),
+])
+def test_generated_phrases_split_at_the_box_token_ids(text, phrases):
+    assert word_phrases(text) == phrases
+    assert len(word_phrases(text)) == text.split(" ").count("[BOX]")
 
 
 def test_token_f1_definition():

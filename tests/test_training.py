@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -90,8 +91,9 @@ def uninterrupted(tiny_dir, synth_dir, tmp_path_factory) -> Path:
 def test_killed_run_resumes_exactly(fault, latest_after_kill, redone, uninterrupted, tiny_dir,
                                     synth_dir, tmp_path):
     command = train_command(tiny_dir, synth_dir, tmp_path, "killed", *RESUME_ARGS)
-    killed = subprocess.run([PYTHON, "tests/fault_injection.py", fault, *command[1:]], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+    killed = subprocess.run([PYTHON, "tests/fault_injection.py", *command[1:]], cwd=REPO,
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "FAULT": fault})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpt = tmp_path / "killed" / "ckpt"
     assert (ckpt / "latest").read_text().strip() == latest_after_kill
@@ -107,6 +109,39 @@ def test_killed_run_resumes_exactly(fault, latest_after_kill, redone, uninterrup
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
     assert json.loads((ckpt / "best.json").read_text()) == \
         json.loads((uninterrupted / "ckpt" / "best.json").read_text())
+
+
+def test_two_rank_run_killed_mid_step_resumes_exactly(tiny_dir, synth_dir, tmp_path):
+    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", "29733"]
+    reference = train_command(tiny_dir, synth_dir, tmp_path, "reference", *RESUME_ARGS)
+    run([*launch, *reference])
+    command = train_command(tiny_dir, synth_dir, tmp_path, "killed", *RESUME_ARGS)
+    killed = subprocess.run([*launch, "tests/fault_injection.py", *command[1:]], cwd=REPO,
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "FAULT": "forward:7"})
+    assert killed.returncode != 0
+    assert (tmp_path / "killed" / "ckpt" / "latest").read_text().strip() == "step_000006"
+    run([*launch, *command, "--auto_resume"])
+    assert logged_steps(tmp_path / "killed") == logged_steps(tmp_path / "reference")
+    resumed, expected = logged_losses(tmp_path / "killed"), logged_losses(tmp_path / "reference")
+    for step in expected:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+
+
+def test_two_rank_run_shares_the_embedding_cache(tiny_dir, synth_dir, tmp_path):
+    """A frozen SAM: epoch 1 encodes each of the 24 images once across both ranks; in epoch 2
+    every image comes from the cache, from memory or from the other rank's files."""
+    command = [arg for arg in train_command(tiny_dir, synth_dir, tmp_path, "cached", "--epochs",
+                                            "2", "--steps_per_epoch", "6", "--no_validate")
+               if arg != "--train_vision_encoder"]
+    run([DEEPSPEED, "--num_gpus", "2", "--master_port", "29735", *command])
+    entries = list((tmp_path / "cached" / "embedding_cache").rglob("*.safetensors"))
+    assert len(entries) == 24
+    logged = [json.loads(line) for line in (tmp_path / "cached" / "log.jsonl").read_text()
+              .splitlines()]
+    first, second = [entry for entry in logged if entry["kind"] == "cache"]
+    assert first["misses"] == 12 and second["misses"] == 12  # rank 0's: none new in epoch 2
+    assert second["hits"] == 12
 
 
 def test_export_reproduces_the_trained_model_and_runs_through_test_py(tiny_dir, synth_dir, tmp_path):

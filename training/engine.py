@@ -74,13 +74,14 @@ def train_one_epoch(engine: Any, batches: Iterable[dict[str, Any]], state: Train
             checkpointer.save(state)
 
 
-def validate(model: torch.nn.Module, processor: Any, samples: list, *, zero_stage: int,
+def validate(model: torch.nn.Module, processor: Any, dataset: Any, *, zero_stage: int,
              **evaluate_kwargs: Any) -> dict[str, Any]:
     """End-to-end and given-phrase validation on rank 0 (other ranks return ``{}``), with the
     weights gathered under ZeRO-3. No generator of the training stream moves, so a run
     resumed after this epoch draws what an unbroken one did.
 
-    ``evaluate_kwargs`` go to :func:`utils.evaluate.evaluate_model`.
+    ``dataset`` is the validation split built once by :func:`utils.evaluate.build_eval_dataset`
+    (``None`` on other ranks); ``evaluate_kwargs`` go to :func:`utils.evaluate.evaluate_model`.
     """
     import deepspeed
 
@@ -91,7 +92,7 @@ def validate(model: torch.nn.Module, processor: Any, samples: list, *, zero_stag
     with preserved_rng(), deepspeed.zero.GatheredParameters(list(model.parameters()),
                                                             enabled=zero_stage == 3):
         if rank() == 0:
-            metrics = evaluate_model(model, processor, samples, split="val", meteor=False,
+            metrics = evaluate_model(model, processor, dataset, split="val", meteor=False,
                                      **evaluate_kwargs).metrics
     model.train()
     return metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,6 +109,32 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mhp_epsilon", type=float, default=defaults.mhp_epsilon)
     group.add_argument("--umhp_temperature", type=float, default=defaults.umhp_temperature)
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
+
+
+def add_embedding_cache_args(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--embedding_cache`` / ``--no_embedding_cache`` (see :mod:`model.embedding_cache`)."""
+    group = parser.add_argument_group("frozen-SAM embedding cache")
+    group.add_argument("--embedding_cache", default=None, metavar="DIR",
+                       help="folder for the SAM embeddings of a frozen encoder, computed once and "
+                            f"reused; 'memory' keeps them in memory only (default: {default})")
+    group.add_argument("--embedding_cache_memory_mb", type=positive_int, default=1024,
+                       help="embeddings also kept in memory, most recently used first")
+    group.add_argument("--no_embedding_cache", action="store_true",
+                       help="encode every image at every use")
+
+
+def attach_embedding_cache(model: Any, args: argparse.Namespace,
+                           default_folder: Path | None) -> str:
+    """Give ``model`` the cache the flags ask for, when its SAM encoder is frozen; returns a
+    line saying what was done, for the log."""
+    if args.no_embedding_cache:
+        return "embedding cache: off (--no_embedding_cache)"
+    folder = default_folder if args.embedding_cache is None else (
+        None if args.embedding_cache == "memory" else Path(args.embedding_cache))
+    cache = model.enable_embedding_cache(folder, args.embedding_cache_memory_mb << 20)
+    if cache is None:
+        return "embedding cache: off (the SAM encoder is trained)"
+    return f"embedding cache: {folder or 'memory only'} (encoder {cache.fingerprint[:12]})"
 
 
 def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:

@@ -15,6 +15,7 @@ a box and a u, so they measure the box uncertainty independently of phrase error
 from __future__ import annotations
 
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ from model.box_decoder import BoxPrediction
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
-from utils.evaluation.matching import match_phrases, parse_generated_answer
+from utils.evaluation.matching import generated_phrases, match_phrases
 from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import uncertainty_metrics
 from utils.sam_transforms import padded_to_image_boxes
@@ -74,45 +75,56 @@ def _target_pixels(sample: Sample, finding) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int = 8,
-                   max_new_tokens: int = 128, model_max_length: int = 512,
-                   dataset_name: str = "", split: str = "", image_noise_std: float = 0.0,
+def build_eval_dataset(model, processor, samples: Sequence[Sample], model_max_length: int = 512,
+                       name: str = "dataset") -> GroundingDataset:
+    """The evaluation dataset of a split (fixed template): build it once and pass it to every
+    :func:`evaluate_model` call (validation epochs, noise levels)."""
+    return GroundingDataset(samples, processor, model.sam_encoder.img_size, model_max_length,
+                            train=False, name=name)
+
+
+def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int = 8,
+                   max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
                    progress: bool = True, meteor: bool = True) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
-    ``meteor=False`` skips METEOR (a Java process), as per-epoch validation does.
+    One pass over ``dataset``: each batch is read and preprocessed once, the SAM encoder runs
+    once (or the embedding cache serves it) and both generation and the teacher-forced pass
+    use those features. ``dataset.image_noise_std`` sets the noise level. ``meteor=False``
+    skips METEOR (a Java process), as per-epoch validation does.
     """
     started = time.time()
     model.eval()
     device = next(model.box_decoder.parameters()).device
-    dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size, model_max_length,
-                               train=False, image_noise_std=image_noise_std,
-                               name=f"{dataset_name}_{split}")
     tokenizer = processor.tokenizer
     records: list[dict[str, Any]] = []
     n_extra = 0
-    generate_loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                 collate_fn=GroundingCollator(tokenizer.pad_token_id, "generate"))
-    forced_loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                               collate_fn=GroundingCollator(tokenizer.pad_token_id, "train"))
-    for generate_batch, forced_batch in tqdm(zip(generate_loader, forced_loader),
-                                             total=len(generate_loader), disable=not progress,
+    generate_collate = GroundingCollator(tokenizer.pad_token_id, "generate")
+    forced_collate = GroundingCollator(tokenizer.pad_token_id, "train")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=lambda items: (generate_collate(items), forced_collate(items)))
+    decode = partial(tokenizer.decode, skip_special_tokens=True)
+    for generate_batch, forced_batch in tqdm(loader, disable=not progress,
                                              desc=f"eval {dataset_name}/{split}", dynamic_ncols=True):
+        with torch.no_grad():
+            embeddings = model.encode_images(forced_batch["sam_images"].to(device))
         generated = model.generate(generate_batch["sam_images"].to(device),
                                    generate_batch["pixel_values"].to(device),
                                    generate_batch["input_ids"].to(device),
                                    generate_batch["attention_mask"].to(device), tokenizer,
-                                   max_new_tokens=max_new_tokens)
-        forced = model(**{k: forced_batch[k].to(device) for k in
-                          ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels")})
+                                   max_new_tokens=max_new_tokens, image_embeddings=embeddings)
+        with torch.no_grad():
+            forced = model(**{k: forced_batch[k].to(device) for k in
+                              ("sam_images", "pixel_values", "input_ids", "attention_mask",
+                               "labels")}, image_embeddings=embeddings)
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
                                           generate_batch)
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
-            phrases = parse_generated_answer(generated.texts[row])
+            phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
+                                        decode)
             gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
-            phrases = phrases[: len(gen_idx)]
             matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
             n_extra += len(phrases) - len(matches)
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
@@ -137,7 +149,7 @@ def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int 
     given = [r["given_phrase"]["iou"] for r in records]
     u = [r["given_phrase"]["u"] for r in records]
     metrics = {
-        "dataset": dataset_name, "split": split, "n_samples": len(samples),
+        "dataset": dataset_name, "split": split, "n_samples": len(dataset),
         "n_findings": len(records),
         "grounding": grounding_metrics(end_to_end),
         "grounding_given_phrase": grounding_metrics(given),
@@ -145,7 +157,7 @@ def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int 
                                  [r["phrase"] for r in records], meteor=meteor),
         "uncertainty": uncertainty_metrics(u, given),
         "n_extra_predictions": n_extra,
-        "image_noise_std": image_noise_std,
+        "image_noise_std": dataset.image_noise_std,
         "mean_u": float(sum(u) / len(u)) if u else 0.0,
         "seconds": time.time() - started,
     }

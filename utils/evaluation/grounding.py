@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_area
 
 THRESHOLDS = (0.1, 0.3, 0.5)
-IOU_CHUNK = 1024  # paired IoU takes the diagonal of chunk x chunk blocks: memory O(M * chunk)
 
 
 def to_pixels(boxes: torch.Tensor, width: torch.Tensor | float, height: torch.Tensor | float
@@ -34,7 +33,8 @@ def to_pixels(boxes: torch.Tensor, width: torch.Tensor | float, height: torch.Te
 
 
 def box_ious(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Paired IoU of ``predicted[i]`` and ``target[i]`` (the diagonal of ``box_iou``).
+    """Paired IoU of ``predicted[i]`` and ``target[i]`` (the diagonal of ``box_iou``, computed
+    elementwise in O(M)).
 
     A pair where either box has zero or negative width or height (or a NaN coordinate)
     scores 0, never NaN.
@@ -50,8 +50,11 @@ def box_ious(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"paired IoU needs two (M, 4) tensors, got {tuple(predicted.shape)} "
                          f"and {tuple(target.shape)}")
     predicted, target = predicted.float(), target.float()
-    ious = torch.cat([box_iou(predicted[i:i + IOU_CHUNK], target[i:i + IOU_CHUNK]).diagonal()
-                      for i in range(0, predicted.shape[0], IOU_CHUNK)] or [predicted.new_zeros(0)])
+    top_left = torch.maximum(predicted[:, :2], target[:, :2])
+    bottom_right = torch.minimum(predicted[:, 2:], target[:, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    union = box_area(predicted) + box_area(target) - intersection
+    ious = intersection / union.clamp(min=torch.finfo(torch.float32).tiny)
     valid = ((predicted[:, 2:] > predicted[:, :2]).all(dim=1)
              & (target[:, 2:] > target[:, :2]).all(dim=1))
     return torch.where(valid, ious, torch.zeros_like(ious)).clamp(0.0, 1.0)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-BOX_TOKEN = "[BOX]"
 WORD = re.compile(r"[^\W_]+")
 SEPARATORS = r"[\s.,;:]"
 LEADING = re.compile(rf"^{SEPARATORS}+")
@@ -37,23 +37,32 @@ def token_f1(a: str, b: str) -> float:
     return 2 * common / (len(left) + len(right)) if common else 0.0
 
 
-def parse_generated_answer(text: str, box_token: str = BOX_TOKEN) -> list[str]:
+def generated_phrases(token_ids: Sequence[int], box_token_id: int,
+                      decode: Callable[[list[int]], str]) -> list[str]:
     """The phrase written before each box token of a generated answer.
 
-    The answer format is ``"phrase. It is [BOX]. phrase2. It is [BOX]."``. The phrase of a
-    box is the text between the previous box token (or the start) and this one, without
-    surrounding spaces and ``.,;:`` and without a final "It is". Tolerates a missing final
-    period and extra spaces; text after the last box token is ignored.
+    The answer format is ``"phrase. It is [BOX]. phrase2. It is [BOX]."``. The answer is split
+    at the box token's id, so phrase i belongs to the i-th generated box by construction; each
+    piece is decoded and loses surrounding spaces and ``.,;:`` and a final "It is". Tokens
+    after the last box token are ignored.
 
     Arguments:
-      text: the decoded generated answer.
-      box_token: the box token as it appears in the decoded text.
+      token_ids: the generated ids of one answer.
+      box_token_id: the id of ``[BOX]``.
+      decode: ids → text (the tokenizer's decode, special tokens skipped).
 
     Returns:
-      One phrase per box token, in order (``""`` for a box token with no phrase before it),
-      so phrase i belongs to the i-th generated box. ``[]`` when the text has no box token.
+      One phrase per box token, in order (``""`` for a box token with no phrase before it);
+      ``[]`` when the answer has no box token.
     """
-    return [TRAILING.sub("", LEADING.sub("", piece)) for piece in text.split(box_token)[:-1]]
+    phrases, piece = [], []
+    for token in token_ids:
+        if token == box_token_id:
+            phrases.append(TRAILING.sub("", LEADING.sub("", decode(piece))))
+            piece = []
+        else:
+            piece.append(int(token))
+    return phrases
 
 
 def match_phrases(predicted: list[str], ground_truth: list[str], min_similarity: float = 0.5
