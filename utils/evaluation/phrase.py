@@ -19,14 +19,16 @@ project never downloads anything while it runs.
 """
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from utils.evaluation.matching import words
+
+logger = logging.getLogger(__name__)
 
 PHRASE_KEYS = ("exact_match", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor")
 
@@ -46,19 +48,19 @@ def meteor_score(references: dict[int, list[str]], predictions: dict[int, list[s
       references, predictions: ``{pair id: [normalised text]}`` with the same ids.
     """
     if shutil.which("java") is None:
-        print("[phrase] java not found: METEOR is reported as null", file=sys.stderr)
+        logger.warning("java not found: METEOR is reported as null")
         return None
     from pycocoevalcap.meteor.meteor import Meteor
 
     try:
         scorer = Meteor()
     except OSError as error:
-        print(f"[phrase] METEOR could not start java ({error}): reported as null", file=sys.stderr)
+        logger.warning("METEOR could not start java (%s): reported as null", error)
         return None
     try:
         score, _ = scorer.compute_score(references, predictions)
     except (OSError, ValueError) as error:
-        print(f"[phrase] METEOR failed ({error!r}): reported as null", file=sys.stderr)
+        logger.warning("METEOR failed (%r): reported as null", error)
         return None
     finally:
         if scorer.lock.locked():  # compute_score keeps its lock when it raises; __del__ takes it
