@@ -190,7 +190,10 @@ def parse_box(raw: Any, width: float, height: float) -> tuple[Box | None, str | 
     def clamp(value: float) -> float:  # within the tolerance only
         return min(max(value, 0.0), 1.0)
 
-    return (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height)), None
+    box = (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None, f"box {list(raw)} lies in the margin outside the {width:g}x{height:g} image"
+    return box, None
 
 
 def _text(row: dict[str, Any], key: str) -> str:
