@@ -222,9 +222,9 @@ def _read_sidecar(path: Path) -> dict[str, int] | None:
     if not sidecar.is_file():
         return None
     try:
-        heads = json.loads(sidecar.read_text())
+        heads = json.loads(sidecar.read_text(encoding="utf-8"))
         return {key: int(heads[key]) for key in SIDECAR_KEYS}
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{sidecar}: expected JSON with integer {list(SIDECAR_KEYS)} "
                          f"({type(error).__name__}: {error}); rewrite it with "
                          "save_sam_checkpoint") from None
