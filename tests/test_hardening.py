@@ -420,6 +420,17 @@ def test_reference_unusable_file_exits_2_and_writes_nothing(tmp_path, capsys, da
     assert code == 2 and "nothing written" in err and not out.exists(), err
 
 
+@pytest.mark.parametrize("subcommand", ["split", "stats"])
+def test_split_and_stats_leave_out_non_finite_rows(root, capsys, subcommand):
+    path = jsonl(root, canonical(), canonical(id="r2", findings=[
+        {"phrase": "x", "boxes": [[float("nan"), 1, 2, 3]]}]))
+    argv = ["split", "--input", path, "--name", "s"] if subcommand == "split" else ["stats", path]
+    code, err = convert(capsys, *argv)
+    assert f"{path}:2: non-finite number" in err, err
+    if subcommand == "split":
+        assert code == 0 and sum(len(rows_of(p)) for p in root.glob("s_*.jsonl")) == 1
+
+
 # -------------------------------------------------------------------------- SAM checkpoint files
 def _pickle_payload(path: Path) -> None:
     torch.save({"x": Payload()}, path)

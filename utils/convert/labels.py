@@ -1,6 +1,7 @@
 """Reading canonical rows back: their patient and the labels used to stratify and count them."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from utils.text_io import DEFAULT_ENCODING
 NO_FINDING = "(no finding)"
 NO_CATEGORY = "(no category)"
 INVALID = "invalid reference row"
+NON_FINITE = "non-finite number"
 
 
 def finding_label(row: dict[str, Any], finding: dict[str, Any]) -> str:
@@ -43,4 +45,22 @@ def read_rows(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
             log.problem(problem.file, problem.row, problem.reason or INVALID, problem.message,
                         rows=problem.rows)
         return [(indices[0], row) for row, indices in zip(read.rows, read.indices)]
-    return list(read_jsonl(path, log, encoding))
+    rows = []
+    for line, row in read_jsonl(path, log, encoding):
+        if _non_finite(row):
+            log.problem(str(path), line, NON_FINITE, "holds NaN or inf (e.g. in a box); fix the "
+                                                     "row")
+            continue
+        rows.append((line, row))
+    return rows
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a JSON value holds NaN or inf anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
