@@ -249,6 +249,15 @@ def test_coco_unusable_input_exits_2_and_writes_nothing(tmp_path, capsys, case, 
     assert not (tmp_path / "out" / "coco.jsonl").exists()
 
 
+def test_coco_two_entries_for_one_image_are_not_written_twice(tmp_path, capsys):
+    images = [{"id": 1, "file_name": "tb/tb0005.png"}, {"id": 2, "file_name": "tb/tb0005.png"}]
+    argv = coco_files(tmp_path, [ann(1, [10, 10, 20, 20]), ann(2, [30, 30, 20, 20], image_id=2)],
+                      images)
+    code, err = convert(capsys, *argv)
+    assert code == 0 and "duplicate output id" in err, err
+    assert len(load_annotations(tmp_path / "out" / "coco.jsonl", tmp_path / "img")) == 1
+
+
 def test_coco_ids_with_subfolders_and_outside_root_flag(tmp_path, capsys):
     make_image(tmp_path / "outside.png", (100, 100))
     images = [{"id": 1, "file_name": "../outside.png", "width": 100, "height": 100}]

@@ -12,6 +12,7 @@ from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.text_io import DEFAULT_ENCODING, check_encoding
 
 INVALID = "not a valid canonical row"
+DUPLICATE_ID = "duplicate output id"
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +62,18 @@ def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: Convers
       when no row is left to write.
     """
     valid = []
+    first: dict[str, int] = {}
     for index, row in enumerate(rows, start=1):
-        _, problems = parse_canonical_row(row, image_root, str(out), index, options)
+        sample, problems = parse_canonical_row(row, image_root, str(out), index, options)
         for number, problem in enumerate(problems):
             log.problem(str(out), index, INVALID, f"row {row.get('id')!r}: {problem.message}",
                         rows=int(number == 0))
-        if not problems:
+        if sample is not None and sample.id in first:
+            log.problem(str(out), index, DUPLICATE_ID,
+                        f"row id {sample.id!r} repeats output row {first[sample.id]} (two input "
+                        "entries for one image?); merge or rename them")
+        elif sample is not None:
+            first[sample.id] = index
             valid.append(row)
     if log.problems:
         print(f"{len(log.problems)} problem(s):", file=sys.stderr)
