@@ -126,9 +126,16 @@ def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, An
         plot_iou_vs_uncertainty(u, iou, out / "iou_vs_u.png")
 
 
-def overlay_name(sample_id: str) -> str:
-    """A flat file name for a sample id (COCO ids hold subfolders: ``tb/tb0005`` → ``tb_tb0005``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") + ".png"
+def overlay_name(sample_id: str, taken: set[str]) -> str:
+    """A flat, unused file name for a sample id (COCO ids hold subfolders: ``tb/tb0005`` →
+    ``tb_tb0005.png``; a second id that flattens the same gets ``-2``, …)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") or "sample"
+    name, number = f"{stem}.png", 1
+    while name in taken:
+        number += 1
+        name = f"{stem}-{number}.png"
+    taken.add(name)
+    return name
 
 
 def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
@@ -140,12 +147,13 @@ def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
     for record in records:
         by_image.setdefault(record["image"], []).append(record)
     (out / "vis").mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     for image_path, items in list(by_image.items())[:count]:
         findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
                      "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
                      "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"]} for r in items]
         picture = draw_grounding(read_image(image_path, window=window), findings)
-        picture.save(out / "vis" / overlay_name(items[0]["id"]))
+        picture.save(out / "vis" / overlay_name(items[0]["id"], taken))
 
 
 def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict, list]:

@@ -479,9 +479,10 @@ def test_sam_checkpoint_errors_name_the_path(tmp_path, capsys, make, message):
 
 
 # ---------------------------------------------------------------------------------------- test.py
-def test_overlay_names_are_flat():
-    assert test_script.overlay_name("tb/tb0005") == "tb_tb0005.png"
-    assert test_script.overlay_name("../../etc/x") == "etc_x.png"
+def test_overlay_names_are_flat_and_unique():
+    taken: set[str] = set()
+    names = [test_script.overlay_name(i, taken) for i in ("tb/tb0005", "tb_tb0005", "../../etc/x", "..")]
+    assert names == ["tb_tb0005.png", "tb_tb0005-2.png", "etc_x.png", "sample.png"]
 
 
 @pytest.mark.parametrize("files, message", [

@@ -176,13 +176,20 @@ def resolve_image(image_root: Path, image: Any, allow_outside_root: bool
     return path, None
 
 
-def parse_box(raw: Any, width: float, height: float) -> tuple[Box | None, str | None]:
-    """Pixel xyxy → normalised xyxy, or an error message (non-finite values included)."""
+def parse_box(raw: Any, width: float | None, height: float | None
+              ) -> tuple[Box | None, str | None]:
+    """Pixel xyxy → normalised xyxy, or an error message (non-finite values included).
+
+    With ``width``/``height`` None (the image could not be read) only the numbers and the
+    area are checked, and the box returned is None.
+    """
     if not isinstance(raw, (list, tuple)) or len(raw) != 4 or not all(is_number(v) for v in raw):
         return None, f"box {raw!r} is not 4 finite numbers [x0, y0, x1, y1]"
     x0, y0, x1, y1 = (float(v) for v in raw)
     if x1 <= x0 or y1 <= y0:
         return None, f"box {list(raw)} has zero or negative area (need x1 > x0 and y1 > y0)"
+    if width is None or height is None:
+        return None, None
     tol = BOX_TOLERANCE_PX
     if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
         return None, f"box {list(raw)} lies outside the {width:g}x{height:g} image"
@@ -301,7 +308,7 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
                 continue
             boxes: list[Box] = []
             # without a readable image, the boxes are still checked for everything but bounds
-            frame = (frame_w, frame_h) if width else (math.inf, math.inf)
+            frame = (frame_w, frame_h) if width else (None, None)
             for raw_box in boxes_raw:
                 box, message = parse_box(raw_box, *frame)
                 if message:
