@@ -35,8 +35,9 @@ from utils.annotations import AnnotationError, annotation_file, load_annotations
 from utils.cli import (PRECISIONS, add_embedding_cache_args, add_model_args,
                        attach_embedding_cache, grounding_config_from_args, non_negative_int,
                        positive_int)
-from utils.dataset import GroundingCollator, GroundingDataset
+from utils.dataset import GroundingCollator, GroundingDataset, PromptTooLongError
 from utils.evaluate import build_eval_dataset
+from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError
 from utils.logs import setup_logging
 
 logger = logging.getLogger("train")
@@ -59,6 +60,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="folder image paths are relative to (default: --dataset_dir)")
     data.add_argument("--skip_invalid", action="store_true",
                       help="drop invalid annotation rows (counted and printed) instead of failing")
+    data.add_argument("--allow_outside_root", action="store_true",
+                      help="accept image paths that resolve outside --image_root")
+    data.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                      help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
+    data.add_argument("--fix_declared_size", action="store_true",
+                      help="rescale the boxes of rows whose width/height differ from the image "
+                           "(counted) instead of failing")
+    data.add_argument("--image_window", choices=WINDOWS, default="full",
+                      help="16-bit/float images to 8 bits: full min..max range, or the "
+                           "0.5..99.5 %% percentile window")
     data.add_argument("--model_max_length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH)
     data.add_argument("--workers", type=non_negative_int, default=2,
                       help="DataLoader worker processes (0: load in the training process)")
@@ -122,7 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_split(args: argparse.Namespace, name: str, split: str) -> list:
     path = annotation_file(Path(args.dataset_dir), name, split)
-    return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
+    return load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid,
+                            allow_outside_root=args.allow_outside_root,
+                            max_image_pixels=args.max_image_pixels,
+                            fix_declared_size=args.fix_declared_size)
 
 
 def parameter_groups(model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -193,13 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
     logger.info("training sets: %s", ", ".join(f"{n} ({len(s)} samples, rate {r})" for n, s, r
                                                in zip(args.datasets, train_sets, args.rates)))
+    images = {"image_window": args.image_window, "max_image_pixels": args.max_image_pixels}
     datasets = [GroundingDataset(samples, processor, model.sam_encoder.img_size,
                                  args.model_max_length, train=True, seed=args.seed,
-                                 name=f"{name}_train")
+                                 name=f"{name}_train", **images)
                 for name, samples in zip(args.datasets, train_sets)]
     lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
     val_data = build_eval_dataset(model, processor, val_samples, args.model_max_length,
-                                  f"{args.val_dataset}_val") if val_samples and rank() == 0 else None
+                                  f"{args.val_dataset}_val", **images) \
+        if val_samples and rank() == 0 else None
     ds_config = build_deepspeed_config(args, args.epochs * args.steps_per_epoch)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, args), config=ds_config)
@@ -257,7 +273,8 @@ def run(argv: list[str] | None = None) -> int:
     """``main`` with the expected failures as one clear message and exit status 2."""
     try:
         main(argv)
-    except (AnnotationError, CheckpointError, NonFiniteLossError) as error:
+    except (AnnotationError, CheckpointError, NonFiniteLossError, PromptTooLongError,
+            ImageReadError) as error:
         logger.error("%s", error)
         return 2
     return 0

@@ -31,6 +31,7 @@ from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import generated_phrases, match_phrases
 from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import uncertainty_metrics
+from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.sam_transforms import padded_to_image_boxes
 
 
@@ -74,15 +75,18 @@ def _target_pixels(sample: Sample, finding) -> torch.Tensor:
     return to_pixels(box, torch.tensor(float(sample.width)), torch.tensor(float(sample.height)))
 
 
-@torch.no_grad()
 def build_eval_dataset(model, processor, samples: Sequence[Sample], model_max_length: int = 512,
-                       name: str = "dataset") -> GroundingDataset:
+                       name: str = "dataset", *, image_window: str = "full",
+                       max_image_pixels: int = DEFAULT_MAX_PIXELS) -> GroundingDataset:
     """The evaluation dataset of a split (fixed template): build it once and pass it to every
-    :func:`evaluate_model` call (validation epochs, noise levels)."""
+    :func:`evaluate_model` call (validation epochs, noise levels). ``image_window`` and
+    ``max_image_pixels`` go to the dataset's image reader."""
     return GroundingDataset(samples, processor, model.sam_encoder.img_size, model_max_length,
-                            train=False, name=name)
+                            train=False, name=name, image_window=image_window,
+                            max_image_pixels=max_image_pixels)
 
 
+@torch.no_grad()
 def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int = 8,
                    max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
                    progress: bool = True, meteor: bool = True) -> EvaluationResult:
@@ -106,17 +110,15 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     decode = partial(tokenizer.decode, skip_special_tokens=True)
     for generate_batch, forced_batch in tqdm(loader, disable=not progress,
                                              desc=f"eval {dataset_name}/{split}", dynamic_ncols=True):
-        with torch.no_grad():
-            embeddings = model.encode_images(forced_batch["sam_images"].to(device))
+        embeddings = model.encode_images(forced_batch["sam_images"].to(device))
         generated = model.generate(generate_batch["sam_images"].to(device),
                                    generate_batch["pixel_values"].to(device),
                                    generate_batch["input_ids"].to(device),
                                    generate_batch["attention_mask"].to(device), tokenizer,
                                    max_new_tokens=max_new_tokens, image_embeddings=embeddings)
-        with torch.no_grad():
-            forced = model(**{k: forced_batch[k].to(device) for k in
-                              ("sam_images", "pixel_values", "input_ids", "attention_mask",
-                               "labels")}, image_embeddings=embeddings)
+        forced = model(**{k: forced_batch[k].to(device) for k in
+                          ("sam_images", "pixel_values", "input_ids", "attention_mask",
+                           "labels")}, image_embeddings=embeddings)
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
                                           generate_batch)
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)

@@ -12,7 +12,8 @@ import torch
 from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam
 from utils.annotations import load_annotations
-from utils.sam_transforms import load_rgb, preprocess_for_sam
+from utils.image_io import read_image
+from utils.sam_transforms import preprocess_for_sam
 
 BATCH = 2
 
@@ -25,7 +26,7 @@ def encoder_case(data_dir: Path, device: torch.device, n_images: int,
     torch.manual_seed(0)
     encoder = build_sam(config).image_encoder.to(device).eval().requires_grad_(False)
     samples = load_annotations(data_dir / "report_test.jsonl")[:n_images]
-    images = torch.stack([preprocess_for_sam(load_rgb(s.image_path), config.image_size)[0]
+    images = torch.stack([preprocess_for_sam(read_image(s.image_path), config.image_size)[0]
                           for s in samples]).to(device)
     batches = [images[i:i + BATCH] for i in range(0, len(images), BATCH)]
 
