@@ -7,7 +7,7 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo test test-fast lint clean
+.PHONY: install data tiny demo bench test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ $(TINY)/sam_tiny.pth: $(SYNTHCXR)/meta.json
 demo: tiny
 	bash scripts/demo.sh
 
+DEVICE ?= cpu
+bench: tiny
+	$(VPY) -m utils.bench --out runs/bench --device $(DEVICE) $(if $(BENCH_QUICK),--quick)
+
 test: install
 	$(VPY) -m pytest -q tests
 
@@ -42,4 +46,4 @@ test-fast: install
 	$(VPY) -m pytest -q -m "not slow" tests
 
 clean:
-	rm -rf runs/demo $(SYNTHCXR) $(TINY)
+	rm -rf runs/demo runs/bench $(SYNTHCXR) $(TINY)

@@ -19,6 +19,8 @@ import torch
 from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
                                        TwoWayTransformer)
 
+from model.constants import VISION_MODELS
+
 SIDECAR_KEYS = ("encoder_num_heads", "decoder_num_heads")
 
 
@@ -66,7 +68,6 @@ SAM_TINY_CONFIG = SamConfig("tiny", encoder_embed_dim=64, encoder_depth=2, encod
                             window_size=4, prompt_embed_dim=64, decoder_depth=2,
                             decoder_num_heads=4, decoder_mlp_dim=256)
 KNOWN_CONFIGS = (*OFFICIAL_CONFIGS.values(), SAM_TINY_CONFIG)
-VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")
 
 
 class SamImageEncoder(ImageEncoderViT):

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from model.constants import TASKS
 from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size
 from utils.text_io import DEFAULT_ENCODING, loads_json, read_lines
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("report", "vqa", "class")
 REQUIRED_KEYS = {"id", "image", "findings"}
 TEXT_KEYS = ("patient", "report", "question", "answer", "label", "description", "source",
              "category")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 import re
 
+from model.constants import BOX_TOKEN
 from utils.annotations import Sample
 
-BOX_TOKEN = "[BOX]"
 NO_FINDING_ANSWER = "No finding to ground."
 
 REPORT_TEMPLATES = (

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
+from model.constants import REFERENCE_BOX_FRAME
 from utils.annotations import (Problem, ReadOptions, Sample, is_number,
                                parse_canonical_row, resolve_image)
 from utils.image_io import ImageReadError, image_size
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_SIZE = 640  # the reference code's boxes are pixels of the image resized to 640 x 640
 LIST_COLUMNS = ("image_paths", "bboxes", "phrases")
 TEXT_COLUMNS = {"all_reports": "report", "report_gpt": "report", "Answer_all": "vqa",
                 "all_report_answer": "vqa", "all_report_class": "class", "class_all": "class"}
@@ -263,7 +263,7 @@ def read_reference_pth(path: Path, image_root: Path, options: ReadOptions = Read
             merged = f" (input rows {indices})" if count > 1 else ""
             problems.append(Problem(file, index, f"{error}{merged}", reason, count))
             continue
-        sx, sy = width / REFERENCE_SIZE, height / REFERENCE_SIZE
+        sx, sy = width / REFERENCE_BOX_FRAME, height / REFERENCE_BOX_FRAME
         for finding in row["findings"]:
             finding["boxes"] = [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
                                 for b in finding["boxes"]]

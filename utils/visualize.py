@@ -20,7 +20,7 @@ HYPOTHESIS_COLOUR = (255, 165, 0)
 HYPOTHESIS_ALPHA = 170
 TEXT_COLOUR = (240, 240, 240)
 BAND_COLOUR = (20, 20, 20)
-REFERENCE_SIZE = 512  # line widths are given for a 512-px image and scaled from there
+LINE_WIDTH_BASE_PX = 512  # line widths are given for a 512-px image and scaled from there
 MIN_FONT_SIZE = 12
 LEGEND = (("legend:", TEXT_COLOUR), ("ground truth", GT_COLOUR), ("mean box", BOX_COLOUR),
           ("hypotheses", HYPOTHESIS_COLOUR))
@@ -116,7 +116,7 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
     """
     picture = to_rgb(image)
     width, height = picture.size
-    scale = max(width, height) / REFERENCE_SIZE
+    scale = max(width, height) / LINE_WIDTH_BASE_PX
     box_width, gt_width, hypothesis_width = (max(2, round(3 * scale)), max(2, round(2 * scale)),
                                              max(1, round(scale)))
     font = ImageFont.load_default(size=max(MIN_FONT_SIZE, round(max(width, height) / 40)))

@@ -1,7 +1,7 @@
 """``reference``: the reference code's ``.pth`` annotation files -> canonical JSONL, without loss.
 
 The reference files hold ``(x, y, w, h)`` boxes in pixels of the image resized to 640 x 640
-(``utils.reference_pth.REFERENCE_SIZE``); they are rescaled to the real size of each image
+(``model.constants.REFERENCE_BOX_FRAME``); they are rescaled to the real size of each image
 under ``--image_root``. The 640-px frame is an assumption about how the reference files were
 made: files made at another size would get boxes off by that ratio (check one by drawing it).
 Every text column becomes a field of the canonical row (``report``, ``question``/``answer``,
