@@ -9,14 +9,15 @@ from transformers import AutoProcessor
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
 from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset
+from utils.image_io import read_image
 from utils.prompts import BOX_TOKEN, answer_text
-from utils.sam_transforms import (image_to_padded_boxes, load_rgb, padded_to_image_boxes,
+from utils.sam_transforms import (image_to_padded_boxes, padded_to_image_boxes,
                                   preprocess_for_sam)
 
 
 def test_real_radiographs_through_sam_preprocessing(nih_images):
     for path in nih_images:
-        image = load_rgb(path)
+        image = read_image(path)
         assert image.shape == (512, 512, 3) and image.dtype == np.uint8
         pixels, scale = preprocess_for_sam(image, 1024)
         assert pixels.shape == (3, 1024, 1024) and scale == (1.0, 1.0)

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from utils.annotations import Sample
 from utils.prompts import REPORT_TEMPLATES, answer_text, prompt_text, question_text
-from utils.sam_transforms import image_to_padded_boxes, load_rgb, preprocess_for_sam
+from utils.image_io import DEFAULT_MAX_PIXELS, read_image
+from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
 IGNORE_INDEX = -100
 
@@ -49,7 +50,8 @@ class GroundingDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], processor: Any, sam_image_size: int,
                  model_max_length: int = 512, train: bool = False, seed: int = 0,
-                 image_noise_std: float = 0.0, name: str = "dataset"):
+                 image_noise_std: float = 0.0, name: str = "dataset", *,
+                 image_window: str = "full", max_image_pixels: int = DEFAULT_MAX_PIXELS):
         self.samples = list(samples)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -59,6 +61,8 @@ class GroundingDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.image_noise_std = image_noise_std
+        self.image_window = image_window
+        self.max_image_pixels = max_image_pixels
         self.image_token_count = self._measure_image_tokens()
         self.truncated = self._count_truncations()
         if self.truncated:
@@ -133,7 +137,8 @@ class GroundingDataset(Dataset):
         answer_ids = answer_ids + [self.tokenizer.eos_token_id]
         prompt, _ = self._fit_prompt(sample, len(answer_ids), rng)
 
-        image = load_rgb(sample.image_path)
+        image = read_image(sample.image_path, window=self.image_window,
+                           max_pixels=self.max_image_pixels)
         if self.image_noise_std > 0:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             noise = torch.randn(image.shape, generator=generator) * self.image_noise_std

@@ -5,25 +5,13 @@ maps between that frame and the normalised frame of the real image.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3); grayscale radiographs are replicated."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
 
 
 def preprocess_for_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[float, float]]:
