@@ -42,7 +42,7 @@ from torch import nn
 from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
 from model.box_losses import compute_box_losses
 from model.config import GroundingConfig
-from model.llava_builder import load_llava, load_processor
+from model.llava_builder import check_quantization, load_llava, load_processor
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
 from utils.prompts import BOX_TOKEN
@@ -220,6 +220,8 @@ class UMedGround(nn.Module):
           or holds an unreadable or foreign file.
         """
         folder = Path(folder)
+        if quantization is not None:
+            check_quantization(quantization, device)
         config = read_exported_config(folder)
         weights = read_safetensors(folder / GROUNDING_WEIGHTS)
         embedded = config.vision_pretrained == GROUNDING_WEIGHTS

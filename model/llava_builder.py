@@ -23,9 +23,8 @@ QUANTIZATIONS = ("8bit", "4bit")
 NOT_QUANTIZED = ["vision_tower", "multi_modal_projector", "lm_head"]
 
 
-def quantization_config(quantization: str, device: torch.device | str,
-                        dtype: torch.dtype) -> BitsAndBytesConfig:
-    """The bitsandbytes config of ``--load_in_8bit`` / ``--load_in_4bit``.
+def check_quantization(quantization: str, device: torch.device | str) -> None:
+    """Refuse ``--load_in_8bit`` / ``--load_in_4bit`` where bitsandbytes cannot run.
 
     Raises:
       ValueError: on a device that is not CUDA, or when bitsandbytes is not installed.
@@ -38,6 +37,12 @@ def quantization_config(quantization: str, device: torch.device | str,
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError(f"--load_in_{quantization} needs bitsandbytes: "
                          "pip install bitsandbytes (a CUDA build)")
+
+
+def quantization_config(quantization: str, device: torch.device | str,
+                        dtype: torch.dtype) -> BitsAndBytesConfig:
+    """The bitsandbytes config of ``--load_in_8bit`` / ``--load_in_4bit`` (checked first)."""
+    check_quantization(quantization, device)
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
