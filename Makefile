@@ -7,7 +7,7 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo test test-fast clean
+.PHONY: install data tiny demo app test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ $(TINY)/sam_tiny.pth: $(SYNTHCXR)/meta.json
 
 demo: tiny
 	bash scripts/demo.sh
+
+app: install
+	test -f runs/demo/hf/config.json || { echo "runs/demo/hf is missing: run make demo first"; exit 1; }
+	$(VPY) -m pip install -q -r requirements-app.txt
+	$(VPY) app.py --version runs/demo/hf --examples_dir $(SYNTHCXR)
 
 test: install
 	$(VPY) -m pytest -q tests

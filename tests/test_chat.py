@@ -103,6 +103,25 @@ def test_json_schema_and_overlay(exported, row, tmp_path, monkeypatch, capsys):
     assert all(f.phrase in printed for f in row.findings) and "box [" in printed
 
 
+def test_overlay_hides_boxes_above_max_u(exported, row, monkeypatch):
+    from utils.inference import overlay, shown
+    from utils.visualize import BOX_COLOUR
+
+    script_from_pretrained(monkeypatch, scripted_answer(row))
+    model, processor = UMedGround.from_pretrained(exported)
+    image = read_image(row.image_path)
+    result = Grounder(model, processor).ground(image, report=row.report)
+    lowest = min(p.u for p in result.phrases)
+
+    def red(picture: Image.Image) -> int:
+        pixels = np.asarray(picture)[: row.height]
+        return int((pixels == BOX_COLOUR).all(axis=-1).sum())
+
+    assert red(overlay(image, result)) > 0 and len(shown(result, None)) == len(result.phrases)
+    assert red(overlay(image, result, max_u=lowest / 2)) == 0
+    assert shown(result, lowest) and all(p.u <= lowest for p in shown(result, lowest))
+
+
 def full_range(image: np.ndarray) -> np.ndarray:
     """The grayscale of ``image`` stretched to 0..255, so every bit depth maps back to it."""
     gray = image[..., 0].astype(np.float64)
