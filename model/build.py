@@ -8,7 +8,6 @@ Training weights (``zero_to_fp32.py`` output) are read as safetensors or with
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -243,7 +243,8 @@ class UMedGround(nn.Module):
         if unexpected:
             raise ValueError(f"{folder / GROUNDING_WEIGHTS}: unexpected part(s) {unexpected}")
         for prefix in prefixes:
-            part = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+            part = {key[len(prefix) + 1:]: value for key, value in weights.items()
+                    if key.startswith(prefix + ".")}
             try:
                 getattr(model, prefix).load_state_dict(part, strict=True)
             except RuntimeError as error:

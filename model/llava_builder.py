@@ -84,8 +84,9 @@ def load_llava(version: str | Path, processor: Any, dtype: torch.dtype = torch.f
         model = LlavaForConditionalGeneration.from_pretrained(
             Path(version), dtype=dtype, local_files_only=True, **options)
     except (OSError, SafetensorError, RuntimeError) as error:
+        detail = " ".join(str(error).split())[:300]
         raise ValueError(f"{version}: the llava-hf weights cannot be read "
-                         f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
+                         f"({type(error).__name__}: {detail})") from None
     if quantization is None:
         model = model.to(device)
     vocab = len(processor.tokenizer)
