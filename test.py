@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
 from utils.cli import PRECISIONS
+from utils.dataset import PromptTooLongError
+from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError, read_image
 
 TASKS = ("report", "vqa", "class")
 
@@ -46,7 +49,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"({', '.join(TASKS)}) picks the prompt")
     parser.add_argument("--split", default="test")
     parser.add_argument("--image_root", default=None)
-    parser.add_argument("--skip_invalid", action="store_true")
+    parser.add_argument("--skip_invalid", action="store_true",
+                        help="drop invalid rows (counted) instead of failing; an emptied split "
+                             "still fails")
+    parser.add_argument("--allow_outside_root", action="store_true",
+                        help="accept image paths that resolve outside --image_root")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--fix_declared_size", action="store_true",
+                        help="rescale the boxes of rows whose width/height differ from the image "
+                             "(counted) instead of failing")
+    parser.add_argument("--image_window", choices=WINDOWS, default="full",
+                        help="16-bit/float images to 8 bits: full min..max range, or the "
+                             "0.5..99.5 %% percentile window")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=128)
@@ -69,11 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_split(args: argparse.Namespace, split: str) -> list[Sample]:
+    """The split's samples; an empty or emptied split, or one without findings, is an error."""
     try:
         path = annotation_file(Path(args.dataset_dir), args.test_dataset, split)
-        samples = load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid)
+        samples = load_annotations(path, args.image_root or args.dataset_dir, args.skip_invalid,
+                                   allow_outside_root=args.allow_outside_root,
+                                   max_image_pixels=args.max_image_pixels,
+                                   fix_declared_size=args.fix_declared_size)
     except AnnotationError as error:
         raise SystemExit(str(error))
+    if not any(s.findings for s in samples):
+        raise SystemExit(f"{path}: its {len(samples)} sample(s) have no finding to ground; "
+                         "there is nothing to score (no metrics written)")
     return samples[: args.max_samples] if args.max_samples else samples
 
 
@@ -107,29 +129,46 @@ def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, An
         plot_iou_vs_uncertainty(u, iou, out / "iou_vs_u.png")
 
 
-def save_overlays(out: Path, records: list[dict[str, Any]], count: int) -> None:
-    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU."""
-    from PIL import Image
+def overlay_name(sample_id: str, taken: set[str]) -> str:
+    """A flat, unused file name for a sample id (COCO ids hold subfolders: ``tb/tb0005`` →
+    ``tb_tb0005.png``; a second id that flattens the same gets ``-2``, …)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") or "sample"
+    name, number = f"{stem}.png", 1
+    while name in taken:
+        number += 1
+        name = f"{stem}-{number}.png"
+    taken.add(name)
+    return name
 
+
+def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
+                  window: str = "full") -> None:
+    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU."""
     from utils.visualize import draw_grounding
 
     by_image: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_image.setdefault(record["image"], []).append(record)
     (out / "vis").mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     for image_path, items in list(by_image.items())[:count]:
         findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
                      "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
                      "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"]} for r in items]
-        with Image.open(image_path) as image:
-            picture = draw_grounding(image.convert("RGB"), findings)
-        picture.save(out / "vis" / f"{items[0]['id']}.png")
+        picture = draw_grounding(read_image(image_path, window=window), findings)
+        picture.save(out / "vis" / overlay_name(items[0]["id"], taken))
 
 
 def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict, list]:
     from utils.baseline import PhrasePriorBaseline
     from utils.evaluate import baseline_metrics
 
+    try:
+        annotation_file(Path(args.dataset_dir), args.test_dataset, "train")
+    except AnnotationError as error:
+        raise SystemExit(f"--baseline phrase_prior is fitted on the train split's findings, and "
+                         f"this dataset has no train split: {error.problems[0]}\n"
+                         "Give a --dataset_dir / --test_dataset with a train split.")
     train = load_split(argparse.Namespace(**{**vars(args), "max_samples": 0}), "train")
     baseline = PhrasePriorBaseline(k=args.baseline_k).fit(
         [(f.phrase, f.target_box()) for s in train for f in s.findings])
@@ -155,16 +194,21 @@ def main(argv: list[str] | None = None) -> None:
         model, processor = load_model(args)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
-    result = evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
-                            args.model_max_length, args.test_dataset, args.split)
+    images = {"image_window": args.image_window, "max_image_pixels": args.max_image_pixels}
+    try:
+        result = evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
+                                args.model_max_length, args.test_dataset, args.split, **images)
+    except (PromptTooLongError, ImageReadError) as error:
+        raise SystemExit(f"{error}\nno metrics written")
     write_outputs(out, result.metrics, result.records)
-    if args.vis:
-        save_overlays(out, result.records, args.vis)
     print(format_metrics_table(result.metrics))
+    if args.vis:
+        save_overlays(out, result.records, args.vis, args.image_window)
     if args.noise_levels:
         rows = [evaluate_model(model, processor, samples, args.batch_size, args.max_new_tokens,
                                args.model_max_length, args.test_dataset, args.split,
-                               image_noise_std=level).metrics for level in args.noise_levels]
+                               image_noise_std=level, **images).metrics
+                for level in args.noise_levels]
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         print(format_noise_table(rows))
 

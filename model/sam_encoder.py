@@ -155,6 +155,9 @@ def infer_sam_config(state_dict: dict[str, torch.Tensor],
                     for i in range(depth)]
     except KeyError as error:
         raise ValueError(f"not a segment-anything state dict (no {error.args[0]})") from None
+    except (ValueError, IndexError) as error:  # a tensor of the wrong rank
+        raise ValueError(f"not a segment-anything state dict (a tensor has an unexpected "
+                         f"shape: {error})") from None
     global_blocks = tuple(i for i, rows in enumerate(rel_rows) if rows == 2 * grid - 1)
     windowed = [rows for rows in rel_rows if rows != 2 * grid - 1]
     official = next((c for c in OFFICIAL_CONFIGS.values() if c.encoder_embed_dim == embed_dim),
@@ -166,6 +169,8 @@ def infer_sam_config(state_dict: dict[str, torch.Tensor],
         raise ValueError(f"a SAM of width {embed_dim} is not an official size; its attention "
                          "heads must come from the JSON sidecar written by save_sam_checkpoint "
                          "(<checkpoint>.json)")
+    _check_heads(int(embed_dim), int(heads["encoder_num_heads"]), int(out_chans),
+                 int(heads["decoder_num_heads"]))
     config = SamConfig(
         "custom", int(embed_dim), depth, int(heads["encoder_num_heads"]), global_blocks,
         patch_size=int(patch), image_size=int(grid * patch),
@@ -176,13 +181,30 @@ def infer_sam_config(state_dict: dict[str, torch.Tensor],
                 config)
 
 
+def _check_heads(embed_dim: int, encoder_heads: int, prompt_dim: int, decoder_heads: int) -> None:
+    """The attention heads must divide the widths (segment_anything only asserts it)."""
+    if encoder_heads <= 0 or decoder_heads <= 0:
+        raise ValueError(f"attention heads must be positive, got {encoder_heads} (encoder) and "
+                         f"{decoder_heads} (decoder)")
+    # the mask decoder's cross-attention works at half the prompt width
+    widths = (("image encoder", embed_dim, encoder_heads), ("mask decoder", prompt_dim,
+              decoder_heads), ("mask decoder cross-attention", prompt_dim // 2, decoder_heads))
+    for part, width, heads in widths:
+        if width % heads:
+            raise ValueError(f"malformed SAM: the {part} width {width} is not divisible by its "
+                             f"{heads} attention heads; the checkpoint or its sidecar is corrupt")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of ``path``: a plain state dict, or one under "model" / "state_dict"."""
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign or corrupt files
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"{path}: cannot be read as a state dict with weights_only=True "
-                         f"({type(error).__name__}: {error})") from error
+                         f"({type(error).__name__}: {first_line}); the file is truncated or "
+                         "corrupt (download it again), or holds pickled objects, which are "
+                         "never loaded") from None
     if isinstance(raw, dict) and "image_encoder.patch_embed.proj.weight" not in raw:
         raw = next((raw[key] for key in ("model", "state_dict") if isinstance(raw.get(key), dict)),
                    raw)
@@ -200,9 +222,9 @@ def _read_sidecar(path: Path) -> dict[str, int] | None:
     if not sidecar.is_file():
         return None
     try:
-        heads = json.loads(sidecar.read_text())
+        heads = json.loads(sidecar.read_text(encoding="utf-8"))
         return {key: int(heads[key]) for key in SIDECAR_KEYS}
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{sidecar}: expected JSON with integer {list(SIDECAR_KEYS)} "
                          f"({type(error).__name__}: {error}); rewrite it with "
                          "save_sam_checkpoint") from None
@@ -235,7 +257,12 @@ def load_sam_checkpoint(path: str | Path, vision_model: str = "auto",
     if vision_model != "auto" and vision_model != config.name:
         raise ValueError(f"{path}: --vision_model {vision_model} was requested but the state "
                          f"dict is a {config.name} SAM")
-    sam = build_sam(config)
+    try:
+        sam = build_sam(config)
+    except (AssertionError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: the state dict describes a SAM that cannot be built "
+                         f"({type(error).__name__}: {error}); the checkpoint is malformed"
+                         ) from None
     expected = set(sam.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:

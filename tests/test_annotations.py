@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.annotations import (AnnotationError, load_annotations, reference_to_canonical_rows,
-                               write_canonical_jsonl)
+from utils.annotations import AnnotationError, load_annotations, write_canonical_jsonl
+from utils.reference_pth import reference_to_canonical_rows
 
 
 def make_image(folder: Path, name: str, size: tuple[int, int] = (200, 100)) -> str:
@@ -72,12 +72,12 @@ def test_every_problem_is_reported_with_file_and_row(tmp_path):
     assert f"{path}:4:" in str(raised.value)
 
 
-def test_skip_invalid_drops_and_counts(tmp_path, capsys):
+def test_skip_invalid_drops_and_counts(tmp_path, caplog):
     good = make_image(tmp_path, "a.png")
     path = write(tmp_path, [row(good), row("images/missing.png", id="m")])
     samples = load_annotations(path, skip_invalid=True)
     assert [s.id for s in samples] == [good]
-    assert "dropped 1 invalid row(s), kept 1" in capsys.readouterr().err
+    assert "dropped 1 invalid row(s), kept 1" in caplog.text
 
 
 def test_unknown_file_schema(tmp_path):
@@ -97,8 +97,9 @@ def test_reference_pth_round_trip(tmp_path):
             "phrases": ["left effusion", "bilateral nodules"],
             "all_reports": [["Left effusion. Bilateral nodules."]] * 2}
     torch.save(data, tmp_path / "ref.pth")
-    rows, problems = reference_to_canonical_rows(tmp_path / "ref.pth")
-    assert not problems and len(rows) == 1 and len(rows[0]["findings"]) == 2
+    read = reference_to_canonical_rows(tmp_path / "ref.pth")
+    assert not read.problems and len(read.rows) == 1 and len(read.rows[0]["findings"]) == 2
+    assert read.indices == [[0, 1]]
     samples = load_annotations(tmp_path / "ref.pth")
     first, second = samples[0].findings
     assert first.boxes[0] == pytest.approx((0.1, 0.1, 0.3, 0.2))  # 640-px frame → normalised

@@ -31,7 +31,7 @@ def test_reference_pth_rescaled_from_640_px(tmp_path, capsys):
     assert rows[0]["findings"] == [{"phrase": "Left effusion", "boxes": [[128, 128, 256, 160]]}]
     assert rows[0]["patient"] == "p10000001" and rows[1]["patient"] == "9"
     assert rows[1]["findings"][1]["boxes"] == [[256, 256, 307.2, 307.2]]
-    assert f"{pth}:2: invalid reference row" in err and "missing.png" in err
+    assert f"{pth}:2: missing image" in err and "missing.png" in err
     converted = load_annotations(out, tmp_path)
     direct = load_annotations(pth, tmp_path, skip_invalid=True)
     assert [f.phrase for s in converted for f in s.findings] == \

@@ -1,6 +1,8 @@
 """Image preprocessing, conversations, truncation and collation."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformers import AutoProcessor
 
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
-from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset
+from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset, PromptTooLongError
 from utils.image_io import read_image
 from utils.prompts import BOX_TOKEN, answer_text
 from utils.sam_transforms import (image_to_padded_boxes, padded_to_image_boxes,
@@ -54,19 +56,42 @@ def test_only_the_answer_is_supervised_in_report_order(tiny_dir, synth_dir):
     assert item["box_targets"].shape == (len(item["phrases"]), 4)
 
 
-def test_long_reports_are_cut_in_the_report_never_the_answer(tiny_dir, synth_dir, capsys):
+def test_long_reports_are_cut_in_the_report_never_the_answer(tiny_dir, synth_dir, caplog):
     processor = load_processor(tiny_dir / "llava")
     samples = [s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2][:3]
     dataset = GroundingDataset(samples, processor, 256, model_max_length=80)
     assert dataset.truncated == 3
-    assert "3 of 3 report(s) are longer than model_max_length=80" in capsys.readouterr().err
+    assert "3 of 3 sample(s) may not fit model_max_length=80" in caplog.text
     box_id = processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
     for index, sample in enumerate(samples):
         item = dataset[index]
         assert len(item["input_ids"]) <= 80
         assert int((item["labels"] == box_id).sum()) == len(sample.findings)
-    with pytest.raises(ValueError, match="does not fit model_max_length=20"):
-        GroundingDataset(samples[:1], processor, 256, model_max_length=20)[0]
+    with pytest.raises(PromptTooLongError, match="cannot fit model_max_length=20") as error:
+        GroundingDataset(samples, processor, 256, model_max_length=20)
+    assert all(s.source in str(error.value) for s in samples)  # every offender, up front
+
+
+@pytest.mark.parametrize("task, changes, cut_field", [
+    ("vqa", {"question": "Where is the effusion? " * 40, "answer": "left base"}, "question"),
+    ("class", {"label": "Pleural Effusion", "description": "A long paragraph. " * 60},
+     "description"),
+])
+def test_vqa_and_class_prompts_are_cut_in_question_or_description(tiny_dir, synth_dir, task,
+                                                                  changes, cut_field):
+    processor = load_processor(tiny_dir / "llava")
+    sample = load_annotations(synth_dir / "report_train.jsonl")[0]
+    sample = dataclasses.replace(sample, task=task, **changes)
+    dataset = GroundingDataset([sample], processor, 256, model_max_length=120)
+    assert dataset.truncated == 1
+    item = dataset[0]
+    assert len(item["input_ids"]) <= 120
+    tokenizer = processor.tokenizer
+    answer = tokenizer.decode(item["input_ids"][item["prompt_length"]:], skip_special_tokens=False)
+    assert answer.replace(tokenizer.eos_token, "").strip() == answer_text(item["phrases"])
+    prompt = tokenizer.decode(item["input_ids"][:item["prompt_length"]])
+    assert sample.label in prompt if task == "class" else "left base" in prompt
+    assert changes[cut_field][:60].split()[0] in prompt  # cut, not dropped
 
 
 def test_collate_pads_both_ways(tiny_dir, synth_dir):

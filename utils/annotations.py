@@ -1,43 +1,40 @@
-"""Annotation records and readers for the two on-disk schemas.
+"""Annotation records and the canonical JSONL reader (the reference ``.pth`` schema is in
+``utils.reference_pth``).
 
 Canonical schema (JSON Lines, one image-report pair a line, boxes in pixels of the real image):
 
     {"id": str, "image": "relative/path.png", "patient": str, "report": str,
      "findings": [{"phrase": str, "boxes": [[x0, y0, x1, y1], ...]}],
-     "task": "report" | "vqa" | "class", "question": str, "answer": str, "label": str}
-
-Reference-code schema (``torch.save``d dict of parallel lists, read with ``weights_only=True``):
-``image_paths``, ``bboxes`` (``(x, y, w, h)`` in pixels of the image resized to 640 x 640, or a
-list of such tuples), ``phrases`` (str, or a list parallel to the boxes) and the text under
-``all_reports`` / ``report_gpt`` (task "report"), ``Answer_all`` / ``all_report_answer``
-(task "vqa") or ``all_report_class`` (task "class"). Rows that share an image and a text are
-merged into one sample, in file order.
+     "task": "report" | "vqa" | "class", "question": str, "answer": str, "label": str,
+     "description": str, "width": int, "height": int}
 
 Inside the code every box is normalised ``(x0, y0, x1, y1)`` in [0, 1] of the real image size.
-Every problem of a file is collected and reported at once, each with the file and the row.
+Every problem of a file is collected and reported at once, each with the file and the row;
+docs/data.md lists every rule and the flag that relaxes it.
 """
 from __future__ import annotations
 
 import json
-import sys
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-from PIL import Image
+from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size
+from utils.text_io import DEFAULT_ENCODING, loads_json, read_lines
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("report", "vqa", "class")
-REFERENCE_SIZE = 640  # the reference code's boxes are pixels of the image resized to 640 x 640
 REQUIRED_KEYS = {"id", "image", "findings"}
-OPTIONAL_KEYS = {"patient", "report", "task", "question", "answer", "label", "width", "height",
-                 "templated", "source", "category"}
+TEXT_KEYS = ("patient", "report", "question", "answer", "label", "description", "source",
+             "category")
+OPTIONAL_KEYS = set(TEXT_KEYS) | {"task", "width", "height", "templated"}
 FINDING_KEYS = {"phrase", "boxes"}
 FINDING_OPTIONAL_KEYS = {"type", "side", "zone", "category", "label"}
 BOX_TOLERANCE_PX = 0.5
-REFERENCE_TEXT_KEYS = {"all_reports": "report", "report_gpt": "report",
-                       "Answer_all": "vqa", "all_report_answer": "vqa",
-                       "all_report_class": "class"}
+SHOWN_PROBLEMS = 50
 
 Box = tuple[float, float, float, float]
 
@@ -69,6 +66,7 @@ class Sample:
     question: str = ""
     answer: str = ""
     label: str = ""
+    description: str = ""
     patient: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -76,10 +74,10 @@ class Sample:
     def to_canonical(self, image_root: Path) -> dict[str, Any]:
         """The canonical JSONL row of this sample, boxes back in pixels."""
         try:
-            image = str(self.image_path.relative_to(image_root))
+            image = self.image_path.relative_to(image_root).as_posix()
         except ValueError:
             image = str(self.image_path)
-        return {
+        row = {
             "id": self.id, "image": image, "patient": self.patient, "report": self.report,
             "findings": [{"phrase": f.phrase,
                           "boxes": [[round(b[0] * self.width, 3), round(b[1] * self.height, 3),
@@ -88,15 +86,24 @@ class Sample:
             "task": self.task, "question": self.question, "answer": self.answer,
             "label": self.label, "width": self.width, "height": self.height, **self.extra,
         }
+        if self.description:
+            row["description"] = self.description
+        return row
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with one row of one file."""
+    """One thing wrong with one row of one file.
+
+    ``reason`` is a short category for counts ("missing image", ...); ``rows`` is how many
+    input rows the problem leaves out (a merged reference row may stand for several).
+    """
 
     file: str
     row: int | None
     message: str
+    reason: str = ""
+    rows: int = 1
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.row}" if self.row is not None else self.file
@@ -106,36 +113,94 @@ class Problem:
 class AnnotationError(ValueError):
     """Raised with every problem found in an annotation file."""
 
-    def __init__(self, problems: Sequence[Problem]):
+    def __init__(self, problems: Sequence[Problem], hint: str | None = None):
         self.problems = list(problems)
-        lines = "\n".join(f"  {p}" for p in self.problems[:50])
-        more = f"\n  … and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(
-            f"{len(self.problems)} problem(s) in the annotations:\n{lines}{more}\n"
-            "Fix these rows, or pass --skip_invalid to drop them (the count is printed).")
+        lines = "\n".join(f"  {p}" for p in self.problems[:SHOWN_PROBLEMS])
+        extra = len(self.problems) - SHOWN_PROBLEMS
+        more = f"\n  … and {extra} more" if extra > 0 else ""
+        hint = hint or "Fix these rows, or pass --skip_invalid to drop them (the count is printed)."
+        super().__init__(f"{len(self.problems)} problem(s) in the annotations:\n{lines}{more}\n"
+                         f"{hint}")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file; raises OSError/ValueError when it cannot be read."""
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        return image.size
+@dataclass(frozen=True)
+class ReadOptions:
+    """The validation rules a user may relax (see docs/data.md).
+
+    allow_outside_root: accept image paths (``../``, absolute, symlinks) that resolve outside
+      the image root.
+    max_image_pixels: refuse larger images (decompression bombs).
+    fix_declared_size: a row's ``width``/``height`` that differ from the image file are taken
+      as the frame of its boxes, which are rescaled to the file (counted); otherwise an error.
+    encoding: the text encoding of the annotation file.
+    """
+
+    allow_outside_root: bool = False
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    fix_declared_size: bool = False
+    encoding: str = DEFAULT_ENCODING
 
 
-def _parse_box(raw: Any, width: int, height: int) -> tuple[Box | None, str | None]:
-    """Pixel xyxy → normalised xyxy, or an error message."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
-        return None, f"box {raw!r} is not 4 numbers [x0, y0, x1, y1]"
+def is_number(value: Any) -> bool:
+    """A JSON number that is finite (bools, NaN, inf and over-large integers are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def resolve_image(image_root: Path, image: Any, allow_outside_root: bool
+                  ) -> tuple[Path | None, str | None]:
+    """``image_root / image``, or why that is not an acceptable image path.
+
+    The path must be a non-empty string and, unless ``allow_outside_root``, resolve (after
+    ``..`` and symlinks) inside ``image_root``.
+    """
+    if not isinstance(image, str) or not image.strip():
+        return None, f"'image' must be a non-empty path string, got {image!r}"
+    if "\0" in image:
+        return None, f"image path {image!r} holds a NUL character"
+    path = image_root / image
+    if allow_outside_root:
+        return path, None
+    root = image_root.resolve()
+    try:
+        inside = path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError) as error:  # symlink loops
+        return None, f"image path {image!r} cannot be resolved ({error})"
+    if not inside:
+        return None, (f"image path {image!r} resolves to {path.resolve()}, outside the image "
+                      f"root {root}; move the image under the root, or pass --allow_outside_root")
+    return path, None
+
+
+def parse_box(raw: Any, width: float | None, height: float | None
+              ) -> tuple[Box | None, str | None]:
+    """Pixel xyxy → normalised xyxy, or an error message (non-finite values included).
+
+    With ``width``/``height`` None (the image could not be read) only the numbers and the
+    area are checked, and the box returned is None.
+    """
+    if not isinstance(raw, (list, tuple)) or len(raw) != 4 or not all(is_number(v) for v in raw):
+        return None, f"box {raw!r} is not 4 finite numbers [x0, y0, x1, y1]"
     x0, y0, x1, y1 = (float(v) for v in raw)
     if x1 <= x0 or y1 <= y0:
         return None, f"box {list(raw)} has zero or negative area (need x1 > x0 and y1 > y0)"
+    if width is None or height is None:
+        return None, None
     tol = BOX_TOLERANCE_PX
     if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
-        return None, f"box {list(raw)} lies outside the {width}x{height} image"
-    clamp = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731 - within tolerance only
-    return (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height)), None
+        return None, f"box {list(raw)} lies outside the {width:g}x{height:g} image"
+
+    def clamp(value: float) -> float:  # within the tolerance only
+        return min(max(value, 0.0), 1.0)
+
+    box = (clamp(x0 / width), clamp(y0 / height), clamp(x1 / width), clamp(y1 / height))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None, f"box {list(raw)} lies in the margin outside the {width:g}x{height:g} image"
+    return box, None
 
 
 def _text(row: dict[str, Any], key: str) -> str:
@@ -143,25 +208,52 @@ def _text(row: dict[str, Any], key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def parse_canonical_row(row: Any, image_root: Path, file: str, line: int
+def _type_problems(row: dict[str, Any]) -> list[str]:
+    messages = []
+    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) \
+            or not str(row["id"]).strip():
+        messages.append(f"'id' must be a non-empty string, got {row['id']!r}")
+    for key in TEXT_KEYS:
+        if key in row and not isinstance(row[key], str) and not (
+                key == "patient" and isinstance(row[key], int) and not isinstance(row[key], bool)):
+            messages.append(f"{key!r} must be a string, got {type(row[key]).__name__}")
+    for key in ("width", "height"):
+        if key in row and (not isinstance(row[key], int) or isinstance(row[key], bool)
+                           or row[key] <= 0):
+            messages.append(f"{key!r} must be a positive integer, got {row[key]!r}")
+    if "templated" in row and not isinstance(row["templated"], bool):
+        messages.append(f"'templated' must be true or false, got {row['templated']!r}")
+    return messages
+
+
+def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
+                        options: ReadOptions = ReadOptions(), fixes: list[Problem] | None = None
                         ) -> tuple[Sample | None, list[Problem]]:
-    """Validate one canonical row; returns the sample or the list of its problems."""
+    """Validate one canonical row; returns the sample or the list of its problems.
+
+    A declared size that differs from the image file is rescaled when
+    ``options.fix_declared_size``, and the fix is appended to ``fixes``.
+    """
     problems: list[Problem] = []
 
-    def bad(message: str) -> None:
-        problems.append(Problem(file, line, message))
+    def bad(message: str, reason: str = "invalid row") -> None:
+        problems.append(Problem(file, line, message, reason))
 
     if not isinstance(row, dict):
-        bad(f"expected a JSON object, got {type(row).__name__}")
+        bad(f"expected a JSON object, got {type(row).__name__}", "malformed row")
         return None, problems
     missing = REQUIRED_KEYS - row.keys()
     unknown = row.keys() - REQUIRED_KEYS - OPTIONAL_KEYS
     if missing:
-        bad(f"missing key(s) {sorted(missing)}: not the canonical schema (see README, Data)")
+        bad(f"missing key(s) {sorted(missing)}: not the canonical schema (see docs/data.md)",
+            "malformed row")
     if unknown:
-        bad(f"unknown key(s) {sorted(unknown)}: not the canonical schema (see README, Data)")
+        bad(f"unknown key(s) {sorted(map(str, unknown))}: not the canonical schema "
+            "(see docs/data.md)", "malformed row")
     if missing or unknown:
         return None, problems
+    for message in _type_problems(row):
+        bad(message, "wrong type")
     task = row.get("task", "report")
     if task not in TASKS:
         bad(f"task {task!r} is not one of {list(TASKS)}")
@@ -172,18 +264,34 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int
     if task == "class" and not _text(row, "label"):
         bad("class row without a label")
 
-    image_path = image_root / str(row["image"])
+    image_path, message = resolve_image(image_root, row["image"], options.allow_outside_root)
     width = height = 0
-    try:
-        width, height = _image_size(image_path)
-    except FileNotFoundError:
-        bad(f"image {image_path} does not exist (check --dataset_dir / the image root)")
-    except (OSError, ValueError, SyntaxError) as error:
-        bad(f"image {image_path} cannot be read ({error})")
+    if message:
+        bad(message, "image path")
+    else:
+        try:
+            width, height = image_size(image_path, max_pixels=options.max_image_pixels)
+        except ImageReadError as error:
+            missing_file = not image_path.is_file()
+            bad(f"{error}" + (" (check --dataset_dir / --image_root)" if missing_file else ""),
+                "missing image" if missing_file else "unreadable image")
+    frame_w, frame_h = width, height
+    declared = (row.get("width"), row.get("height"))
+    if width and all(is_number(v) and v > 0 for v in declared) and declared != (width, height):
+        if options.fix_declared_size:
+            frame_w, frame_h = declared
+            if fixes is not None:
+                fixes.append(Problem(file, line, f"declared {declared[0]}x{declared[1]}, image "
+                                                 f"is {width}x{height}: boxes rescaled",
+                                     "declared size fixed"))
+        else:
+            bad(f"declared width x height {declared[0]}x{declared[1]} differ from the image "
+                f"{image_path} ({width}x{height}); fix them, or pass --fix_declared_size to "
+                "take them as the boxes' frame and rescale the boxes", "declared size")
 
     findings: list[Finding] = []
     if not isinstance(row["findings"], list):
-        bad("'findings' must be a list")
+        bad("'findings' must be a list", "wrong type")
     else:
         for index, raw in enumerate(row["findings"]):
             tag = f"finding {index}"
@@ -193,21 +301,21 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int
                 continue
             extra_keys = raw.keys() - FINDING_KEYS - FINDING_OPTIONAL_KEYS
             if extra_keys:
-                bad(f"{tag} has unknown key(s) {sorted(extra_keys)}")
+                bad(f"{tag} has unknown key(s) {sorted(map(str, extra_keys))}")
             boxes_raw = raw.get("boxes")
             if not isinstance(boxes_raw, list) or not boxes_raw:
                 bad(f"{tag} ({raw['phrase']!r}) has no boxes")
                 continue
             boxes: list[Box] = []
+            # without a readable image, the boxes are still checked for everything but bounds
+            frame = (frame_w, frame_h) if width else (None, None)
             for raw_box in boxes_raw:
-                if width == 0:
-                    break
-                box, message = _parse_box(raw_box, width, height)
+                box, message = parse_box(raw_box, *frame)
                 if message:
-                    bad(f"{tag} ({raw['phrase']!r}): {message}")
-                else:
+                    bad(f"{tag} ({raw['phrase']!r}): {message}", "bad box")
+                elif width:
                     boxes.append(box)
-            if len(boxes) == len(boxes_raw):
+            if width and len(boxes) == len(boxes_raw):
                 findings.append(Finding(raw["phrase"].strip(), tuple(boxes)))
     if problems:
         return None, problems
@@ -216,182 +324,129 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int
         id=str(row["id"]), image_path=image_path, width=width, height=height,
         findings=tuple(findings), task=task, report=_text(row, "report"),
         question=_text(row, "question"), answer=_text(row, "answer"), label=_text(row, "label"),
-        patient=str(row.get("patient", "")), source=f"{file}:{line}", extra=extra,
+        description=_text(row, "description"), patient=str(row.get("patient", "")),
+        source=f"{file}:{line}", extra=extra,
     ), []
 
 
-def read_canonical_jsonl(path: Path, image_root: Path) -> tuple[list[Sample], list[Problem]]:
+def read_canonical_jsonl(path: Path, image_root: Path, options: ReadOptions = ReadOptions(),
+                         fixes: list[Problem] | None = None
+                         ) -> tuple[list[Sample], list[Problem]]:
     """Parse and validate every line of a canonical JSONL file."""
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.append(Problem(str(path), line_number, f"invalid JSON ({error.msg})"))
-                continue
-            sample, row_problems = parse_canonical_row(row, image_root, str(path), line_number)
-            if sample is not None and sample.id in seen:
-                row_problems = [Problem(str(path), line_number,
-                                        f"duplicate id {sample.id!r} (first on line {seen[sample.id]})")]
-                sample = None
-            problems.extend(row_problems)
-            if sample is not None:
-                seen[sample.id] = line_number
-                samples.append(sample)
-    return samples, problems
-
-
-def _reference_boxes(raw: Any) -> list[tuple[float, ...]]:
-    """A ``(x, y, w, h)`` tuple or a list of them → a list of 4-tuples."""
-    if isinstance(raw, (list, tuple)) and len(raw) == 4 and all(
-            isinstance(v, (int, float)) for v in raw):
-        return [tuple(float(v) for v in raw)]
-    if isinstance(raw, (list, tuple)) and raw and all(
-            isinstance(b, (list, tuple)) and len(b) == 4 for b in raw):
-        return [tuple(float(v) for v in b) for b in raw]
-    raise ValueError(f"bbox {raw!r} is neither (x, y, w, h) nor a list of them")
-
-
-def reference_to_canonical_rows(path: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
-    """Read a reference-code ``.pth`` file into canonical rows (boxes in 640-px pixels).
-
-    Returns rows whose boxes are still in the 640 x 640 frame, as pixel xyxy, with
-    ``"width": 640, "height": 640`` placeholders; :func:`read_reference_pth` rescales them to
-    the real image size.
-    """
-    file = str(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign pickles
-        return [], [Problem(file, None, f"cannot be read with torch.load(weights_only=True) "
-                                        f"({type(error).__name__}: {error}); only lists, tuples "
-                                        "and strings are accepted")]
-    if not isinstance(data, dict):
-        return [], [Problem(file, None, f"expected a dict of lists, got {type(data).__name__}")]
-    text_keys = [k for k in REFERENCE_TEXT_KEYS if k in data]
-    missing = [k for k in ("image_paths", "bboxes", "phrases") if k not in data]
-    if missing or not text_keys:
-        return [], [Problem(file, None,
-                            f"unknown schema: keys {sorted(data)}; the reference schema needs "
-                            f"image_paths, bboxes, phrases and one of {sorted(REFERENCE_TEXT_KEYS)}")]
-    text_key = text_keys[0]
-    task = REFERENCE_TEXT_KEYS[text_key]
-    columns = [data["image_paths"], data["bboxes"], data["phrases"], data[text_key]]
-    if len({len(c) for c in columns}) != 1:
-        return [], [Problem(file, None, "the lists image_paths, bboxes, phrases and "
-                                        f"{text_key} have different lengths "
-                                        f"{[len(c) for c in columns]}")]
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    problems: list[Problem] = []
-    for index, (image, raw_boxes, raw_phrases, raw_text) in enumerate(zip(*columns)):
-        text = raw_text[0] if isinstance(raw_text, (list, tuple)) and raw_text else raw_text
-        if not isinstance(text, str) or not isinstance(image, str):
-            problems.append(Problem(file, index, f"image path or {text_key} is not a string"))
+    for line_number, text, message in read_lines(path, options.encoding):
+        if message:
+            problems.append(Problem(str(path), line_number, message, "malformed row"))
             continue
-        try:
-            boxes = _reference_boxes(raw_boxes)
-        except ValueError as error:
-            problems.append(Problem(file, index, str(error)))
+        if not text.strip():
             continue
-        xyxy = [[x, y, x + w, y + h] for x, y, w, h in boxes]
-        if isinstance(raw_phrases, str):
-            findings = [{"phrase": raw_phrases, "boxes": xyxy}]
-        elif isinstance(raw_phrases, (list, tuple)) and len(raw_phrases) == len(xyxy):
-            findings = [{"phrase": p, "boxes": [b]} for p, b in zip(raw_phrases, xyxy)]
-        else:
-            problems.append(Problem(file, index, f"{len(xyxy)} boxes but phrases {raw_phrases!r}"))
+        row, message = loads_json(text)
+        if message:
+            problems.append(Problem(str(path), line_number, message, "malformed row"))
             continue
-        key = (image, text)
-        if key not in rows:
-            rows[key] = {"id": f"{Path(image).stem}-{index}", "image": image, "findings": [],
-                         "task": task, "report": text if task == "report" else "",
-                         "answer": text if task == "vqa" else "",
-                         "label": text if task == "class" else "", "source": f"{file}:{index}"}
-        rows[key]["findings"].extend(findings)
-    return list(rows.values()), problems
-
-
-def read_reference_pth(path: Path, image_root: Path) -> tuple[list[Sample], list[Problem]]:
-    """Read and validate a reference-code ``.pth`` file; boxes are rescaled from 640 px."""
-    rows, problems = reference_to_canonical_rows(path)
-    samples: list[Sample] = []
-    for row in rows:
-        index = int(row["source"].rsplit(":", 1)[1])
-        image_path = image_root / row["image"]
-        try:
-            width, height = _image_size(image_path)
-        except (OSError, ValueError, SyntaxError) as error:
-            problems.append(Problem(str(path), index, f"image {image_path} cannot be read ({error})"))
-            continue
-        sx, sy = width / REFERENCE_SIZE, height / REFERENCE_SIZE
-        for finding in row["findings"]:
-            finding["boxes"] = [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy]
-                                for b in finding["boxes"]]
-        sample, row_problems = parse_canonical_row(row, image_root, str(path), index)
+        sample, row_problems = parse_canonical_row(row, image_root, str(path), line_number,
+                                                   options, fixes)
+        if sample is not None and sample.id in seen:
+            row_problems = [Problem(str(path), line_number, f"duplicate id {sample.id!r} "
+                                    f"(first on line {seen[sample.id]})", "duplicate id")]
+            sample = None
         problems.extend(row_problems)
         if sample is not None:
+            seen[sample.id] = line_number
             samples.append(sample)
     return samples, problems
 
 
 def load_annotations(path: str | Path, image_root: str | Path | None = None,
-                     skip_invalid: bool = False) -> list[Sample]:
+                     skip_invalid: bool = False, *, allow_outside_root: bool = False,
+                     max_image_pixels: int = DEFAULT_MAX_PIXELS, fix_declared_size: bool = False,
+                     encoding: str = DEFAULT_ENCODING, text_column: str | None = None
+                     ) -> list[Sample]:
     """Load and validate a ``.jsonl`` (canonical) or ``.pth`` (reference) annotation file.
 
     Arguments:
       path: the annotation file.
       image_root: the folder image paths are relative to (default: the file's folder).
-      skip_invalid: drop invalid rows and print how many, instead of raising.
+      skip_invalid: drop invalid rows and log how many, instead of raising.
+      allow_outside_root, max_image_pixels, fix_declared_size, encoding: see
+        :class:`ReadOptions`.
+      text_column: for a ``.pth``, the text column that decides the task
+        (``utils.reference_pth.TEXT_COLUMNS``; default: inferred from the columns present).
     Returns:
-      the valid samples, in file order.
+      the valid samples, in file order; never empty.
     Raises:
-      AnnotationError listing every problem, when any row is invalid and ``skip_invalid`` is off.
+      AnnotationError listing every problem, when any row is invalid and ``skip_invalid`` is
+      off, and whenever no valid row is left (an empty split is an error naming the file).
     """
+    from utils.reference_pth import read_reference_pth  # reference_pth builds on this module
+
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
+    options = ReadOptions(allow_outside_root, max_image_pixels, fix_declared_size, encoding)
+    fixes: list[Problem] = []
     if not path.is_file():
-        raise AnnotationError([Problem(str(path), None, "annotation file does not exist")])
+        raise AnnotationError([Problem(str(path), None, "annotation file does not exist")],
+                              "Check --dataset_dir and the annotation set name.")
     if path.suffix == ".jsonl":
-        samples, problems = read_canonical_jsonl(path, root)
+        samples, problems = read_canonical_jsonl(path, root, options, fixes)
     elif path.suffix == ".pth":
-        samples, problems = read_reference_pth(path, root)
+        samples, problems = read_reference_pth(path, root, options, fixes, text_column)
     else:
         raise AnnotationError([Problem(str(path), None, "unknown schema: expected a canonical "
-                                                        ".jsonl or a reference-code .pth file")])
+                                                        ".jsonl or a reference-code .pth file")],
+                              "Convert the file with python -m utils.convert (docs/data.md).")
+    if not samples:
+        empty = "holds no annotation rows" if not problems else \
+            "has no valid row left (every row is listed above)"
+        raise AnnotationError(problems + [Problem(str(path), None, f"the split {empty}")],
+                              f"An empty split cannot be used: fix or replace {path}.")
     if problems and not skip_invalid:
         raise AnnotationError(problems)
     if problems:
-        bad_rows = {(p.file, p.row) for p in problems}
-        print(f"[annotations] {path}: dropped {len(bad_rows)} invalid row(s), kept {len(samples)}:",
-              file=sys.stderr)
+        rows_left_out: dict[tuple[str, int | None], int] = {}
         for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
+            key = (problem.file, problem.row)
+            rows_left_out[key] = max(rows_left_out.get(key, 0), problem.rows)
+        dropped = sum(rows_left_out.values())
+        logger.warning("%s: dropped %d invalid row(s), kept %d:\n%s", path, dropped,
+                       len(samples), "\n".join(f"  {p}" for p in problems))
+    if fixes:
+        logger.warning("%s: %d row(s) with a declared size that differs from the image, boxes "
+                       "rescaled (--fix_declared_size):\n%s", path, len(fixes),
+                       "\n".join(f"  {p}" for p in fixes))
     return samples
 
 
 def annotation_file(dataset_dir: str | Path, name: str, split: str) -> Path:
-    """``<name>_<split>.jsonl``, else ``<name>_<split>.pth``, in ``dataset_dir``."""
+    """``<name>_<split>.jsonl``, else ``<name>_<split>.pth``, in ``dataset_dir``.
+
+    A file of another name (e.g. the reference code's ``MS_CXR_test_gpt.pth``) is converted
+    with ``python -m utils.convert reference --split_name`` or renamed.
+    """
     for suffix in (".jsonl", ".pth"):
         path = Path(dataset_dir) / f"{name}_{split}{suffix}"
         if path.is_file():
             return path
+    near = sorted(p.name for p in Path(dataset_dir).glob(f"{name}_{split}*")) \
+        if Path(dataset_dir).is_dir() else []
+    hint = f"; found {near}: rename it, or convert it with --split_name" if near else ""
     raise AnnotationError([Problem(str(dataset_dir), None,
-                                   f"no annotation file {name}_{split}.jsonl or .pth here "
-                                   "(see README, Data)")])
+                                   f"no annotation file {name}_{split}.jsonl or .pth here{hint} "
+                                   "(see docs/data.md)")],
+                          "Check --dataset_dir, the annotation set name and the split.")
 
 
 def write_canonical_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write canonical rows, one JSON object a line, with sorted keys; returns the row count."""
+    """Write canonical rows, one JSON object a line, with sorted keys; returns the row count.
+
+    Non-finite numbers are refused (``allow_nan=False``): no file holds a NaN box.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
+    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+             for row in rows]
     with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+        handle.writelines(lines)
+    return len(lines)

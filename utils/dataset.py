@@ -6,8 +6,8 @@ per ``[BOX]`` of the answer, in the normalised frame of SAM's padded square inpu
 """
 from __future__ import annotations
 
+import logging
 import random
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,11 +16,35 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.annotations import Sample
-from utils.prompts import REPORT_TEMPLATES, answer_text, prompt_text, question_text
+from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
 from utils.image_io import DEFAULT_MAX_PIXELS, read_image
 from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
+logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = -100
+SEQUENCE_OVERHEAD = 2  # tokens the processor adds around the prompt (BOS, separator)
+# what may be cut, in order, when a prompt is too long; the supervised answer never is
+CUTTABLE = {"report": ("report",), "vqa": ("question", "answer"), "class": ("description",)}
+
+
+class PromptTooLongError(ValueError):
+    """A sample whose prompt and answer cannot fit ``model_max_length``; names file:row."""
+
+
+class _FixedChoice(random.Random):
+    """A stand-in rng whose ``choice`` returns one given template (for length checks)."""
+
+    def __init__(self, template: str):
+        super().__init__(0)
+        self.template = template
+
+    def choice(self, seq: Sequence[str]) -> str:
+        return self.template
+
+
+def _cut_all(sample: Sample) -> dict[str, str]:
+    return {key: "" for key in CUTTABLE[sample.task]}
 
 
 def ordered_findings(sample: Sample) -> list:
@@ -41,7 +65,10 @@ class GroundingDataset(Dataset):
       samples: validated annotation records.
       processor: the LLaVA processor (image processor + tokenizer with ``[BOX]``).
       sam_image_size: the SAM encoder's square input side.
-      model_max_length: longest token sequence; longer reports are cut in the report part.
+      model_max_length: longest token sequence. Longer prompts are cut in their report (vqa:
+        question, then the answer text of the prompt; class: description), never in the
+        supervised answer. Samples that cannot fit even so are all listed at construction
+        (PromptTooLongError), before any training step.
       train: draw a random template per item (seeded by ``seed`` and the index); otherwise
         use the fixed evaluation template.
       image_noise_std: Gaussian noise (in 0..255 pixel units) added to the image, for the
@@ -64,11 +91,12 @@ class GroundingDataset(Dataset):
         self.image_window = image_window
         self.max_image_pixels = max_image_pixels
         self.image_token_count = self._measure_image_tokens()
-        self.truncated = self._count_truncations()
+        self.truncated = self._check_lengths(name)
         if self.truncated:
-            print(f"[data] {name}: {self.truncated} of {len(self.samples)} report(s) are longer "
-                  f"than model_max_length={model_max_length} and are cut in the report part "
-                  "(the answer and every [BOX] are kept)", file=sys.stderr)
+            logger.warning("%s: %d of %d sample(s) may not fit model_max_length=%d and are cut "
+                           "in their report / question / description (the answer and every "
+                           "[BOX] are kept)", name, self.truncated, len(self.samples),
+                           model_max_length)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -84,6 +112,7 @@ class GroundingDataset(Dataset):
         self.epoch = epoch
 
     def _text_length(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens."""
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _measure_image_tokens(self) -> int:
@@ -94,38 +123,70 @@ class GroundingDataset(Dataset):
         image_token_id = self.tokenizer.convert_tokens_to_ids(image_token)
         return int((inputs["input_ids"] == image_token_id).sum())
 
-    def _count_truncations(self) -> int:
-        longest = max(REPORT_TEMPLATES, key=len)
-        count = 0
+    def _answer_length(self, sample: Sample) -> int:
+        """Tokens of the supervised answer, end-of-sequence included."""
+        return self._text_length(answer_text([f.phrase for f in ordered_findings(sample)])) + 1
+
+    def _total_length(self, sample: Sample, template: int | None, answer_length: int,
+                      **texts: str) -> int:
+        """Tokens of the whole sequence with template ``template`` (None: the eval one)."""
+        templates = TEMPLATES[sample.task]
+        rng = _FixedChoice(templates[template]) if template is not None else None
+        question = question_text(sample, texts.pop("report", None), rng, **texts)
+        return (self._text_length(prompt_text(question, "")) + self.image_token_count +
+                answer_length + SEQUENCE_OVERHEAD)
+
+    def _check_lengths(self, name: str) -> int:
+        """Raise one PromptTooLongError listing every sample that cannot fit even when cut;
+        return how many samples may be cut. In training every template may be drawn, so the
+        longest one counts; in evaluation only the fixed first one."""
+        offenders, cut = [], 0
         for sample in self.samples:
-            if sample.task != "report":
-                continue
-            answer = answer_text([f.phrase for f in sample.findings])
-            total = (self._text_length(prompt_text(longest.format(report=sample.report), "")) +
-                     self.image_token_count + self._text_length(answer) + 2)
-            count += total > self.model_max_length
-        return count
+            answer_length = self._answer_length(sample)
+            longest = max(range(len(TEMPLATES[sample.task]) if self.train else 1),
+                          key=lambda t: self._total_length(sample, t, answer_length,
+                                                           **_cut_all(sample)))
+            floor = self._total_length(sample, longest, answer_length, **_cut_all(sample))
+            if floor > self.model_max_length:
+                offenders.append(f"  {sample.source}: needs at least {floor} tokens (answer "
+                                 f"{answer_length}) with its {' and '.join(CUTTABLE[sample.task])} "
+                                 "cut to nothing")
+            elif self._total_length(sample, longest, answer_length) > self.model_max_length:
+                cut += 1
+        if offenders:
+            raise PromptTooLongError(
+                f"{name}: {len(offenders)} sample(s) cannot fit model_max_length="
+                f"{self.model_max_length}: their prompt (template, image tokens, label) and "
+                "answer are too long even with the cuttable text removed:\n" +
+                "\n".join(offenders) + "\nRaise --model_max_length, or shorten these rows.")
+        return cut
 
     def _fit_prompt(self, sample: Sample, answer_length: int, rng: random.Random | None
-                    ) -> tuple[str, str]:
-        """The prompt text; for reports too long, the report is cut from its end."""
-        report = sample.report
+                    ) -> tuple[str, dict[str, str]]:
+        """The prompt text; when too long, the task's cuttable text (``CUTTABLE``) is cut
+        from its end, field by field; the answer is never cut."""
+        texts = {key: getattr(sample, key) for key in CUTTABLE[sample.task]}
         image_token = self.processor.image_token
+        templates = TEMPLATES[sample.task]
+        template = _FixedChoice(rng.choice(templates) if self.train and rng else templates[0])
         while True:
-            question = question_text(sample, report, rng if self.train else None)
+            question = question_text(sample, texts.get("report"), template,
+                                     **{k: v for k, v in texts.items() if k != "report"})
             prompt = prompt_text(question, image_token)
             length = (self._text_length(prompt.replace(image_token, "")) +
-                      self.image_token_count + answer_length + 2)
+                      self.image_token_count + answer_length + SEQUENCE_OVERHEAD)
             excess = length - self.model_max_length
             if excess <= 0:
-                return prompt, report
-            report_ids = self.tokenizer(report, add_special_tokens=False).input_ids
-            if sample.task != "report" or excess >= len(report_ids):
-                raise ValueError(
-                    f"{sample.source}: the answer alone ({answer_length} tokens) does not fit "
-                    f"model_max_length={self.model_max_length}; raise --model_max_length")
-            report = self.tokenizer.decode(report_ids[:len(report_ids) - excess])
-            rng = random.Random(rng.random()) if rng is not None else None
+                return prompt, texts
+            key = next((k for k in CUTTABLE[sample.task] if texts[k]), None)
+            if key is None:
+                raise PromptTooLongError(
+                    f"{sample.source}: the prompt does not fit model_max_length="
+                    f"{self.model_max_length} even with its "
+                    f"{' and '.join(CUTTABLE[sample.task])} cut to nothing ({length} tokens, "
+                    f"answer {answer_length}); raise --model_max_length")
+            ids = self.tokenizer(texts[key], add_special_tokens=False).input_ids
+            texts[key] = self.tokenizer.decode(ids[:max(0, len(ids) - excess)]).strip()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

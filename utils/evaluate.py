@@ -30,6 +30,7 @@ from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import match_phrases, parse_generated_answer
 from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import uncertainty_metrics
+from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.sam_transforms import padded_to_image_boxes
 
 
@@ -77,17 +78,20 @@ def _target_pixels(sample: Sample, finding) -> torch.Tensor:
 def evaluate_model(model, processor, samples: Sequence[Sample], batch_size: int = 8,
                    max_new_tokens: int = 128, model_max_length: int = 512,
                    dataset_name: str = "", split: str = "", image_noise_std: float = 0.0,
-                   progress: bool = True, meteor: bool = True) -> EvaluationResult:
+                   progress: bool = True, meteor: bool = True, *, image_window: str = "full",
+                   max_image_pixels: int = DEFAULT_MAX_PIXELS) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
     ``meteor=False`` skips METEOR (a Java process), as per-epoch validation does.
+    ``image_window`` and ``max_image_pixels`` are passed to the dataset's image reader.
     """
     started = time.time()
     model.eval()
     device = next(model.box_decoder.parameters()).device
     dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size, model_max_length,
                                train=False, image_noise_std=image_noise_std,
-                               name=f"{dataset_name}_{split}")
+                               name=f"{dataset_name}_{split}", image_window=image_window,
+                               max_image_pixels=max_image_pixels)
     tokenizer = processor.tokenizer
     records: list[dict[str, Any]] = []
     n_extra = 0

@@ -1,7 +1,7 @@
 """Conversation templates: what the model is asked, and the answer it must write.
 
 The prompt holds the image and the report (or the VQA question and answer, or the class
-label); it never holds the answer phrases. Training draws one of several templates per
+label and, when the row has one, its description); it never holds the answer phrases. Training draws one of several templates per
 sample; evaluation always uses the first one, so numbers do not depend on a random draw.
 The conversation follows LLaVA-1.5: ``"USER: <image>\\n{question} ASSISTANT:"``.
 """
@@ -32,18 +32,26 @@ CLASS_TEMPLATES = (
 TEMPLATES = {"report": REPORT_TEMPLATES, "vqa": VQA_TEMPLATES, "class": CLASS_TEMPLATES}
 
 
-def question_text(sample: Sample, report: str | None = None, rng: random.Random | None = None) -> str:
+def question_text(sample: Sample, report: str | None = None, rng: random.Random | None = None,
+                  **texts: str) -> str:
     """The user's request for one sample.
 
     Arguments:
       sample: the annotation record.
       report: the (possibly truncated) report text to use instead of ``sample.report``.
       rng: draws a training template; ``None`` selects the fixed evaluation template.
+      texts: (possibly truncated) ``question``, ``answer`` or ``description`` to use instead
+        of the sample's.
     """
     templates = TEMPLATES[sample.task]
     template = templates[0] if rng is None else rng.choice(templates)
-    return template.format(report=sample.report if report is None else report,
-                           question=sample.question, answer=sample.answer, label=sample.label)
+    fields = {"report": sample.report if report is None else report,
+              "question": sample.question, "answer": sample.answer, "label": sample.label,
+              "description": sample.description, **texts}
+    text = template.format(**fields)
+    if sample.task == "class" and fields["description"]:
+        text = f"Description: {fields['description']}\n{text}"
+    return text
 
 
 def prompt_text(question: str, image_token: str) -> str:

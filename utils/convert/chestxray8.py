@@ -14,13 +14,14 @@ the image's left), e.g. "Nodule in the right upper lung zone.", and rows get
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from utils.convert.geometry import box_problem, clip_box, position_words, scale_box, xywh_to_xyxy
-from utils.convert.images import image_size
+from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
-from utils.convert.output import add_output_arguments, finish
+from utils.convert.output import add_output_arguments, finish, read_options
 from utils.convert.tables import MALFORMED, TableRow, parse_numbers, read_table
 from utils.convert.text import grounded_report_row, render_phrase, sentence_with
 from utils.convert.user_reports import NO_REPORT, UserReports, read_user_reports
@@ -63,17 +64,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reports", type=Path,
                         help="report texts: CSV 'Image Index, report' or JSONL "
                              '{"image": ..., "report": ...}; default: templated sentences')
-    parser.add_argument("--box_frame", type=float, default=1024.0,
+    parser.add_argument("--box_frame", type=_box_frame, default=1024.0,
                         help="size of the square image the BBox_List coordinates refer to")
     add_output_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def read_patients(path: Path, log: ConversionLog) -> dict[str, str]:
+def _box_frame(text: str) -> float:
+    """``--box_frame``: a finite size > 0 (NaN or inf would make every box NaN)."""
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a finite size > 0, e.g. 1024")
+    return value
+
+
+def read_patients(path: Path, log: ConversionLog, encoding: str) -> dict[str, str]:
     """Image Index -> patient id (leading zeros dropped, like the image names' prefix)."""
     patients: dict[str, str] = {}
     first: dict[str, int] = {}
-    for row in read_table(path, ENTRY_COLUMNS, log):
+    for row in read_table(path, ENTRY_COLUMNS, log, encoding=encoding):
         image, patient = row.values["image"], row.values["patient"]
         if image in patients:
             log.problem(str(path), row.line, DUPLICATE,
@@ -98,11 +110,11 @@ def _box(path: Path, row: TableRow, frame: float, log: ConversionLog) -> list[fl
     return clip_box(box, frame, frame)
 
 
-def read_boxes(path: Path, frame: float, log: ConversionLog) -> dict[str, BoxRows]:
+def read_boxes(path: Path, frame: float, log: ConversionLog, encoding: str) -> dict[str, BoxRows]:
     """Image -> its ``(row, label, xyxy box in the frame)`` rows; bad and repeated rows reported."""
     images: dict[str, BoxRows] = {}
     seen: dict[tuple, int] = {}
-    for row in read_table(path, BBOX_COLUMNS, log):
+    for row in read_table(path, BBOX_COLUMNS, log, encoding=encoding):
         label = LABEL_ALIASES.get(row.values["label"], row.values["label"])
         if label not in LABELS:
             log.problem(str(path), row.line, UNKNOWN_LABEL,
@@ -156,18 +168,19 @@ def build_row(image: str, boxes: BoxRows, size: tuple[int, int],
 def run(args: argparse.Namespace) -> int:
     """Convert, then write (see :func:`utils.convert.output.finish`)."""
     log = ConversionLog()
-    reports = read_user_reports(args.reports, log) if args.reports else None
-    patients = read_patients(args.data_entry, log)
+    options = read_options(args)
+    reports = read_user_reports(args.reports, log, args.encoding) if args.reports else None
+    patients = read_patients(args.data_entry, log, args.encoding)
     file = str(args.bbox_csv)
     rows = []
-    for image, boxes in read_boxes(args.bbox_csv, args.box_frame, log).items():
+    for image, boxes in read_boxes(args.bbox_csv, args.box_frame, log, args.encoding).items():
         lines = ", ".join(str(b[0].line) for b in boxes)
         if image not in patients:
             log.problem(file, boxes[0][0].line, NO_ENTRY,
                         f"{args.data_entry} has no row for {image} (patient unknown); "
                         f"line(s) {lines} left out", rows=len(boxes))
             continue
-        size = image_size(args.image_root / image)
+        size = image_size_under(args.image_root, image, options)
         if isinstance(size, str):
             log.problem(file, boxes[0][0].line, MISSING_IMAGE, f"{size}; line(s) {lines} left out",
                         rows=len(boxes))
@@ -175,4 +188,4 @@ def run(args: argparse.Namespace) -> int:
         row = build_row(image, boxes, size, patients[image], reports, file, args.box_frame, log)
         if row:
             rows.append(row)
-    return finish(rows, args.out, args.image_root, log, args.strict)
+    return finish(rows, args.out, args.image_root, log, args.strict, options)

@@ -12,18 +12,19 @@ the image entry's ``patient_id``, else the id in a MIMIC/NIH file name, else the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from utils.annotations import ReadOptions, is_number
 from utils.convert.geometry import box_problem, clip_box, position_words, scale_box, xywh_to_xyxy
-from utils.convert.images import image_size
+from utils.convert.images import image_size_under
 from utils.convert.log import ConversionError, ConversionLog
-from utils.convert.output import add_output_arguments, finish
+from utils.convert.output import add_output_arguments, finish, read_options
 from utils.convert.paths import patient_from_path
-from utils.convert.tables import MALFORMED, read_coco, require_file
+from utils.convert.tables import MALFORMED, read_coco, read_json
 from utils.convert.text import grounded_report_row, render_phrase, sentence_with
 from utils.convert.user_reports import NO_REPORT, UserReports, read_user_reports
+from utils.text_io import DEFAULT_ENCODING
 
 SOURCE = "COCO"
 BAD_BOX = "box beyond the image"
@@ -52,12 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def read_phrase_map(path: Path) -> dict[str, str]:
+def read_phrase_map(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, str]:
     """The category -> template map; raises :class:`ConversionError` naming a bad entry."""
-    try:
-        phrases = json.loads(require_file(path, "phrase map").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    phrases = read_json(path, "phrase map", encoding)
     if not isinstance(phrases, dict):
         raise ConversionError(f"{path}: expected a JSON object {{\"category\": \"phrase\"}}")
     for category, template in phrases.items():
@@ -73,11 +71,11 @@ def read_phrase_map(path: Path) -> dict[str, str]:
 
 def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dict[int, str],
               phrases: dict[str, str], image_root: Path, reports: UserReports | None, file: str,
-              log: ConversionLog) -> dict[str, Any] | None:
+              log: ConversionLog, options: ReadOptions) -> dict[str, Any] | None:
     """The canonical row of one COCO image, or None when it has nothing to write."""
     name = str(image.get("file_name", ""))
     report = reports.get(name) if reports else None
-    size = image_size(image_root / name)
+    size = image_size_under(image_root, name, options)
     if isinstance(size, str):
         log.problem(file, anns[0]["id"] if anns else None, MISSING_IMAGE,
                     f"image id {image['id']}: {size}", rows=max(len(anns), 1))
@@ -91,16 +89,23 @@ def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dic
         log.exclude(NO_ANNOTATIONS)
         return None
     width, height = size
-    frame = (float(image.get("width") or width), float(image.get("height") or height))
+    declared = (image.get("width"), image.get("height"))
+    if not all(v is None or (is_number(v) and v > 0) for v in declared):
+        log.problem(file, anns[0]["id"] if anns else None, MALFORMED,
+                    f"image id {image['id']}: width/height {declared} are not positive finite "
+                    "numbers; fix them", rows=max(len(anns), 1))
+        return None
+    frame = (float(declared[0] or width), float(declared[1] or height))
     findings: dict[str, dict[str, Any]] = {}
     seen: dict[tuple, int] = {}
     for ann in anns:
         category = categories.get(ann.get("category_id"))
         bbox = ann.get("bbox")
         if category is None or not isinstance(bbox, list) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) for v in bbox):
+                is_number(v) for v in bbox):
             log.problem(file, ann["id"], MALFORMED, f"annotation id {ann['id']} lacks a known "
-                                                    "category_id or a 4-number bbox; fix it")
+                                                    "category_id or a bbox of 4 finite numbers; "
+                                                    "fix it")
             continue
         if category not in phrases:
             log.problem(file, ann["id"], NO_PHRASE,
@@ -143,9 +148,10 @@ def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dic
 def run(args: argparse.Namespace) -> int:
     """Convert, then write (see :func:`utils.convert.output.finish`)."""
     log = ConversionLog()
-    phrases = read_phrase_map(args.phrases)
-    reports = read_user_reports(args.reports, log) if args.reports else None
-    coco = read_coco(args.coco)
+    options = read_options(args)
+    phrases = read_phrase_map(args.phrases, args.encoding)
+    reports = read_user_reports(args.reports, log, args.encoding) if args.reports else None
+    coco = read_coco(args.coco, log, args.encoding)
     categories = {cat_id: str(cat.get("name", "")) for cat_id, cat in coco.cats.items()}
     for ann_id in sorted(coco.anns):
         if coco.anns[ann_id].get("image_id") not in coco.imgs:
@@ -156,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     for image_id in sorted(coco.imgs):
         anns = sorted(coco.imgToAnns.get(image_id, []), key=lambda a: a["id"])
         row = image_row(coco.imgs[image_id], anns, categories, phrases, args.image_root, reports,
-                        str(args.coco), log)
+                        str(args.coco), log, options)
         if row:
             rows.append(row)
-    return finish(rows, args.out, args.image_root, log, args.strict)
+    return finish(rows, args.out, args.image_root, log, args.strict, options)

@@ -19,7 +19,7 @@ from typing import Any
 from utils.convert.log import ConversionLog
 from utils.convert.mscxr import add_mscxr_input_arguments
 from utils.convert.mscxr_annotations import MsCxrImage, group_images, read_mscxr
-from utils.convert.output import add_output_arguments, finish
+from utils.convert.output import add_output_arguments, finish, read_options
 from utils.convert.tables import MALFORMED, read_table
 
 SOURCE = "Medical-Diff-VQA+MS-CXR"
@@ -60,14 +60,14 @@ def named_categories(text: str, categories: list[str]) -> list[str]:
 
 
 def vqa_rows(qa_csv: Path, images: list[MsCxrImage], types: set[str],
-             log: ConversionLog) -> list[dict[str, Any]]:
+             log: ConversionLog, encoding: str = "utf-8") -> list[dict[str, Any]]:
     """Task-"vqa" rows for every selected question on a study with MS-CXR boxes."""
     by_study: dict[str, list[MsCxrImage]] = {}
     for image in images:
         by_study.setdefault(image.study, []).append(image)
     rows = []
     seen: dict[tuple[str, str], int] = {}
-    for row in read_table(qa_csv, QA_COLUMNS, log):
+    for row in read_table(qa_csv, QA_COLUMNS, log, encoding=encoding):
         values, file = row.values, str(qa_csv)
         if not values["study"].isdigit() or not values["subject"].isdigit():
             log.problem(file, row.line, MALFORMED, f"study_id {values['study']!r} / subject_id "
@@ -115,7 +115,9 @@ def vqa_rows(qa_csv: Path, images: list[MsCxrImage], types: set[str],
 def run(args: argparse.Namespace) -> int:
     """Convert, then write (see :func:`utils.convert.output.finish`)."""
     log = ConversionLog()
-    images = group_images(read_mscxr(args.annotations, log), args.image_root, log)
+    options = read_options(args)
+    images = group_images(read_mscxr(args.annotations, log, args.encoding), args.image_root,
+                          log, options)
     types = {t.strip() for t in args.question_types.split(",") if t.strip()}
-    rows = vqa_rows(args.qa_csv, images, types, log)
-    return finish(rows, args.out, args.image_root, log, args.strict)
+    rows = vqa_rows(args.qa_csv, images, types, log, args.encoding)
+    return finish(rows, args.out, args.image_root, log, args.strict, options)

@@ -5,6 +5,7 @@ exist only inside the model code.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from utils.annotations import BOX_TOLERANCE_PX
@@ -20,8 +21,11 @@ def xywh_to_xyxy(x: float, y: float, w: float, h: float) -> PixelBox:
 def box_problem(box: Sequence[float], width: float, height: float) -> str | None:
     """Why pixel box ``[x0, y0, x1, y1]`` is not a box inside a ``width x height`` image, or None.
 
-    Coordinates may exceed the image by ``BOX_TOLERANCE_PX`` (rounding in the releases).
+    Coordinates may exceed the image by ``BOX_TOLERANCE_PX`` (rounding in the releases);
+    NaN and inf are never a box.
     """
+    if not all(math.isfinite(v) for v in box):
+        return f"box {_fmt(box)} holds a non-finite value (NaN or inf)"
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
         return f"box {_fmt(box)} has zero or negative width/height"

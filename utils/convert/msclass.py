@@ -13,7 +13,7 @@ from typing import Any
 from utils.convert.log import ConversionLog
 from utils.convert.mscxr import SOURCE, add_mscxr_input_arguments
 from utils.convert.mscxr_annotations import MsCxrImage, group_images, read_mscxr
-from utils.convert.output import add_output_arguments, finish
+from utils.convert.output import add_output_arguments, finish, read_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,5 +46,7 @@ def class_rows(images: list[MsCxrImage]) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     """Convert, then write (see :func:`utils.convert.output.finish`)."""
     log = ConversionLog()
-    images = group_images(read_mscxr(args.annotations, log), args.image_root, log)
-    return finish(class_rows(images), args.out, args.image_root, log, args.strict)
+    options = read_options(args)
+    images = group_images(read_mscxr(args.annotations, log, args.encoding), args.image_root,
+                          log, options)
+    return finish(class_rows(images), args.out, args.image_root, log, args.strict, options)

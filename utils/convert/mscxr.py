@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from utils.convert.geometry import scale_box
-from utils.convert.images import resized_copy
+from utils.convert.images import KEPT_16_BIT, resized_copy
 from utils.convert.log import ConversionError, ConversionLog
 from utils.convert.mscxr_annotations import MsCxrImage, group_images, read_mscxr
-from utils.convert.output import add_output_arguments, finish
+from utils.convert.output import add_output_arguments, finish, read_options
 from utils.convert.paths import mimic_report_path
 from utils.convert.text import is_verbatim, mimic_findings_impression
+from utils.text_io import DEFAULT_ENCODING, TextDecodeError, read_text
 
 SOURCE = "MS-CXR"
 MISSING_REPORT = "missing report"
+UNREADABLE_REPORT = "undecodable report"
 NO_SPLIT = "no split"
 NOT_VERBATIM = "phrase not verbatim in its report"
 NO_SECTIONS = "report without FINDINGS/IMPRESSION (whole text kept)"
@@ -52,8 +54,8 @@ def add_mscxr_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MIMIC-CXR-JPG root: the folder holding files/pXX/...")
 
 
-def report_rows(images: list[MsCxrImage], reports_root: Path,
-                log: ConversionLog) -> list[dict[str, Any]]:
+def report_rows(images: list[MsCxrImage], reports_root: Path, log: ConversionLog,
+                encoding: str = DEFAULT_ENCODING) -> list[dict[str, Any]]:
     """Canonical task-"report" rows for annotated images; images without a report are left out."""
     rows = []
     for image in images:
@@ -64,7 +66,13 @@ def report_rows(images: list[MsCxrImage], reports_root: Path,
                         f"report {report_file} does not exist (--reports_root must hold "
                         "files/pXX/pXXXXXXXX/sXXXXXXXX.txt)", rows=n_rows)
             continue
-        report, has_sections = mimic_findings_impression(report_file.read_text(encoding="utf-8"))
+        try:
+            text = read_text(report_file, encoding)
+        except TextDecodeError as error:
+            log.problem(image.file, image.first_row, UNREADABLE_REPORT,
+                        f"{error} (report of {image.path})", rows=n_rows)
+            continue
+        report, has_sections = mimic_findings_impression(text)
         if not report:
             log.problem(image.file, image.first_row, MISSING_REPORT,
                         f"report {report_file} is empty", rows=n_rows)
@@ -85,21 +93,28 @@ def report_rows(images: list[MsCxrImage], reports_root: Path,
 
 
 def resize_row(row: dict[str, Any], image_root: Path, copy_root: Path,
-               max_side: int) -> dict[str, Any]:
-    """Copy the row's image to ``copy_root/images/`` at ``max_side`` and scale its boxes."""
-    target = Path("images") / row["image"]
-    width, height = resized_copy(image_root / row["image"], copy_root / target, max_side)
+               max_side: int, log: ConversionLog) -> dict[str, Any]:
+    """Copy the row's image to ``copy_root/images/`` at ``max_side`` and scale its boxes.
+
+    16-bit images stay 16-bit (PNG copies); this is counted in the summary.
+    """
+    written, (width, height), high_depth = resized_copy(
+        image_root / row["image"], copy_root / "images" / row["image"], max_side)
+    if high_depth:
+        log.note(KEPT_16_BIT)
     sx, sy = width / row["width"], height / row["height"]
     findings = [{**f, "boxes": [scale_box(b, sx, sy) for b in f["boxes"]]} for f in row["findings"]]
-    return {**row, "image": target.as_posix(), "findings": findings, "width": width,
-            "height": height}
+    return {**row, "image": written.relative_to(copy_root).as_posix(), "findings": findings,
+            "width": width, "height": height}
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert, then write (see :func:`utils.convert.output.finish`)."""
     log = ConversionLog()
-    images = group_images(read_mscxr(args.annotations, log), args.image_root, log)
-    rows = report_rows(images, args.reports_root, log)
+    options = read_options(args)
+    images = group_images(read_mscxr(args.annotations, log, args.encoding), args.image_root,
+                          log, options)
+    rows = report_rows(images, args.reports_root, log, args.encoding)
     splits = None
     if args.by_split:
         split_of = {image.dicom_id: image for image in images}
@@ -113,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
             rows.remove(row)
         splits = {r["id"]: split_of[r["id"]].split for r in rows}
     if args.strict and log.problems:
-        return finish([], args.out, args.image_root, log, strict=True)
+        return finish([], args.out, args.image_root, log, True, options)
     image_root = args.image_root
     if args.resize_max_side:
         image_root = args.out.parent
-        rows = [resize_row(r, args.image_root, image_root, args.resize_max_side) for r in rows]
-    return finish(rows, args.out, image_root, log, args.strict, splits)
+        rows = [resize_row(r, args.image_root, image_root, args.resize_max_side, log) for r in rows]
+    return finish(rows, args.out, image_root, log, args.strict, options, splits)

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.convert.geometry import PixelBox, box_problem, clip_box, scale_box, xywh_to_xyxy
-from utils.convert.images import image_size
+from utils.annotations import ReadOptions, is_number
+from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
 from utils.convert.paths import mimic_ids
 from utils.convert.tables import MALFORMED, parse_numbers, read_coco, read_table
+from utils.text_io import DEFAULT_ENCODING
 
 BAD_BOX = "box beyond the image"
 BAD_PATH = "unexpected image path"
@@ -70,9 +72,12 @@ class MsCxrImage:
         return list(dict.fromkeys(f.category for f in self.findings))
 
 
-def read_mscxr(path: Path, log: ConversionLog) -> list[MsCxrBox]:
+def read_mscxr(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
+               ) -> list[MsCxrBox]:
     """Every usable annotation row of an MS-CXR ``.csv`` or COCO ``.json`` file."""
-    return _read_json(path, log) if path.suffix == ".json" else _read_csv(path, log)
+    if path.suffix == ".json":
+        return _read_json(path, log, encoding)
+    return _read_csv(path, log, encoding)
 
 
 def _checked(file: str, row: int, values: dict[str, str], numbers: list[float],
@@ -102,9 +107,9 @@ def _checked(file: str, row: int, values: dict[str, str], numbers: list[float],
                     image_width, image_height, values.get("split", ""))
 
 
-def _read_csv(path: Path, log: ConversionLog) -> list[MsCxrBox]:
+def _read_csv(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
     boxes = []
-    for row in read_table(path, CSV_COLUMNS, log, optional=("split",)):
+    for row in read_table(path, CSV_COLUMNS, log, optional=("split",), encoding=encoding):
         numbers = parse_numbers(row, ("x", "y", "w", "h", "image_width", "image_height"))
         if isinstance(numbers, str):
             log.problem(str(path), row.line, MALFORMED, f"{numbers}; fix the value")
@@ -115,8 +120,8 @@ def _read_csv(path: Path, log: ConversionLog) -> list[MsCxrBox]:
     return boxes
 
 
-def _read_json(path: Path, log: ConversionLog) -> list[MsCxrBox]:
-    coco = read_coco(path)
+def _read_json(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
+    coco = read_coco(path, log, encoding)
     boxes = []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
@@ -134,24 +139,28 @@ def _read_json(path: Path, log: ConversionLog) -> list[MsCxrBox]:
                   "label_text": str(ann["label_text"]).strip(),
                   "path": str(image.get("path", image.get("file_name", ""))),
                   "split": str(ann.get("split", image.get("split", "")))}
-        try:
-            numbers = [float(v) for v in (*bbox, image["width"], image["height"])]
-        except (KeyError, TypeError, ValueError):
+        numbers = [*bbox, image.get("width"), image.get("height")]
+        if not all(is_number(v) for v in numbers):
             log.problem(str(path), ann_id, MALFORMED, f"annotation id {ann_id}: bbox {bbox!r} or "
-                                                      "the image's width/height is not numeric")
+                                                      "the image's width/height is not a finite "
+                                                      "number")
             continue
+        numbers = [float(v) for v in numbers]
         box = _checked(str(path), ann_id, values, numbers, log)
         if box:
             boxes.append(box)
     return boxes
 
 
-def group_images(boxes: list[MsCxrBox], image_root: Path, log: ConversionLog) -> list[MsCxrImage]:
+def group_images(boxes: list[MsCxrBox], image_root: Path, log: ConversionLog,
+                 options: ReadOptions = ReadOptions()) -> list[MsCxrImage]:
     """Group annotation rows into images; rows of one phrase on one image become one finding.
 
     Duplicate rows (same image, phrase and box) and images missing under ``image_root`` are
     reported and left out. Boxes are scaled from ``image_width x image_height`` to the size of
     the image on disk (they differ when the user keeps a resized copy of MIMIC-CXR-JPG).
+    Image paths must resolve inside ``image_root`` and images stay under the pixel limit
+    (``options``).
     """
     by_image: dict[str, list[MsCxrBox]] = {}
     seen: dict[tuple, int] = {}
@@ -171,7 +180,7 @@ def group_images(boxes: list[MsCxrBox], image_root: Path, log: ConversionLog) ->
         rows.append(box)
     images = []
     for path, rows in by_image.items():
-        size = image_size(image_root / path)
+        size = image_size_under(image_root, path, options)
         if isinstance(size, str):
             log.problem(rows[0].file, rows[0].row, MISSING_IMAGE,
                         f"{size}; row(s) {', '.join(str(r.row) for r in rows)} left out",

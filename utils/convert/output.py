@@ -6,23 +6,46 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from utils.annotations import parse_canonical_row, write_canonical_jsonl
+from utils.annotations import ReadOptions, parse_canonical_row, write_canonical_jsonl
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
+from utils.image_io import DEFAULT_MAX_PIXELS
+from utils.text_io import DEFAULT_ENCODING, check_encoding
 
 INVALID = "not a valid canonical row"
+DUPLICATE_ID = "duplicate output id"
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--out`` and ``--strict``, shared by every converter."""
+    """``--out``, ``--strict`` and the input rules (docs/data.md), shared by every converter."""
     parser.add_argument("--out", type=Path, required=True,
                         help="the canonical JSON Lines file to write (e.g. out/mscxr.jsonl)")
     parser.add_argument("--strict", action="store_true",
                         help="fail on any problem (exit code 2, nothing written) instead of "
                              "leaving the bad rows out")
+    add_input_arguments(parser)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--encoding``, ``--max_image_pixels`` and ``--allow_outside_root``."""
+    parser.add_argument("--encoding", type=check_encoding, default=DEFAULT_ENCODING,
+                        help="text encoding of every text input (CSV, JSON, JSONL, report .txt; "
+                             "default utf-8, e.g. latin-1 or cp1252)")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels (decompression bombs; default "
+                             f"{DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--allow_outside_root", action="store_true",
+                        help="accept image paths (../, absolute, symlinks) that resolve outside "
+                             "--image_root")
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """The validation rules of a converter's command line."""
+    return ReadOptions(allow_outside_root=args.allow_outside_root,
+                       max_image_pixels=args.max_image_pixels)
 
 
 def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: ConversionLog,
-           strict: bool, splits: Mapping[str, str] | None = None) -> int:
+           strict: bool, options: ReadOptions, splits: Mapping[str, str] | None = None) -> int:
     """Validate ``rows``, write them unless ``strict`` found problems, print the summary.
 
     Arguments:
@@ -31,24 +54,37 @@ def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: Convers
       image_root: the folder the image paths are relative to.
       log: the conversion's problems and counts (rows failing validation are added).
       strict: any problem means failure: nothing is written.
+      options: the rules rows are checked with (image paths inside ``image_root``, ...).
       splits: row id -> split name; when given, ``<out stem>_<split>.jsonl`` files are
         written beside ``out`` instead of ``out``.
     Returns:
-      the exit code: 0, or 2 when ``strict`` and there were problems.
+      the exit code: 0, or 2 (nothing written) when ``strict`` and there were problems, or
+      when no row is left to write.
     """
     valid = []
+    first: dict[str, int] = {}
     for index, row in enumerate(rows, start=1):
-        _, problems = parse_canonical_row(row, image_root, str(out), index)
+        sample, problems = parse_canonical_row(row, image_root, str(out), index, options)
         for number, problem in enumerate(problems):
             log.problem(str(out), index, INVALID, f"row {row.get('id')!r}: {problem.message}",
                         rows=int(number == 0))
-        if not problems:
+        if sample is not None and sample.id in first:
+            log.problem(str(out), index, DUPLICATE_ID,
+                        f"row id {sample.id!r} repeats output row {first[sample.id]} (two input "
+                        "entries for one image?); merge or rename them")
+        elif sample is not None:
+            first[sample.id] = index
             valid.append(row)
     if log.problems:
         print(f"{len(log.problems)} problem(s):", file=sys.stderr)
         log.print_problems()
     if strict and log.problems:
         print(f"--strict: {len(log.problems)} problem(s), nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    if not valid:
+        print(log.summary(0, str(out)), file=sys.stderr)
+        print(f"error: no row to write (the input yielded {len(rows)} row(s), none valid); "
+              "nothing written", file=sys.stderr)
         return EXIT_FAILED
     if splits is None:
         written = {out: valid}

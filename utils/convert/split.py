@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from utils.annotations import write_canonical_jsonl
 from utils.convert.labels import read_rows, row_labels, row_patient
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
+from utils.text_io import DEFAULT_ENCODING, check_encoding
 
 SPLITS = ("train", "val", "test")
 NO_PATIENT = "no patient id"
@@ -54,6 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit code 2, nothing written) when a row has no patient id")
+    parser.add_argument("--encoding", type=check_encoding, default=DEFAULT_ENCODING,
+                        help="text encoding of the input files (default utf-8)")
     parser.set_defaults(func=run)
 
 
@@ -85,11 +88,11 @@ def assign_patients(patients: dict[str, list[dict[str, Any]]], fractions: Sequen
 
 
 def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float], seed: int,
-               strict: bool) -> int:
+               strict: bool, encoding: str = DEFAULT_ENCODING) -> int:
     """Write ``<out_dir>/<name>_<split>.jsonl``; returns the exit code."""
     log = ConversionLog()
     patients: dict[str, list[dict[str, Any]]] = {}
-    for line, row in read_rows(path, log):
+    for line, row in read_rows(path, log, encoding):
         patient = row_patient(row)
         if not patient:
             log.problem(str(path), line, NO_PATIENT,
@@ -116,13 +119,13 @@ def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float],
     return EXIT_OK
 
 
-def check_overlaps(paths: Sequence[Path]) -> int:
+def check_overlaps(paths: Sequence[Path], encoding: str = DEFAULT_ENCODING) -> int:
     """Print the patients and images shared by any two of ``paths``; 2 when there are any."""
     log = ConversionLog()
     patients: dict[Path, set[str]] = {}
     images: dict[Path, set[str]] = {}
     for path in paths:
-        rows = read_rows(path, log)
+        rows = read_rows(path, log, encoding)
         patients[path] = {row_patient(r) for _, r in rows} - {""}
         images[path] = {str(r.get("image", "")) for _, r in rows}
         unknown = sum(1 for _, r in rows if not row_patient(r))
@@ -146,7 +149,7 @@ def check_overlaps(paths: Sequence[Path]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Split ``--input`` or check ``--check``."""
     if args.check:
-        return check_overlaps(args.check)
+        return check_overlaps(args.check, args.encoding)
     out_dir = args.out_dir or args.input.parent
     return split_file(args.input, out_dir, args.name or args.input.stem, args.fractions,
-                      args.seed, args.strict)
+                      args.seed, args.strict, args.encoding)

@@ -13,9 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.convert.images import image_size
+from utils.annotations import ReadOptions
+from utils.convert.images import image_size_under
 from utils.convert.labels import finding_label, read_rows
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
+from utils.convert.output import add_input_arguments, read_options
 from utils.convert.text import is_verbatim
 
 
@@ -30,6 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="image folder, for rows without width/height (default: each "
                              "file's folder)")
     parser.add_argument("--json", type=Path, help="also write the statistics to this JSON file")
+    add_input_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -38,7 +41,8 @@ def split_name(path: Path) -> str:
     return path.stem.rsplit("_", 1)[-1]
 
 
-def file_stats(rows: Sequence[dict[str, Any]], image_root: Path) -> dict[str, Any]:
+def file_stats(rows: Sequence[dict[str, Any]], image_root: Path,
+               options: ReadOptions = ReadOptions()) -> dict[str, Any]:
     """The statistics of one file's rows (see the module docstring)."""
     tasks: Counter[str] = Counter()
     categories: Counter[str] = Counter()
@@ -50,15 +54,17 @@ def file_stats(rows: Sequence[dict[str, Any]], image_root: Path) -> dict[str, An
         tasks[str(row.get("task", "report"))] += 1
         templated += bool(row.get("templated"))
         report = str(row.get("report", ""))
-        for finding in row.get("findings") or []:
+        findings = row.get("findings") if isinstance(row.get("findings"), list) else []
+        for finding in (f for f in findings if isinstance(f, dict)):
             categories[finding_label(row, finding)] += 1
-            boxes_per_phrase[len(finding.get("boxes") or [])] += 1
+            boxes = finding.get("boxes")
+            boxes_per_phrase[len(boxes) if isinstance(boxes, list) else 0] += 1
             if report:
                 in_reports += 1
                 verbatim += is_verbatim(str(finding.get("phrase", "")), report)
         size = (row.get("width"), row.get("height"))
-        if not all(isinstance(v, int) for v in size):
-            size = image_size(image_root / str(row.get("image", "")))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            size = image_size_under(image_root, row.get("image"), options)
         if not isinstance(size, str):
             widths.append(size[0])
             heights.append(size[1])
@@ -79,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     log = ConversionLog()
     result = {}
     for path in args.files:
-        rows = [row for _, row in read_rows(path, log)]
-        stats = file_stats(rows, args.image_root or path.parent)
+        rows = [row for _, row in read_rows(path, log, args.encoding)]
+        stats = file_stats(rows, args.image_root or path.parent, read_options(args))
         result[split_name(path)] = stats
         print(f"== {path} (split {split_name(path)})")
         for key, value in stats.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from pycocotools.coco import COCO
 
 from utils.convert.log import ConversionError, ConversionLog
+from utils.text_io import DEFAULT_ENCODING, TextDecodeError, loads_json, read_lines, read_text
 
 MALFORMED = "malformed row"
 
@@ -37,7 +37,8 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def read_table(path: Path, columns: Mapping[str, Sequence[str]], log: ConversionLog,
-               optional: Sequence[str] = ()) -> Iterator[TableRow]:
+               optional: Sequence[str] = (), encoding: str = DEFAULT_ENCODING
+               ) -> Iterator[TableRow]:
     """The rows of a CSV file whose first line is a header.
 
     Arguments:
@@ -47,20 +48,29 @@ def read_table(path: Path, columns: Mapping[str, Sequence[str]], log: Conversion
         over four columns).
       log: where malformed rows are reported (and counted as left out).
       optional: logical columns that may be missing from the header (their value is then "").
+      encoding: the file's text encoding (``--encoding``); a byte it cannot decode is a
+        :class:`ConversionError` naming its line.
     Yields:
       every well-formed row, with stripped values. A row with too few fields, an empty
       required value or values beyond the header is reported and skipped. Blank lines are
       skipped. Raises :class:`ConversionError` when a required column is not in the header.
     """
-    require_file(path, "input table")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        try:
-            yield from _rows(path, reader, columns, log, optional)
-        except (UnicodeDecodeError, csv.Error) as error:
-            raise ConversionError(f"{path}: cannot be read as UTF-8 CSV (near line "
-                                  f"{reader.line_num + 1}: {error}); re-save it as UTF-8 CSV"
-                                  ) from error
+    text = read_input_text(path, "input table", encoding)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        yield from _rows(path, reader, columns, log, optional)
+    except csv.Error as error:
+        raise ConversionError(f"{path}:{reader.line_num}: not a readable CSV row ({error}); fix "
+                              "the quoting of this line") from error
+
+
+def read_input_text(path: Path, what: str, encoding: str = DEFAULT_ENCODING) -> str:
+    """The text of an input file; a missing file or an undecodable byte is a ConversionError."""
+    require_file(path, what)
+    try:
+        return read_text(path, encoding)
+    except TextDecodeError as error:
+        raise ConversionError(str(error)) from error
 
 
 def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: ConversionLog,
@@ -102,23 +112,33 @@ def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: Co
         yield TableRow(line, values)
 
 
-def read_jsonl(path: Path, log: ConversionLog) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, object)`` for every line of a JSON Lines file; bad lines are reported."""
     require_file(path, "JSON Lines file")
-    with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as error:
-                log.problem(str(path), line, MALFORMED, f"invalid JSON ({error.msg}); fix the line")
-                continue
-            if not isinstance(value, dict):
-                log.problem(str(path), line, MALFORMED,
-                            f"expected a JSON object, got {type(value).__name__}")
-                continue
-            yield line, value
+    for line, text, message in read_lines(path, encoding):
+        if message:
+            log.problem(str(path), line, MALFORMED, f"{message}; fix the line")
+            continue
+        if not text.strip():
+            continue
+        value, message = loads_json(text)
+        if message:
+            log.problem(str(path), line, MALFORMED, f"{message}; fix the line")
+            continue
+        if not isinstance(value, dict):
+            log.problem(str(path), line, MALFORMED,
+                        f"expected a JSON object, got {type(value).__name__}")
+            continue
+        yield line, value
+
+
+def read_json(path: Path, what: str, encoding: str = DEFAULT_ENCODING) -> Any:
+    """A whole JSON file; undecodable, malformed or over-deep JSON is a ConversionError."""
+    value, message = loads_json(read_input_text(path, what, encoding))
+    if message:
+        raise ConversionError(f"{path}: {message}; is this the right file?")
+    return value
 
 
 def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
@@ -136,13 +156,35 @@ def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
     return numbers
 
 
-def read_coco(path: Path) -> COCO:
-    """A COCO-style JSON file through ``pycocotools`` (its progress prints are silenced)."""
-    require_file(path, "COCO JSON file")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
-        raise ConversionError(
-            f"{path}: not a COCO-style JSON file ({type(error).__name__}: {error}); it needs "
-            "'images', 'annotations' and 'categories'") from error
+def _int_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) -> COCO:
+    """A COCO-style JSON file indexed by ``pycocotools`` (its progress prints are silenced).
+
+    An entry of ``images``, ``annotations`` or ``categories`` that is not an object with an
+    integer ``id`` (and, for annotations, integer ``image_id`` and ``category_id``) is
+    reported as ``<file>:<list>[<position>]`` and left out; the rest is converted.
+    """
+    data = read_json(path, "COCO JSON file", encoding)
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise ConversionError(f"{path}: not a COCO-style JSON file; it needs the lists "
+                              "'images', 'annotations' and 'categories'")
+    for key, id_keys in (("images", ("id",)), ("categories", ("id",)),
+                         ("annotations", ("id", "image_id", "category_id"))):
+        kept = []
+        for position, entry in enumerate(data[key]):
+            if isinstance(entry, dict) and all(_int_id(entry.get(k)) for k in id_keys):
+                kept.append(entry)
+                continue
+            log.problem(f"{path}:{key}[{position}]", None, MALFORMED,
+                        f"not an object with integer {', '.join(id_keys)} "
+                        f"({str(entry)[:80]}); fix it or delete it")
+        data[key] = kept
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

@@ -6,6 +6,7 @@ from pathlib import Path, PurePosixPath
 
 from utils.convert.log import ConversionLog
 from utils.convert.tables import read_jsonl, read_table
+from utils.text_io import DEFAULT_ENCODING
 
 DUPLICATE = "duplicate report"
 NO_REPORT = "no report"
@@ -23,21 +24,27 @@ class UserReports:
         return self.texts.get(image, self.texts.get(PurePosixPath(image).name))
 
 
-def read_user_reports(path: Path, log: ConversionLog) -> UserReports:
+def _string(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def read_user_reports(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
+                      ) -> UserReports:
     """Read ``--reports``: a CSV with columns ``Image Index, report`` (or ``image, report``), or a
     JSON Lines file of ``{"image": ..., "report": ...}``. Empty or repeated images are reported."""
     texts: dict[str, str] = {}
     first: dict[str, int] = {}
     if path.suffix == ".jsonl":
-        rows = ((line, str(obj.get("image", "")).strip(), str(obj.get("report", "")).strip())
-                for line, obj in read_jsonl(path, log))
+        rows = ((line, _string(obj.get("image")), _string(obj.get("report")))
+                for line, obj in read_jsonl(path, log, encoding))
     else:
         columns = {"image": ("Image Index", "image"), "report": ("report",)}
         rows = ((row.line, row.values["image"], row.values["report"])
-                for row in read_table(path, columns, log))
+                for row in read_table(path, columns, log, encoding=encoding))
     for line, image, report in rows:
         if not image or not report:
-            log.problem(str(path), line, NO_REPORT, "empty image name or report text; fill both in")
+            log.problem(str(path), line, NO_REPORT, "empty (or non-string) image name or report "
+                                                    "text; fill both in as strings")
         elif image in texts:
             log.problem(str(path), line, DUPLICATE,
                         f"image {image!r} already has a report (line {first[image]}); keep one")

@@ -1,0 +1,95 @@
+"""Reading text inputs strictly: a named encoding with file:line errors, and guarded JSON.
+
+Every text input of the project (annotation JSONL, converter CSV/JSON/JSONL, report ``.txt``)
+is decoded here, so a wrong byte is reported with its file, line and column instead of a
+``UnicodeDecodeError`` traceback, and JSON that is malformed, nested too deeply or holds an
+integer too long to convert is a row error, not an exception.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_ENCODING = "utf-8"
+MAX_ROW_BYTES = 16 * 2**20  # one JSONL row; a radiology report is a few kB
+
+
+class TextDecodeError(ValueError):
+    """A text file that is not in the expected encoding; ``line`` is 1-based."""
+
+    def __init__(self, path: Path, line: int, message: str):
+        self.path, self.line = path, line
+        super().__init__(f"{path}:{line}: {message}")
+
+
+def check_encoding(encoding: str) -> str:
+    """``encoding`` if Python knows it, else ValueError naming it."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError as error:
+        raise ValueError(f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)"
+                         ) from error
+    return encoding
+
+
+def _decode_message(raw: bytes, error: UnicodeDecodeError, encoding: str) -> tuple[int, str]:
+    """(column, message) of a decoding error within one line."""
+    column = error.start + 1
+    return column, (f"not valid {encoding} (byte 0x{raw[error.start]:02x} at column {column}); "
+                    f"re-save the file as UTF-8, or name its encoding with --encoding")
+
+
+def read_text(path: str | Path, encoding: str = DEFAULT_ENCODING) -> str:
+    """The whole file decoded with ``encoding`` (a UTF-8 byte-order mark is dropped).
+
+    Raises TextDecodeError naming the line and column of the first undecodable byte.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        start = data.rfind(b"\n", 0, error.start) + 1
+        end = data.find(b"\n", error.start)
+        raw = data[start:end if end >= 0 else len(data)]
+        shifted = UnicodeDecodeError(error.encoding, raw, error.start - start,
+                                     error.end - start, error.reason)
+        raise TextDecodeError(path, line, _decode_message(raw, shifted, encoding)[1]) from error
+
+
+def read_lines(path: str | Path, encoding: str = DEFAULT_ENCODING
+               ) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, None)`` or ``(line number, None, problem)`` for every line.
+
+    A line that cannot be decoded, or is longer than ``MAX_ROW_BYTES``, yields a problem and
+    the reading goes on with the next line.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            if len(raw) > MAX_ROW_BYTES:
+                yield number, None, (f"line of {len(raw):,} bytes, over the limit of "
+                                     f"{MAX_ROW_BYTES:,} bytes for one row")
+                continue
+            try:
+                yield number, raw.decode(encoding), None
+            except UnicodeDecodeError as error:
+                yield number, None, _decode_message(raw, error, encoding)[1]
+
+
+def loads_json(text: str) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why the text is not usable JSON)``."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as error:
+        return None, f"invalid JSON ({error.msg} at column {error.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except ValueError as error:  # e.g. an integer literal over Python's 4300-digit limit
+        return None, f"unusable JSON value ({error})"
