@@ -62,8 +62,8 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
             r=config.lora_sam_rank, lora_alpha=2 * config.lora_sam_rank,
             target_modules=SAM_LORA_TARGETS))
     if config.gradient_checkpointing:
-        model.llava.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llava.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
     _set_trainable(model, config)
     report = [f"llava: {config.version} (vocab {len(processor.tokenizer)})",
               f"sam: {config.vision_pretrained} ({sam_config.name})",

@@ -234,8 +234,11 @@ class UMedGround(nn.Module):
         if embedded:
             sam = build_sam(sam_config)
         else:
-            sam, sam_config = load_sam_checkpoint(vision_pretrained or config.vision_pretrained,
-                                                  sam_config.name)
+            linked = vision_pretrained or config.vision_pretrained
+            sam, loaded_config = load_sam_checkpoint(linked)
+            if loaded_config != sam_config:
+                raise ValueError(f"{linked}: a {loaded_config.name} SAM, but {folder} was "
+                                 f"trained with a {sam_config.name} SAM ({sam_config})")
         model, _ = cls.assemble(config, llava, processor, sam, sam_config, False, device, dtype)
         prefixes = ("phrase_query", "box_decoder", "sam_encoder") if embedded \
             else ("phrase_query", "box_decoder")

@@ -200,7 +200,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, batch, synth_
         model, _ = build(tiny_dir, tiny_dir / "sam_tiny.pth", lora_r=4,
                          gradient_checkpointing=flag)
         model.train()
-        assert model.llava.is_gradient_checkpointing == flag
+        assert model.llava.is_activation_checkpointing == flag
         model(**batch, box_targets=targets["box_targets"]).losses["total"].backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters()
                           if p.grad is not None})
