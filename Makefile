@@ -7,7 +7,7 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo bench test test-fast lint clean
+.PHONY: install data tiny demo bench app test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo: tiny
 DEVICE ?= cpu
 bench: tiny
 	$(VPY) -m utils.bench --out runs/bench --device $(DEVICE) $(if $(BENCH_QUICK),--quick)
+
+app: install
+	test -f runs/demo/hf/config.json || { echo "runs/demo/hf is missing: run make demo first"; exit 1; }
+	$(VPY) -m pip install -q -r requirements-app.txt
+	$(VPY) app.py --version runs/demo/hf --examples_dir $(SYNTHCXR)
 
 test: install
 	$(VPY) -m pytest -q tests

@@ -8,8 +8,13 @@
 ``--weight`` is what ``zero_to_fp32.py`` wrote (a folder, or one ``.bin``/``.safetensors``
 file). The model and head configuration is read from ``grounding_config.json`` saved beside
 the checkpoint (``--config``, found automatically next to ``--weight`` or in the run folder).
-The output is a llava-hf folder with LoRA merged and ``[BOX]`` in the tokenizer, plus
-``grounding.safetensors`` and ``grounding_config.json``; ``test.py --version OUT`` loads it.
+The output (``UMedGround.save_pretrained``) is a llava-hf folder with every LoRA adapter
+merged (language model and SAM alike) and ``[BOX]`` in the tokenizer; its ``config.json``
+carries the grounding config as the ``grounding_config`` sub-config, and
+``grounding.safetensors`` holds the phrase query, the box decoder and the SAM encoder, so the
+folder loads wherever it is copied. ``--link_sam`` (a frozen SAM only) leaves the encoder out
+and records the absolute path of ``--vision_pretrained`` instead: a lighter folder that needs
+that file. ``test.py``, ``chat.py`` and ``app.py`` take ``--version OUT``.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.build import load_trained, save_exported
+from model.build import load_trained
 from model.config import CONFIG_NAME
 from utils.cli import PRECISIONS
 
@@ -33,15 +38,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help=f"folder holding {CONFIG_NAME}")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                         help="dtype of the saved model")
+    parser.add_argument("--link_sam", action="store_true",
+                        help="do not copy the (frozen) SAM encoder into the folder; record the "
+                             "absolute path of the SAM checkpoint instead")
     args = parser.parse_args(argv)
 
     try:
         model, processor = load_trained(args.version, Path(args.weight), args.vision_pretrained,
                                         args.config)
-    except (FileNotFoundError, ValueError) as error:
+        model.to(PRECISIONS[args.precision])
+        out = model.save_pretrained(args.save_path, processor, link_sam=args.link_sam)
+    except (OSError, ValueError) as error:
         raise SystemExit(f"cannot merge: {error}")
-    model.to(PRECISIONS[args.precision])
-    out = save_exported(model, processor, args.save_path)
     print(f"[merge] wrote {out}")
 
 

@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight", default=None,
                         help="zero_to_fp32.py output to load over the base --version")
     parser.add_argument("--vision_pretrained", default=None,
-                        help="SAM checkpoint, when it was frozen in training (default: as saved)")
+                        help="SAM checkpoint: with --weight, or for a folder exported with "
+                             "--link_sam (default: as saved)")
     parser.add_argument("--config", default=None,
                         help="folder with grounding_config.json (with --weight; default: found)")
     parser.add_argument("--dataset_dir", default="ln_data/synthcxr")
@@ -112,7 +113,8 @@ def load_split(args: argparse.Namespace, split: str) -> list[Sample]:
 
 
 def load_model(args: argparse.Namespace):
-    from model.build import load_exported, load_trained
+    from model.build import load_trained
+    from model.grounding_model import UMedGround
 
     dtype = PRECISIONS[args.precision]
     if args.weight:
@@ -120,7 +122,8 @@ def load_model(args: argparse.Namespace):
                                         args.config)
         model.to(device=args.device, dtype=dtype).eval().requires_grad_(False)
         return model, processor
-    return load_exported(args.version, args.vision_pretrained, args.device, dtype)
+    return UMedGround.from_pretrained(args.version, args.device, dtype,
+                                      vision_pretrained=args.vision_pretrained)
 
 
 def write_outputs(out: Path, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         model, processor = load_model(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     logger.info(attach_embedding_cache(model, args, None))
     try:

@@ -1,29 +1,25 @@
-"""Building uMedGround from base checkpoints, and saving / loading an exported model.
+"""Building a trainable uMedGround from base checkpoints, and loading training weights.
 
-An exported folder is a llava-hf folder (LoRA merged, ``[BOX]`` in the tokenizer) plus
-``grounding.safetensors`` (the phrase query, the box decoder and, when it was trained, the
-SAM encoder) and ``grounding_config.json``. Nothing is unpickled on the load path.
+The model is put together by :meth:`model.grounding_model.UMedGround.assemble`, the path
+:meth:`~model.grounding_model.UMedGround.from_pretrained` uses for exported folders too.
+Training weights (``zero_to_fp32.py`` output) are read as safetensors or with
+``torch.load(weights_only=True)``; nothing is unpickled.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
 
-from model.box_decoder import build_box_decoder
 from model.config import CONFIG_NAME, GroundingConfig
 from model.grounding_model import UMedGround
 from model.llava_builder import apply_lm_lora, load_llava, load_processor
-from model.phrase_query import build_phrase_query
-from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
-from utils.prompts import BOX_TOKEN
+from model.sam_encoder import load_sam_checkpoint
 
-GROUNDING_WEIGHTS = "grounding.safetensors"
 SAM_LORA_TARGETS = ["qkv"]
 
 
@@ -56,32 +52,23 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
     llava = load_llava(config.version, processor, dtype, device)
     sam, sam_config = load_sam_checkpoint(config.vision_pretrained, config.vision_model,
                                           device=device, dtype=dtype)
-    config.sam = asdict(sam_config)
-    decoder, decoder_report = build_box_decoder(sam_config, config.num_hypotheses,
-                                                sam.state_dict())
-    depth = llava.config.text_config.num_hidden_layers
-    outside = [layer for layer in config.query_layers if not -(depth + 1) <= layer <= depth]
-    if outside:
-        raise ValueError(f"query_layers {outside} do not exist: {config.version} has hidden "
-                         f"states 0..{depth} (0 = token embeddings, -1 = last layer)")
-    phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                      len(config.query_layers), sam_config.prompt_embed_dim)
+    model, decoder_report = UMedGround.assemble(config, llava, processor, sam, sam_config, True,
+                                                device, dtype)
     if config.lora_r > 0:
-        llava = apply_lm_lora(llava, config.lora_r, config.lora_alpha, config.lora_dropout,
-                              config.lora_target_modules)
-    sam_encoder = sam.image_encoder
+        model.llava = apply_lm_lora(model.llava, config.lora_r, config.lora_alpha,
+                                    config.lora_dropout, config.lora_target_modules)
     if config.lora_sam_rank > 0:
-        sam_encoder = get_peft_model(sam_encoder, LoraConfig(
+        model.sam_encoder = get_peft_model(model.sam_encoder, LoraConfig(
             r=config.lora_sam_rank, lora_alpha=2 * config.lora_sam_rank,
             target_modules=SAM_LORA_TARGETS))
-    model = UMedGround(llava, sam_encoder, phrase_query, decoder,
-                       processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
-    model.phrase_query.to(device=device, dtype=dtype)
-    model.box_decoder.to(device=device, dtype=dtype)
+    if config.gradient_checkpointing:
+        model.llava.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
     _set_trainable(model, config)
     report = [f"llava: {config.version} (vocab {len(processor.tokenizer)})",
               f"sam: {config.vision_pretrained} ({sam_config.name})",
-              f"box decoder: {decoder_report}", "phrase query: newly initialised"]
+              f"box decoder: {decoder_report}", "phrase query: newly initialised",
+              f"gradient checkpointing: {'on' if config.gradient_checkpointing else 'off'}"]
     return model, processor, report
 
 
@@ -90,79 +77,6 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
-
-
-def grounding_state_dict(model: UMedGround) -> dict[str, torch.Tensor]:
-    """The grounding parts to save beside the HF folder (SAM only when it was trained)."""
-    parts = {"phrase_query": model.phrase_query, "box_decoder": model.box_decoder}
-    if model.config.train_vision_encoder or model.config.lora_sam_rank > 0:
-        parts["sam_encoder"] = model.sam_encoder
-    return {f"{prefix}.{key}": value.detach().contiguous().cpu()
-            for prefix, module in parts.items() for key, value in module.state_dict().items()}
-
-
-def save_exported(model: UMedGround, processor: Any, folder: str | Path) -> Path:
-    """Merge LoRA (in place: the model keeps the merged weights) and write an HF folder +
-    grounding weights + config.
-
-    Arguments:
-      model: a trained model (LoRA may be merged already).
-      processor: its processor.
-      folder: the output folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    llava = model.llava.merge_and_unload() if isinstance(model.llava, PeftModel) else model.llava
-    if isinstance(model.sam_encoder, PeftModel):
-        model.sam_encoder = model.sam_encoder.merge_and_unload()
-    llava.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    save_file(grounding_state_dict(model), folder / GROUNDING_WEIGHTS)
-    exported = GroundingConfig(**{**model.config.to_dict(), "version": ".", "lora_r": 0,
-                                  "lora_sam_rank": 0,
-                                  "train_vision_encoder": "sam_encoder" in
-                                  {k.split(".")[0] for k in grounding_state_dict(model)}})
-    exported.sam = model.config.sam
-    exported.save(folder)
-    return folder
-
-
-def load_exported(folder: str | Path, vision_pretrained: str | None = None,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                  ) -> tuple[UMedGround, Any]:
-    """Load a folder written by :func:`save_exported` (or the merge script) for inference.
-
-    ``vision_pretrained`` overrides the saved SAM path when the SAM encoder was frozen (and so
-    not saved in the folder).
-    """
-    folder = Path(folder)
-    config = GroundingConfig.load(folder)
-    config.version = str(folder)
-    weights_path = folder / GROUNDING_WEIGHTS
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} missing: not an exported uMedGround folder")
-    weights = load_file(weights_path)
-    processor = load_processor(folder)
-    llava = load_llava(folder, processor, dtype, device)
-    sam_config = SamConfig(**config.sam)
-    if any(k.startswith("sam_encoder.") for k in weights):
-        sam = build_sam(sam_config).to(device=device, dtype=dtype)
-    else:
-        sam, sam_config = load_sam_checkpoint(vision_pretrained or config.vision_pretrained,
-                                              sam_config.name, device=device, dtype=dtype)
-    decoder, _ = build_box_decoder(sam_config, config.num_hypotheses, None)
-    phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                      len(config.query_layers), sam_config.prompt_embed_dim)
-    model = UMedGround(llava, sam.image_encoder, phrase_query, decoder,
-                       processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
-    model.phrase_query.to(device=device, dtype=dtype)
-    model.box_decoder.to(device=device, dtype=dtype)
-    for prefix in ("phrase_query", "box_decoder", "sam_encoder"):
-        part = {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
-        if part:
-            getattr(model, prefix).load_state_dict(part, strict=True)
-    model.eval().requires_grad_(False)
-    return model, processor
 
 
 def load_consolidated(path: Path) -> dict[str, torch.Tensor]:
@@ -181,8 +95,22 @@ def load_consolidated(path: Path) -> dict[str, torch.Tensor]:
                          "found; pass what zero_to_fp32.py wrote")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(file) if file.suffix == ".safetensors"
-                     else torch.load(file, map_location="cpu", weights_only=True))
+        state.update(_read_weights(file))
+    return state
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """One weights file: safetensors, or a ``.bin`` read with ``torch.load(weights_only=True)``."""
+    try:
+        state = (load_file(file) if file.suffix == ".safetensors"
+                 else torch.load(file, map_location="cpu", weights_only=True))
+    except Exception as error:  # safetensors, pickle and zip readers raise many types
+        raise ValueError(f"--weight {file}: not a readable state dict (safetensors, or a "
+                         f"weights-only torch file): {type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:300]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--weight {file}: expected a state dict of tensors, as zero_to_fp32.py "
+                         "writes")
     return state
 
 
@@ -205,6 +133,7 @@ def load_trained(version: str | Path, weight: Path, vision_pretrained: str | Non
     """
     config = GroundingConfig.load(find_config(weight, config_dir))
     config.version = str(version)
+    config.gradient_checkpointing = False
     if vision_pretrained:
         config.vision_pretrained = vision_pretrained
     model, processor, _ = build_umedground(config, "cpu", torch.float32)

@@ -20,6 +20,13 @@ class GroundingConfig:
     MedSAM / tiny state dict). ``lora_r = 0`` trains the whole language model instead of LoRA.
     ``query_layers`` are the LM hidden-state layers (0 = token embeddings, -1 = last layer)
     whose phrase states make a ``[BOX]``'s query (see :mod:`model.phrase_query`).
+    ``gradient_checkpointing`` recomputes the language model's activations in the backward
+    pass (training only; LISA turns it on for 7B/13B).
+
+    In an exported folder (:meth:`model.grounding_model.UMedGround.save_pretrained`)
+    ``version`` is ``"."`` (the folder itself) and ``vision_pretrained`` is
+    ``"grounding.safetensors"`` when the folder holds the SAM encoder, or the absolute path of
+    the SAM checkpoint it links to (``--link_sam``).
     """
 
     version: str
@@ -34,6 +41,7 @@ class GroundingConfig:
     train_vision_encoder: bool = False
     lora_sam_rank: int = 0
     query_layers: list[int] = field(default_factory=lambda: [0, -1])
+    gradient_checkpointing: bool = False
     ce_weight: float = 1.0
     box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
     sam: dict[str, Any] | None = None  # the SAM architecture, filled in when the model is built
@@ -61,14 +69,27 @@ class GroundingConfig:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GroundingConfig":
-        path = Path(folder) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: this folder was not written by train.py "
-                                    "or the merge script")
-        raw = json.loads(path.read_text())
+    def from_dict(cls, raw: Any, source: str) -> "GroundingConfig":
+        """A config from its JSON form; ``source`` names where it came from, for errors."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: the grounding config must be a JSON object, "
+                             f"got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
-        return cls(**raw)
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}")
+        try:
+            return cls(**raw)
+        except TypeError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "GroundingConfig":
+        path = Path(folder) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: this folder was not written by train.py")
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        return cls.from_dict(raw, str(path))

@@ -16,19 +16,41 @@ it; pooling the whole phrase gives the query content from the start (docs/experi
 Teacher-forced training pools the states of the input positions; generation pools the
 states of the very generation steps that read the same tokens (``output_hidden_states`` of
 ``generate``), so the boxes of generated text need no second forward over the sequence.
+
+Saved (:meth:`UMedGround.save_pretrained`), a model is a llava-hf folder whose
+``config.json`` carries the :class:`GroundingConfig` as its ``grounding_config`` sub-config,
+plus ``grounding.safetensors`` (phrase query, box decoder and, unless the SAM is linked, the
+SAM encoder). Everything is safetensors; nothing is unpickled on the load path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from peft import PeftModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from segment_anything.modeling import Sam
 from torch import nn
 
-from model.box_decoder import BoxPrediction, UncertainBoxDecoder
+from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
 from model.box_losses import compute_box_losses
 from model.config import GroundingConfig
+from model.constants import BOX_TOKEN
 from model.embedding_cache import EmbeddingCache, encoder_fingerprint
+from model.llava_builder import check_quantization, load_llava, load_processor
+from model.phrase_query import build_phrase_query
+from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
+
+logger = logging.getLogger(__name__)
+
+GROUNDING_WEIGHTS = "grounding.safetensors"
+SUBCONFIG_KEY = "grounding_config"
+HF_CONFIG = "config.json"
 
 
 @dataclass
@@ -110,6 +132,147 @@ class UMedGround(nn.Module):
             self.embedding_cache = EmbeddingCache(encoder_fingerprint(self.sam_encoder), folder,
                                                   max_memory_bytes)
         return self.embedding_cache
+
+    @classmethod
+    def assemble(cls, config: GroundingConfig, llava: nn.Module, processor: Any, sam: Sam,
+                 sam_config: SamConfig, init_decoder_from_sam: bool,
+                 device: torch.device | str, dtype: torch.dtype
+                 ) -> tuple["UMedGround", LoadReport]:
+        """The one assembly path: a loaded LLaVA and SAM plus a new phrase query and decoder.
+
+        Used for training (base checkpoints, the decoder initialised from SAM's mask decoder)
+        and by :meth:`from_pretrained` (the saved grounding weights are loaded afterwards).
+        ``config.sam`` is set to ``sam_config``.
+        """
+        depth = llava.config.text_config.num_hidden_layers
+        outside = [layer for layer in config.query_layers if not -(depth + 1) <= layer <= depth]
+        if outside:
+            raise ValueError(f"query_layers {outside} do not exist: {config.version} has hidden "
+                             f"states 0..{depth} (0 = token embeddings, -1 = last layer)")
+        config.sam = asdict(sam_config)
+        decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
+                                            sam.state_dict() if init_decoder_from_sam else None)
+        phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
+                                          len(config.query_layers), sam_config.prompt_embed_dim)
+        model = cls(llava, sam.image_encoder, phrase_query, decoder,
+                    processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
+        for part in (model.sam_encoder, model.phrase_query, model.box_decoder):
+            part.to(device=device, dtype=dtype)
+        return model, report
+
+    def merge_adapters(self) -> None:
+        """Fold every LoRA adapter into its base weights, LLM and SAM alike, in place.
+
+        Afterwards neither ``llava`` nor ``sam_encoder`` is a peft wrapper.
+        """
+        for name in ("llava", "sam_encoder"):
+            part = getattr(self, name)
+            if isinstance(part, PeftModel):
+                setattr(self, name, part.merge_and_unload())
+
+    def grounding_state_dict(self, with_sam: bool = True) -> dict[str, torch.Tensor]:
+        """The tensors of ``grounding.safetensors``: ``phrase_query.*``, ``box_decoder.*`` and,
+        with ``with_sam``, ``sam_encoder.*`` (contiguous CPU copies)."""
+        parts = {"phrase_query": self.phrase_query, "box_decoder": self.box_decoder}
+        if with_sam:
+            parts["sam_encoder"] = self.sam_encoder
+        return {f"{prefix}.{key}": value.detach().contiguous().cpu()
+                for prefix, module in parts.items() for key, value in module.state_dict().items()}
+
+    def save_pretrained(self, folder: str | Path, processor: Any, link_sam: bool = False) -> Path:
+        """Write an exported folder that :meth:`from_pretrained` loads anywhere.
+
+        LoRA adapters are merged first (in place, :meth:`merge_adapters`). The folder holds
+        the SAM encoder weights unless ``link_sam``: then it records the absolute path of the
+        SAM checkpoint named by ``config.vision_pretrained``, which must hold the very weights
+        in use (a frozen SAM).
+
+        Arguments:
+          folder: the output folder (created).
+          processor: the processor with ``[BOX]`` in its tokenizer.
+          link_sam: point to the SAM checkpoint instead of copying its encoder.
+        """
+        folder = Path(folder)
+        self.merge_adapters()
+        sam_path = Path(self.config.vision_pretrained).resolve()
+        if link_sam:
+            if self.config.train_vision_encoder or self.config.lora_sam_rank > 0:
+                raise ValueError("--link_sam: the SAM encoder was trained, so its weights differ "
+                                 f"from {self.config.vision_pretrained}; export without --link_sam")
+            if not sam_path.is_file():
+                raise FileNotFoundError(f"--link_sam: the SAM checkpoint {sam_path} does not exist")
+        exported = GroundingConfig.from_dict(
+            {**self.config.to_dict(), "version": ".", "lora_r": 0, "lora_sam_rank": 0,
+             "train_vision_encoder": False, "gradient_checkpointing": False,
+             "vision_pretrained": str(sam_path) if link_sam else GROUNDING_WEIGHTS},
+            "the model's config")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.llava.config.grounding_config = exported.to_dict()
+        try:
+            self.llava.save_pretrained(folder)
+        finally:
+            del self.llava.config.grounding_config
+        processor.save_pretrained(folder)
+        save_file(self.grounding_state_dict(with_sam=not link_sam), folder / GROUNDING_WEIGHTS)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32, quantization: str | None = None,
+                        vision_pretrained: str | None = None) -> tuple["UMedGround", Any]:
+        """Load a folder written by :meth:`save_pretrained`, for inference (eval, frozen).
+
+        Arguments:
+          folder: the exported folder; it may have been moved or copied anywhere.
+          device, dtype: where and in which precision to put the model.
+          quantization: "8bit" / "4bit" quantise the language model only (CUDA, bitsandbytes);
+            the vision tower, projector, SAM, phrase query and decoder stay in ``dtype``.
+          vision_pretrained: for a ``--link_sam`` folder, the SAM checkpoint to use instead of
+            the recorded path.
+        Returns:
+          the model and its processor.
+        Raises:
+          ValueError / FileNotFoundError naming the file, for a folder that is not an export
+          or holds an unreadable or foreign file.
+        """
+        folder = Path(folder)
+        if quantization is not None:
+            check_quantization(quantization, device)
+        config = read_exported_config(folder)
+        weights = read_safetensors(folder / GROUNDING_WEIGHTS)
+        embedded = config.vision_pretrained == GROUNDING_WEIGHTS
+        if embedded and vision_pretrained:
+            raise ValueError(f"{folder} holds its own SAM encoder; --vision_pretrained applies "
+                             "only to a folder exported with --link_sam")
+        processor = load_processor(folder)
+        llava = load_llava(folder, processor, dtype, device, quantization)
+        sam_config = SamConfig(**config.sam)
+        if embedded:
+            sam = build_sam(sam_config)
+        else:
+            linked = vision_pretrained or config.vision_pretrained
+            sam, loaded_config = load_sam_checkpoint(linked)
+            if loaded_config != sam_config:
+                raise ValueError(f"{linked}: a {loaded_config.name} SAM, but {folder} was "
+                                 f"trained with a {sam_config.name} SAM ({sam_config})")
+        model, _ = cls.assemble(config, llava, processor, sam, sam_config, False, device, dtype)
+        prefixes = ("phrase_query", "box_decoder", "sam_encoder") if embedded \
+            else ("phrase_query", "box_decoder")
+        unexpected = sorted({key.split(".")[0] for key in weights} - set(prefixes))
+        if unexpected:
+            raise ValueError(f"{folder / GROUNDING_WEIGHTS}: unexpected part(s) {unexpected}")
+        for prefix in prefixes:
+            part = {key[len(prefix) + 1:]: value for key, value in weights.items()
+                    if key.startswith(prefix + ".")}
+            try:
+                getattr(model, prefix).load_state_dict(part, strict=True)
+            except RuntimeError as error:
+                raise ValueError(f"{folder / GROUNDING_WEIGHTS}: {prefix} does not match the "
+                                 f"config: {' '.join(str(error).split())[:300]}") from None
+        model.config.version = str(folder)
+        model.eval().requires_grad_(False)
+        logger.info("loaded %s (SAM %s)", folder, "embedded" if embedded else sam_config.name)
+        return model, processor
 
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
         """SAM features (B,C,h,w) of preprocessed images (B,3,S,S); no graph when frozen, and
@@ -243,3 +406,36 @@ class UMedGround(nn.Module):
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
         return GenerationOutput(texts, [torch.tensor(ids, dtype=torch.long) for ids in token_ids],
                                 prediction, rows[order])
+
+
+def read_exported_config(folder: Path) -> GroundingConfig:
+    """The ``grounding_config`` sub-config of an exported folder's ``config.json``."""
+    path = folder / HF_CONFIG
+    hint = ("export a trained model with merge_lora_weights_and_save_hf_model.py (a folder of "
+            "an older export: export it again)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not an exported uMedGround folder (no {HF_CONFIG}); "
+                                f"{hint}")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict) or SUBCONFIG_KEY not in raw:
+        raise ValueError(f"{folder}: not an exported uMedGround folder ({HF_CONFIG} has no "
+                         f"{SUBCONFIG_KEY!r}); {hint}")
+    config = GroundingConfig.from_dict(raw[SUBCONFIG_KEY], f"{path} ({SUBCONFIG_KEY})")
+    if not config.sam:
+        raise ValueError(f"{path}: {SUBCONFIG_KEY} has no SAM architecture ('sam'); {hint}")
+    return config
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a missing, truncated or foreign file is an error
+    naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: not an exported uMedGround folder")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error}); export the model "
+                         "again") from None

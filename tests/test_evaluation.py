@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.build import build_umedground, save_exported
+from model.build import build_umedground
 from model.config import GroundingConfig
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
@@ -29,7 +29,7 @@ def exported(tiny_dir, tmp_path_factory):
     config = GroundingConfig(version=str(tiny_dir / "llava"),
                              vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
     model, processor, _ = build_umedground(config)
-    return save_exported(model, processor, tmp_path_factory.mktemp("exported"))
+    return model.save_pretrained(tmp_path_factory.mktemp("exported"), processor)
 
 
 @pytest.mark.parametrize("task", ["report", "vqa", "class"])

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from model.build import build_umedground, count_parameters, load_exported, save_exported
+from model.build import build_umedground, count_parameters
+from model.grounding_model import UMedGround
 from model.config import GroundingConfig
 from utils.annotations import Finding, load_annotations
 from utils.dataset import GroundingCollator, GroundingDataset
@@ -157,14 +158,14 @@ def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
     model.train()
 
 
-def test_save_and_load_exported(built, samples, tmp_path):
+def test_save_pretrained_and_from_pretrained(built, samples, tmp_path):
     model, processor = built
     model.eval()
     batch = batch_of(model, processor, [with_findings(samples, 2)])
     with torch.no_grad():
         before = model(**{k: batch[k] for k in INPUTS if k != "box_targets"}).prediction
-    save_exported(model, processor, tmp_path / "export")
-    loaded, loaded_processor = load_exported(tmp_path / "export")
+    model.save_pretrained(tmp_path / "export", processor)
+    loaded, loaded_processor = UMedGround.from_pretrained(tmp_path / "export")
     assert len(loaded_processor.tokenizer) == len(processor.tokenizer)
     with torch.no_grad():
         after = loaded(**{k: batch[k] for k in INPUTS if k != "box_targets"}).prediction
@@ -194,8 +195,8 @@ def test_sam_lora_trains_only_adapters_and_merges_on_export(tiny_dir, samples, t
     inputs = {k: batch[k] for k in INPUTS if k != "box_targets"}
     with torch.no_grad():
         before = model(**inputs).prediction.hypotheses
-    save_exported(model, processor, tmp_path / "export")
-    loaded, _ = load_exported(tmp_path / "export")
+    model.save_pretrained(tmp_path / "export", processor)
+    loaded, _ = UMedGround.from_pretrained(tmp_path / "export")
     with torch.no_grad():
         after = loaded(**inputs).prediction.hypotheses
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

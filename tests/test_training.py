@@ -145,7 +145,8 @@ def test_two_rank_run_shares_the_embedding_cache(tiny_dir, synth_dir, tmp_path):
 
 
 def test_export_reproduces_the_trained_model_and_runs_through_test_py(tiny_dir, synth_dir, tmp_path):
-    from model.build import load_exported, load_trained
+    from model.build import load_trained
+    from model.grounding_model import UMedGround
     from utils.annotations import load_annotations
     from utils.dataset import GroundingCollator, GroundingDataset
 
@@ -162,7 +163,7 @@ def test_export_reproduces_the_trained_model_and_runs_through_test_py(tiny_dir, 
 
     trained, processor = load_trained(tiny_dir / "llava", run_dir / "fp32")
     trained.eval()
-    exported, _ = load_exported(run_dir / "hf")
+    exported, _ = UMedGround.from_pretrained(run_dir / "hf")
     samples = [s for s in load_annotations(synth_dir / "report_test.jsonl") if s.findings][:3]
     dataset = GroundingDataset(samples, processor, trained.sam_encoder.img_size)
     batch = GroundingCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(len(samples))])

@@ -87,6 +87,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="train the SAM encoder (frozen by default; the tiny one needs it)")
     group.add_argument("--lora_sam_rank", type=non_negative_int, default=0,
                        help="LoRA rank on the SAM encoder's qkv layers (0 = none)")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute the language model's activations in the backward pass: "
+                            "less memory, more time (LISA uses it for 7B/13B)")
     group.add_argument("--box_head", default="umhp", choices=BOX_HEADS,
                        help="single = MedGround, mhp, umhp = uMedGround, hinge")
     group.add_argument("--mhp_box_head", dest="box_head", action="store_const", const="mhp",
@@ -147,6 +150,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
         query_layers=list(args.query_layers),
+        gradient_checkpointing=args.gradient_checkpointing,
         ce_weight=args.ce_loss_weight,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
                                giou_weight=args.giou_loss_weight,

@@ -1,8 +1,9 @@
 """Overlay pictures: ground truth, mean box, hypotheses, phrase, u and IoU on the radiograph.
 
 Colours: ground truth green, the mean box red (thick), the N hypothesis boxes orange (thin,
-semi-transparent). Each box carries its finding's number; the phrases, u and IoU are written
-in a caption band added below the image, with a colour legend. Line widths and text size
+dashed, semi-transparent). Each box carries its finding's number; the phrases, u and IoU (when
+the finding has one: not for a new image without ground truth) are written in a caption band
+added below the image, with a colour legend. Line widths and text size
 scale with the image, so one call reads well on a 256-px SynthCXR image and on a 2500-px
 radiograph.
 """
@@ -25,6 +26,7 @@ MIN_FONT_SIZE = 12
 LEGEND = (("legend:", TEXT_COLOUR), ("ground truth", GT_COLOUR), ("mean box", BOX_COLOUR),
           ("hypotheses", HYPOTHESIS_COLOUR))
 LEGEND_GAP = "   "
+DASH = 4  # hypothesis dash and gap lengths, in line widths
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -57,6 +59,21 @@ def _box(values: Sequence[float] | None) -> tuple[float, float, float, float] | 
         return None
     x0, y0, x1, y1 = (float(v) for v in values)
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
+                      colour, width: int) -> None:
+    """A rectangle outline drawn in dashes of ``DASH * width`` pixels."""
+    x0, y0, x1, y1 = box
+    step = DASH * width
+    for (ax, ay), (bx, by) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)),
+                               ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+        length = math.hypot(bx - ax, by - ay)
+        for start in np.arange(0.0, length, 2 * step):
+            end = min(start + step, length)
+            t0, t1 = start / max(length, 1e-9), end / max(length, 1e-9)
+            draw.line((ax + (bx - ax) * t0, ay + (by - ay) * t0,
+                       ax + (bx - ax) * t1, ay + (by - ay) * t1), fill=colour, width=width)
 
 
 def _label(draw: ImageDraw.ImageDraw, box: tuple[float, ...], text: str, colour, font,
@@ -98,7 +115,9 @@ def _pack(entries: list[tuple[str, Any]], font, width: float) -> list[list[tuple
 
 def _caption(finding: dict[str, Any], number: int) -> str:
     u = "n/a" if finding.get("u") is None else f"{finding['u']:.3g}"
-    iou = "n/a" if finding.get("iou") is None else f"{finding['iou']:.2f}"
+    if "iou" not in finding:
+        return f"{number}. {finding['phrase']} (u {u})"
+    iou = "n/a" if finding["iou"] is None else f"{finding['iou']:.2f}"
     return f"{number}. {finding['phrase']} (u {u}, IoU {iou})"
 
 
@@ -109,7 +128,8 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
       image: grayscale or RGB, PIL or array (H, W[, 3]).
       findings: dicts with ``phrase`` (str), ``gt_boxes`` (list of pixel xyxy, may be empty),
         ``box`` (pixel xyxy mean box, or None), ``hypotheses`` (list of pixel xyxy, may be
-        empty or None), ``u`` (float or None) and ``iou`` (float or None).
+        empty or None), ``u`` (float or None) and ``iou`` (float or None; leave the key out
+        when there is no ground truth to score against).
 
     Returns:
       RGB image of width W and height H + caption band.
@@ -126,8 +146,8 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
         for values in finding.get("hypotheses") or []:
             box = _box(values)
             if box is not None:
-                layer_draw.rectangle(box, outline=(*HYPOTHESIS_COLOUR, HYPOTHESIS_ALPHA),
-                                     width=hypothesis_width)
+                _dashed_rectangle(layer_draw, box, (*HYPOTHESIS_COLOUR, HYPOTHESIS_ALPHA),
+                                  hypothesis_width)
     picture = Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")
     draw = ImageDraw.Draw(picture)
     for number, finding in enumerate(findings, start=1):
@@ -144,7 +164,9 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
     margin = font.size // 2
     rows = [[(line, TEXT_COLOUR)] for number, finding in enumerate(findings, start=1)
             for line in _wrap(_caption(finding, number), font, width - 2 * margin)]
-    rows += _pack(list(LEGEND), font, width - 2 * margin)
+    with_truth = any(finding.get("gt_boxes") for finding in findings)
+    legend = [entry for entry in LEGEND if with_truth or entry[1] != GT_COLOUR]
+    rows += _pack(legend, font, width - 2 * margin)
     line_height = round(font.size * 1.3)
     band = Image.new("RGB", (width, line_height * len(rows) + 2 * margin), BAND_COLOUR)
     band_draw = ImageDraw.Draw(band)

@@ -1,0 +1,166 @@
+"""Ground one radiograph and its report with an exported uMedGround model (LISA's ``chat.py``).
+
+    python chat.py --version runs/demo/hf --image x.png --report "Small left pleural effusion."
+    python chat.py --version runs/demo/hf --image x.dcm --report_file x.txt --out vis_output
+    python chat.py --version runs/demo/hf --image x.png --question "Is there an effusion?" \
+        --answer "Yes, on the left."                                          # the VQA task
+    python chat.py --version runs/demo/hf --image x.png --label "pleural effusion"  # class task
+    python chat.py --version runs/demo/hf                                     # interactive
+
+Writes ``OUT/<image stem>.json`` (each phrase with its mean box in pixels of the input image,
+xyxy, the N hypotheses, the per-coordinate variance and u; schema in the README) and
+``OUT/<image stem>.png`` (the overlay), and prints the phrases with their boxes. Images:
+PNG/JPEG (8- or 16-bit, RGB or grayscale, any size) and DICOM (see ``utils/image_io.py``).
+Without ``--image`` it asks for an image path and a report, again and again (an empty image
+path or end of input stops it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from model.grounding_model import UMedGround
+from utils.cli import PRECISIONS
+from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, read_image
+from utils.inference import Grounder, overlay, task_inputs
+
+logger = logging.getLogger("chat")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", required=True,
+                        help="an exported folder (merge_lora_weights_and_save_hf_model.py output)")
+    parser.add_argument("--image", default=None, help="PNG/JPEG/DICOM file; omit for the "
+                                                      "interactive mode")
+    text = parser.add_argument_group("the text (one task)")
+    text.add_argument("--report", default=None, help="the report (report task)")
+    text.add_argument("--report_file", default=None, help="a UTF-8 text file with the report")
+    text.add_argument("--question", default=None, help="the question (VQA task, with --answer)")
+    text.add_argument("--answer", default=None, help="its answer (VQA task)")
+    text.add_argument("--label", default=None, help="a finding class (class task)")
+    parser.add_argument("--out", "--vis_save_path", dest="out", default="vis_output",
+                        help="folder for <stem>.json and <stem>.png")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="bf16 is LISA's GPU setting; fp32 on the CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    quantization = parser.add_mutually_exclusive_group()
+    quantization.add_argument("--load_in_8bit", action="store_true",
+                              help="quantise the language model to 8 bits (GPU, bitsandbytes)")
+    quantization.add_argument("--load_in_4bit", action="store_true",
+                              help="quantise the language model to 4 bits (GPU, bitsandbytes)")
+    parser.add_argument("--vision_pretrained", default=None,
+                        help="for a folder exported with --link_sam: the SAM checkpoint to use")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--model_max_length", type=int, default=512)
+    parser.add_argument("--image_window", default="full", choices=WINDOWS,
+                        help="16-bit/float/DICOM without a window: map min..max (full) or the "
+                             "0.5..99.5 percentiles (percentile) to 8 bits")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    args = parser.parse_args(argv)
+    tasks = [name for name, given in (("report", args.report is not None or args.report_file),
+                                      ("vqa", args.question is not None or args.answer is not None),
+                                      ("class", args.label is not None)) if given]
+    if len(tasks) > 1:
+        parser.error(f"give the text of one task only, not {' and '.join(tasks)}")
+    if args.report is not None and args.report_file:
+        parser.error("give --report or --report_file, not both")
+    args.task = tasks[0] if tasks else "report"
+    if args.image is not None and not tasks:
+        parser.error("--image needs its text: --report/--report_file, --question and --answer, "
+                     "or --label")
+    args.quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+    return args
+
+
+def read_report_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--report_file {path}: cannot be read as UTF-8 text ({error})") from None
+
+
+def load_grounder(args: argparse.Namespace) -> Grounder:
+    """The model of ``--version`` wrapped for single images; errors become one message."""
+    try:
+        model, processor = UMedGround.from_pretrained(
+            args.version, args.device, PRECISIONS[args.precision], args.quantization,
+            args.vision_pretrained)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot load the model: {error}")
+    return Grounder(model, processor, args.model_max_length, args.max_new_tokens)
+
+
+def read_input(args: argparse.Namespace, image_path: str):
+    return read_image(image_path, window=args.image_window, max_pixels=args.max_image_pixels)
+
+
+def ground_file(grounder: Grounder, args: argparse.Namespace, image_path: str, image,
+                texts: dict[str, str], out: Path) -> dict:
+    """Ground one image, write ``<stem>.json`` and ``<stem>.png`` and print the phrases.
+
+    ``image`` is the file read by :func:`read_input` (uint8 RGB, H x W x 3).
+    """
+    result = grounder.ground(image, args.task, **texts)
+    document = result.to_json(str(image_path))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(image_path).stem
+    (out / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
+    overlay(image, result).save(out / f"{stem}.png")
+    print(f"{image_path} ({result.width}x{result.height}): {len(result.phrases)} phrase(s)")
+    for number, phrase in enumerate(result.phrases, start=1):
+        box = ", ".join(f"{v:.1f}" for v in phrase.box)
+        print(f"  {number}. {phrase.phrase}: box [{box}] u {phrase.u:.3g}")
+    if not result.phrases:
+        print(f"  no [BOX] in the answer: {result.generated_text!r}")
+    print(f"  wrote {out / stem}.json and .png")
+    return document
+
+
+def interactive(grounder: Grounder, args: argparse.Namespace, out: Path) -> None:
+    """LISA's loop: ask for an image path and its text, ground, repeat."""
+    prompts = {"report": ("report",), "vqa": ("question", "answer"), "class": ("label",)}
+    while True:
+        try:
+            image_path = input("Please input the image path (empty to quit): ").strip()
+            if not image_path:
+                return
+            texts = {name: input(f"Please input the {name}: ") for name in prompts[args.task]}
+        except EOFError:
+            return
+        try:
+            ground_file(grounder, args, image_path, read_input(args, image_path),
+                        task_inputs(args.task, **texts), out)
+        except ValueError as error:  # ImageReadError is a ValueError
+            print(f"error: {error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s %(message)s")
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.image is None:
+        interactive(load_grounder(args), args, out)
+        return
+    try:  # the input is checked before the model is loaded
+        image = read_input(args, args.image)
+        report = read_report_file(args.report_file) if args.report_file else args.report
+        texts = task_inputs(args.task, report or "", args.question or "", args.answer or "",
+                            args.label or "")
+    except ValueError as error:  # ImageReadError is a ValueError
+        raise SystemExit(f"error: {error}")
+    grounder = load_grounder(args)
+    try:
+        ground_file(grounder, args, args.image, image, texts, out)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

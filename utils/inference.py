@@ -1,0 +1,207 @@
+"""One image and its text → grounded phrases in pixels of that image (``chat.py``, ``app.py``).
+
+The prompt is the task's evaluation template (:mod:`utils.prompts`), built and preprocessed as
+``test.py`` builds it, so a SynthCXR row gives the same phrases and boxes here and there. The
+model writes ``"phrase. It is [BOX]."`` for each finding; every ``[BOX]`` carries N hypothesis
+boxes, their mean, the per-coordinate variance and the scale-relative u
+(:class:`model.box_decoder.BoxPrediction`). Boxes come back in the pixel frame of the image as
+given (xyxy, origin top-left, x to the right); the variance is that of the hypotheses'
+(cx, cy, w, h), in squared pixels.
+
+A report longer than the model's context is cut from its end, as training cuts it, so that the
+prompt, the image tokens and ``max_new_tokens`` fit in ``model_max_length``; the cut is logged
+and flagged in the result.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.annotations import TASKS, Sample
+from utils.evaluate import prediction_to_pixels
+from utils.evaluation.matching import parse_generated_answer
+from utils.prompts import prompt_text, question_text
+from utils.sam_transforms import preprocess_for_sam
+from utils.visualize import draw_grounding
+
+logger = logging.getLogger(__name__)
+
+TASK_FIELDS = {"report": ("report",), "vqa": ("question", "answer"), "class": ("label",)}
+BOX_DECIMALS = 2  # pixel boxes are rounded as test.py's predictions.jsonl rounds them
+VARIANCE_DECIMALS = 4
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class GroundedPhrase:
+    """One generated phrase and its box.
+
+    ``box``: the mean box, pixel xyxy; ``hypotheses``: N pixel xyxy boxes; ``variance``: the
+    variance over the hypotheses of (cx, cy, w, h), pixels²; ``u``: the scale-relative
+    uncertainty (higher = less sure).
+    """
+
+    phrase: str
+    box: list[float]
+    hypotheses: list[list[float]]
+    variance: list[float]
+    u: float
+
+
+@dataclass
+class GroundingResult:
+    """What the model made of one image and its text.
+
+    ``inputs`` holds the text fields of the task as they went into the prompt (a long report
+    as cut); ``truncated`` says whether the report was cut.
+    """
+
+    width: int
+    height: int
+    task: str
+    inputs: dict[str, str]
+    truncated: bool
+    generated_text: str
+    phrases: list[GroundedPhrase] = field(default_factory=list)
+
+    def to_json(self, image: str) -> dict[str, Any]:
+        """The JSON document ``chat.py`` writes and ``app.py`` shows (see the README)."""
+        return {"schema_version": SCHEMA_VERSION, "image": image, "width": self.width,
+                "height": self.height, "task": self.task, "inputs": dict(self.inputs),
+                "truncated": self.truncated, "generated_text": self.generated_text,
+                "box_format": "xyxy, pixels of the input image",
+                "phrases": [asdict(phrase) for phrase in self.phrases]}
+
+
+def task_inputs(task: str, report: str = "", question: str = "", answer: str = "",
+                label: str = "") -> dict[str, str]:
+    """The text fields ``task`` needs, stripped; an empty or missing one is a ValueError."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
+    given = {"report": report, "question": question, "answer": answer, "label": label}
+    inputs = {name: (given[name] or "").strip() for name in TASK_FIELDS[task]}
+    empty = [name for name, text in inputs.items() if not text]
+    if empty:
+        flags = " and ".join(f"--{name}" for name in empty)
+        raise ValueError(f"the {' and '.join(empty)} is empty: the {task} task needs {flags} "
+                         "with some text")
+    return inputs
+
+
+class Grounder:
+    """Runs an exported model on single images.
+
+    Arguments:
+      model: a :class:`model.grounding_model.UMedGround` in eval mode.
+      processor: its processor (tokenizer with ``[BOX]``).
+      model_max_length: the longest token sequence (prompt, image tokens and answer).
+      max_new_tokens: the longest answer generated.
+    """
+
+    def __init__(self, model: Any, processor: Any, model_max_length: int = 512,
+                 max_new_tokens: int = 128):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_max_length = model_max_length
+        self.max_new_tokens = max_new_tokens
+        self.device = next(model.box_decoder.parameters()).device
+        self.image_token_count = self._measure_image_tokens()
+
+    def _measure_image_tokens(self) -> int:
+        """How many tokens the processor expands the image placeholder into."""
+        image_token = self.processor.image_token
+        inputs = self.processor(images=Image.new("RGB", (64, 64)), text=image_token,
+                                return_tensors="pt")
+        return int((inputs["input_ids"] == self.tokenizer.convert_tokens_to_ids(image_token)).sum())
+
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def fit_prompt(self, task: str, inputs: dict[str, str]) -> tuple[str, dict[str, str], bool]:
+        """The prompt, the inputs as used, and whether the report was cut to fit."""
+        image_token = self.processor.image_token
+        budget = self.model_max_length - self.image_token_count - self.max_new_tokens - 1
+        used = dict(inputs)
+        while True:
+            sample = Sample(id="input", image_path=Path("input"), width=1, height=1, findings=(),
+                            task=task, **used)
+            prompt = prompt_text(question_text(sample), image_token)
+            excess = self._length(prompt.replace(image_token, "")) - budget
+            if excess <= 0:
+                break
+            report_ids = self.tokenizer(used.get("report", ""), add_special_tokens=False).input_ids
+            if task != "report" or excess >= len(report_ids):
+                raise ValueError(
+                    f"the {task} prompt does not fit model_max_length={self.model_max_length} "
+                    f"with {self.image_token_count} image tokens and max_new_tokens="
+                    f"{self.max_new_tokens}; raise --model_max_length or shorten the text")
+            used["report"] = self.tokenizer.decode(report_ids[:len(report_ids) - excess])
+        truncated = used != inputs
+        if truncated:
+            logger.warning("the report is longer than model_max_length=%d allows and was cut to "
+                           "its first %d characters (of %d), as in training",
+                           self.model_max_length, len(used["report"]), len(inputs["report"]))
+        return prompt, used, truncated
+
+    @torch.no_grad()
+    def ground(self, image: np.ndarray, task: str = "report", report: str = "",
+               question: str = "", answer: str = "", label: str = "") -> GroundingResult:
+        """Ground one image.
+
+        Arguments:
+          image: uint8 RGB (H, W, 3), as :func:`utils.image_io.read_image` returns it.
+          task: "report" (``report``), "vqa" (``question`` and ``answer``) or "class"
+            (``label``).
+        Returns:
+          the phrases with their boxes in pixels of ``image``.
+        """
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} "
+                             f"{tuple(image.shape)}")
+        inputs = task_inputs(task, report, question, answer, label)
+        prompt, used, truncated = self.fit_prompt(task, inputs)
+        height, width = image.shape[:2]
+        sam_image, content_scale = preprocess_for_sam(image, self.model.sam_encoder.img_size)
+        encoded = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
+        input_ids = encoded["input_ids"].to(self.device)
+        generated = self.model.generate(sam_image[None].to(self.device),
+                                        encoded["pixel_values"].to(self.device), input_ids,
+                                        torch.ones_like(input_ids), self.tokenizer,
+                                        max_new_tokens=self.max_new_tokens)
+        prediction = generated.prediction
+        count = len(generated.box_batch_index)
+        scale = torch.tensor(content_scale, dtype=torch.float32).expand(count, 2)
+        boxes, hypotheses = prediction_to_pixels(prediction, scale, [(width, height)] * count)
+        to_pixels = torch.tensor([width / content_scale[0], height / content_scale[1]] * 2)
+        variance = prediction.variance.float().cpu() * to_pixels.pow(2)
+        text = generated.texts[0]
+        phrases = [GroundedPhrase(
+            phrase=phrase, box=[round(v, BOX_DECIMALS) for v in boxes[q].tolist()],
+            hypotheses=[[round(v, BOX_DECIMALS) for v in h] for h in hypotheses[q].tolist()],
+            variance=[round(v, VARIANCE_DECIMALS) for v in variance[q].tolist()],
+            u=float(prediction.uncertainty[q]))
+            for q, phrase in enumerate(parse_generated_answer(text)[:count])]
+        return GroundingResult(width, height, task, used, truncated, text, phrases)
+
+
+def overlay(image: np.ndarray, result: GroundingResult, max_u: float | None = None
+            ) -> Image.Image:
+    """The overlay picture: mean boxes thick, hypotheses dashed, phrase and u in the caption.
+
+    ``max_u`` hides the boxes (and caption lines) of phrases whose u is above it.
+    """
+    findings = [{"phrase": p.phrase, "gt_boxes": [], "box": p.box, "hypotheses": p.hypotheses,
+                 "u": p.u} for p in shown(result, max_u)]
+    return draw_grounding(image, findings)
+
+
+def shown(result: GroundingResult, max_u: float | None) -> list[GroundedPhrase]:
+    """The phrases whose u is at most ``max_u`` (all of them for ``None``)."""
+    return [p for p in result.phrases if max_u is None or p.u <= max_u]
