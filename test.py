@@ -25,8 +25,14 @@ import torch
 
 from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TASKS
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
-from utils.cli import (PRECISIONS, add_embedding_cache_args, attach_embedding_cache,
-                       non_negative_int, positive_int, writable_folder)
+from utils.cli import (
+    PRECISIONS,
+    add_embedding_cache_args,
+    attach_embedding_cache,
+    non_negative_int,
+    positive_int,
+    writable_folder,
+)
 from utils.dataset import PromptTooLongError
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError, read_image
 from utils.logs import setup_logging

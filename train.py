@@ -22,19 +22,30 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH
-from training.checkpoints import BEST_MODES, CheckpointError, Checkpointer, resolve_resume
+from training.checkpoints import BEST_MODES, Checkpointer, CheckpointError, resolve_resume
 from training.deepspeed_config import build_deepspeed_config, group_learning_rates
-from training.distributed import (barrier, default_extensions_dir, ensure_single_process_env,
-                                  rank, world_size)
+from training.distributed import (
+    barrier,
+    default_extensions_dir,
+    ensure_single_process_env,
+    rank,
+    world_size,
+)
 from training.engine import NonFiniteLossError, train_one_epoch, validate
 from training.log import TrainLog
 from training.mixing import MixtureSampler
 from training.rng import loader_generator, seed_everything
 from training.state import TrainState
 from utils.annotations import AnnotationError, annotation_file, load_annotations
-from utils.cli import (PRECISIONS, add_embedding_cache_args, add_model_args,
-                       attach_embedding_cache, grounding_config_from_args, non_negative_int,
-                       positive_int)
+from utils.cli import (
+    PRECISIONS,
+    add_embedding_cache_args,
+    add_model_args,
+    attach_embedding_cache,
+    grounding_config_from_args,
+    non_negative_int,
+    positive_int,
+)
 from utils.dataset import GroundingCollator, GroundingDataset, PromptTooLongError
 from utils.evaluate import build_eval_dataset
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError

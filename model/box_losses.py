@@ -43,7 +43,6 @@ from model.box_decoder import BoxPrediction
 from model.constants import BOX_HEADS
 
 
-
 @dataclass
 class BoxLossConfig:
     """Weights and hyper-parameters of the box losses (see the module docstring)."""

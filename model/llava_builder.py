@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors import SafetensorError
 from transformers import AutoProcessor, BitsAndBytesConfig, LlavaForConditionalGeneration
 
-from utils.prompts import BOX_TOKEN
+from model.constants import BOX_TOKEN
 
 LM_SCOPE = "language_model"
 QUANTIZATIONS = ("8bit", "4bit")

@@ -5,7 +5,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from torchvision.ops import box_convert, box_iou
 
 from model.box_decoder import BoxPrediction, build_box_decoder

@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoints import (COMPLETE_NAME, CheckpointError, Checkpointer, default_best_mode,
-                                  resolve_resume)
+from training.checkpoints import (
+    COMPLETE_NAME,
+    Checkpointer,
+    CheckpointError,
+    default_best_mode,
+    resolve_resume,
+)
 from training.consolidate import main as consolidate_main
 from training.rng import capture_rng, restore_rng
 from training.state import TrainState

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
+from model.constants import BOX_TOKEN
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
 from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset, PromptTooLongError
 from utils.image_io import read_image
-from utils.prompts import BOX_TOKEN, answer_text
-from utils.sam_transforms import (image_to_padded_boxes, padded_to_image_boxes,
-                                  preprocess_for_sam)
+from utils.prompts import answer_text
+from utils.sam_transforms import image_to_padded_boxes, padded_to_image_boxes, preprocess_for_sam
 
 
 def test_real_radiographs_through_sam_preprocessing(nih_images):

@@ -10,11 +10,11 @@ import torch
 
 from model.build import build_umedground
 from model.config import GroundingConfig
+from model.constants import BOX_TOKEN
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
 from utils.dataset import GroundingCollator, GroundingDataset
-from utils.prompts import BOX_TOKEN, answer_text
-
+from utils.prompts import answer_text
 
 _SPEC = importlib.util.spec_from_file_location(
     "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from model.build import build_umedground, count_parameters
-from model.grounding_model import UMedGround
 from model.config import GroundingConfig
+from model.constants import BOX_TOKEN
+from model.grounding_model import UMedGround
 from utils.annotations import Finding, load_annotations
 from utils.dataset import GroundingCollator, GroundingDataset
-from utils.prompts import BOX_TOKEN
 
 INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels", "box_targets")
 

@@ -10,8 +10,15 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT
 
 from model.box_decoder import build_box_decoder
-from model.sam_encoder import (OFFICIAL_CONFIGS, SAM_TINY_CONFIG, SamImageEncoder, build_sam,
-                               infer_sam_config, load_sam_checkpoint, save_sam_checkpoint)
+from model.sam_encoder import (
+    OFFICIAL_CONFIGS,
+    SAM_TINY_CONFIG,
+    SamImageEncoder,
+    build_sam,
+    infer_sam_config,
+    load_sam_checkpoint,
+    save_sam_checkpoint,
+)
 
 
 def assert_sane(module: torch.nn.Module) -> None:

@@ -18,8 +18,14 @@ import sys
 from pathlib import Path
 
 from model.config import CONFIG_NAME
-from training.checkpoints import (BEST, LATEST, LOAD_ERRORS, CheckpointError, read_pointer,
-                                  resolve_resume)
+from training.checkpoints import (
+    BEST,
+    LATEST,
+    LOAD_ERRORS,
+    CheckpointError,
+    read_pointer,
+    resolve_resume,
+)
 from training.safe_load import safe_loading
 from utils.logs import setup_logging
 

@@ -16,8 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.annotations import Sample
-from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
 from utils.image_io import DEFAULT_MAX_PIXELS, read_image
+from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
 from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
 logger = logging.getLogger(__name__)

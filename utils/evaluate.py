@@ -15,8 +15,8 @@ a box and a u, so they measure the box uncertainty independently of phrase error
 from __future__ import annotations
 
 import time
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Sequence
 
 import torch

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.annotations import TASKS, Sample
+from model.constants import TASKS
+from utils.annotations import Sample
 from utils.evaluate import prediction_to_pixels
-from utils.evaluation.matching import parse_generated_answer
+from utils.evaluation.matching import generated_phrases
 from utils.prompts import prompt_text, question_text
 from utils.sam_transforms import preprocess_for_sam
 from utils.visualize import draw_grounding
@@ -187,7 +189,9 @@ class Grounder:
             hypotheses=[[round(v, BOX_DECIMALS) for v in h] for h in hypotheses[q].tolist()],
             variance=[round(v, VARIANCE_DECIMALS) for v in variance[q].tolist()],
             u=float(prediction.uncertainty[q]))
-            for q, phrase in enumerate(parse_generated_answer(text)[:count])]
+            for q, phrase in enumerate(generated_phrases(
+                generated.token_ids[0].tolist(), self.model.box_token_id,
+                partial(self.tokenizer.decode, skip_special_tokens=True)))]
         return GroundingResult(width, height, task, used, truncated, text, phrases)
 
 

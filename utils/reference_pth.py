@@ -31,8 +31,14 @@ from typing import Any
 import torch
 
 from model.constants import REFERENCE_BOX_FRAME
-from utils.annotations import (Problem, ReadOptions, Sample, is_number,
-                               parse_canonical_row, resolve_image)
+from utils.annotations import (
+    Problem,
+    ReadOptions,
+    Sample,
+    is_number,
+    parse_canonical_row,
+    resolve_image,
+)
 from utils.image_io import ImageReadError, image_size
 
 logger = logging.getLogger(__name__)

@@ -21,12 +21,25 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 import torch
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlamaTokenizer,
-                          LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
 
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
-from utils.prompts import (BOX_TOKEN, CLASS_TEMPLATES, NO_FINDING_ANSWER, REPORT_TEMPLATES,
-                           VQA_TEMPLATES, prompt_text)
+from utils.prompts import (
+    BOX_TOKEN,
+    CLASS_TEMPLATES,
+    NO_FINDING_ANSWER,
+    REPORT_TEMPLATES,
+    VQA_TEMPLATES,
+    prompt_text,
+)
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from peft import LoraConfig, get_peft_model
-from transformers import (CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
-                          LlavaConfig)
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+)
 
 from model.box_decoder import build_box_decoder
 from model.phrase_query import build_phrase_query

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.convert.geometry import PixelBox, box_problem, clip_box, scale_box, xywh_to_xyxy
 from utils.annotations import ReadOptions, is_number
+from utils.convert.geometry import PixelBox, box_problem, clip_box, scale_box, xywh_to_xyxy
 from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
 from utils.convert.paths import mimic_ids

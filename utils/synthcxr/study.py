@@ -14,8 +14,14 @@ import numpy as np
 from PIL import Image
 
 from utils.synthcxr.anatomy import finish, render_anatomy, sample_anatomy
-from utils.synthcxr.findings import (DRAW_ORDER, FINDING_TYPES, Lesion, draw_cardiomegaly,
-                                     draw_finding, enlarge_heart)
+from utils.synthcxr.findings import (
+    DRAW_ORDER,
+    FINDING_TYPES,
+    Lesion,
+    draw_cardiomegaly,
+    draw_finding,
+    enlarge_heart,
+)
 from utils.synthcxr.reports import question_for, write_report
 
 FINDING_COUNT_P = (0.2, 0.4, 0.28, 0.12)  # 0, 1, 2 or 3 findings a study
