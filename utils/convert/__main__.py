@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
 from utils.convert import chestxray8, coco, diffvqa, msclass, mscxr, reference, split, stats
 from utils.convert.log import EXIT_FAILED, ConversionError
+from utils.logs import setup_logging
+
+logger = logging.getLogger("convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns its exit code (2 when an input cannot be used)."""
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return args.func(args)
     except ConversionError as error:
-        print(f"error: {error}\nnothing written", file=sys.stderr)
+        logger.error("%s\nnothing written", error)
         return EXIT_FAILED
 
 

@@ -1,10 +1,8 @@
 """The record of one conversion: problems (with file and row), rows left out, counted notes."""
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TextIO
 
 from utils.annotations import Problem
 
@@ -43,10 +41,10 @@ class ConversionLog:
         """Count an observation that is not an error."""
         self.notes[what] += count
 
-    def print_problems(self, stream: TextIO | None = None) -> None:
-        """Print every problem, one a line, ordered by file and row (default: to stderr)."""
-        for problem in sorted(self.problems, key=lambda p: (p.file, p.row or 0)):
-            print(f"  {problem}", file=stream or sys.stderr)
+    def problem_lines(self) -> str:
+        """Every problem, one an indented line, ordered by file and row."""
+        return "\n".join(f"  {problem}" for problem in
+                         sorted(self.problems, key=lambda p: (p.file, p.row or 0)))
 
     def summary(self, written: int, destination: str) -> str:
         """A few lines: rows written, rows left out per reason, notes."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,6 +10,8 @@ from utils.annotations import ReadOptions, parse_canonical_row, write_canonical_
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
 from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.text_io import DEFAULT_ENCODING, check_encoding
+
+logger = logging.getLogger("convert")
 
 INVALID = "not a valid canonical row"
 DUPLICATE_ID = "duplicate output id"
@@ -76,15 +78,14 @@ def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: Convers
             first[sample.id] = index
             valid.append(row)
     if log.problems:
-        print(f"{len(log.problems)} problem(s):", file=sys.stderr)
-        log.print_problems()
+        logger.warning("%d problem(s):\n%s", len(log.problems), log.problem_lines())
     if strict and log.problems:
-        print(f"--strict: {len(log.problems)} problem(s), nothing written", file=sys.stderr)
+        logger.error("--strict: %d problem(s), nothing written", len(log.problems))
         return EXIT_FAILED
     if not valid:
-        print(log.summary(0, str(out)), file=sys.stderr)
-        print(f"error: no row to write (the input yielded {len(rows)} row(s), none valid); "
-              "nothing written", file=sys.stderr)
+        logger.info("%s", log.summary(0, str(out)))
+        logger.error("no row to write (the input yielded %d row(s), none valid); nothing "
+                     "written", len(rows))
         return EXIT_FAILED
     if splits is None:
         written = {out: valid}
@@ -96,7 +97,7 @@ def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: Convers
     for path, part in written.items():
         write_canonical_jsonl(part, path)
     where = ", ".join(f"{p} ({len(r)})" for p, r in written.items()) or str(out)
-    print(log.summary(len(valid), where), file=sys.stderr)
-    print(f"image paths are relative to {image_root} (pass it as --image_root to train.py / "
-          "test.py unless the JSONL lies there)", file=sys.stderr)
+    logger.info("%s", log.summary(len(valid), where))
+    logger.info("image paths are relative to %s (pass it as --image_root to train.py / "
+                "test.py unless the JSONL lies there)", image_root)
     return EXIT_OK

@@ -11,8 +11,8 @@ come from the image paths); exit code 2 when there is any overlap.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
-import sys
 from collections import Counter
 from itertools import combinations
 from pathlib import Path
@@ -22,6 +22,8 @@ from utils.annotations import write_canonical_jsonl
 from utils.convert.labels import read_rows, row_labels, row_patient
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
 from utils.text_io import DEFAULT_ENCODING, check_encoding
+
+logger = logging.getLogger("convert")
 
 SPLITS = ("train", "val", "test")
 NO_PATIENT = "no patient id"
@@ -99,9 +101,10 @@ def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float],
                         "the row has no 'patient' and its image path holds none; add it")
             continue
         patients.setdefault(patient, []).append(row)
-    log.print_problems()
+    if log.problems:
+        logger.warning("%d problem(s):\n%s", len(log.problems), log.problem_lines())
     if strict and log.problems:
-        print(f"--strict: {len(log.problems)} problem(s), nothing written", file=sys.stderr)
+        logger.error("--strict: %d problem(s), nothing written", len(log.problems))
         return EXIT_FAILED
     assignment = assign_patients(patients, fractions, seed)
     parts: dict[int, list[dict[str, Any]]] = {s: [] for s, f in enumerate(fractions) if f > 0}
@@ -113,9 +116,9 @@ def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float],
         written += write_canonical_jsonl(rows, target)
         labels = Counter(label for row in rows for label in row_labels(row))
         n_patients = sum(1 for s in assignment.values() if s == split)
-        print(f"{target}: {len(rows)} row(s), {n_patients} patient(s); "
-              + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())), file=sys.stderr)
-    print(log.summary(written, str(out_dir)), file=sys.stderr)
+        logger.info("%s: %d row(s), %d patient(s); %s", target, len(rows), n_patients,
+                    ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+    logger.info("%s", log.summary(written, str(out_dir)))
     return EXIT_OK
 
 
@@ -130,8 +133,9 @@ def check_overlaps(paths: Sequence[Path], encoding: str = DEFAULT_ENCODING) -> i
         images[path] = {str(r.get("image", "")) for _, r in rows}
         unknown = sum(1 for _, r in rows if not row_patient(r))
         if unknown:
-            print(f"{path}: {unknown} row(s) without a patient id are not checked", file=sys.stderr)
-    log.print_problems()
+            logger.warning("%s: %d row(s) without a patient id are not checked", path, unknown)
+    if log.problems:
+        logger.warning("%d problem(s):\n%s", len(log.problems), log.problem_lines())
     overlaps = 0
     for a, b in combinations(paths, 2):
         for what, sets in (("patient", patients), ("image", images)):
@@ -139,10 +143,10 @@ def check_overlaps(paths: Sequence[Path], encoding: str = DEFAULT_ENCODING) -> i
             if shared:
                 overlaps += 1
                 more = f" (first {SHOWN} shown)" if len(shared) > SHOWN else ""
-                print(f"{a} and {b} share {len(shared)} {what}(s){more}: "
-                      f"{', '.join(shared[:SHOWN])}", file=sys.stderr)
+                logger.warning("%s and %s share %d %s(s)%s: %s", a, b, len(shared), what, more,
+                               ", ".join(shared[:SHOWN]))
     if not overlaps:
-        print(f"no patient or image in two of the {len(paths)} files", file=sys.stderr)
+        logger.info("no patient or image in two of the %d files", len(paths))
     return EXIT_FAILED if overlaps or log.problems else EXIT_OK
 
 

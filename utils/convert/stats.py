@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,8 @@ from utils.convert.labels import finding_label, read_rows
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
 from utils.convert.output import add_input_arguments, read_options
 from utils.convert.text import is_verbatim
+
+logger = logging.getLogger("convert")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"== {path} (split {split_name(path)})")
         for key, value in stats.items():
             print(f"  {key}: {value}")
-    log.print_problems()
+    if log.problems:
+        logger.warning("%d problem(s):\n%s", len(log.problems), log.problem_lines())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
