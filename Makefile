@@ -7,7 +7,7 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo bench app test test-fast lint clean
+.PHONY: install data tiny demo demo-seeds bench app test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ $(TINY)/sam_tiny.pth: $(SYNTHCXR)/meta.json
 demo: tiny
 	bash scripts/demo.sh
 
+demo-seeds: tiny
+	for seed in 0 1 2; do DEMO_SEED=$$seed DEMO_RUN=runs/demo_seed$$seed bash scripts/demo.sh; done
+
 DEVICE ?= cpu
 bench: tiny
 	$(VPY) -m utils.bench --out runs/bench --device $(DEVICE) $(if $(BENCH_QUICK),--quick)
@@ -51,4 +54,4 @@ test-fast: install
 	$(VPY) -m pytest -q -m "not slow" tests
 
 clean:
-	rm -rf runs/demo runs/bench $(SYNTHCXR) $(TINY)
+	rm -rf runs/demo runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 runs/bench $(SYNTHCXR) $(TINY)

@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
-# The demo: train the tiny uMedGround on SynthCXR with the deepspeed launcher (CPU, 1 rank),
-# export it (safe zero_to_fp32 consolidation + LoRA merge) and evaluate the exported model on the test split.
-# `make demo` builds the data and the tiny checkpoints first. Settings come from the
-# environment so a shorter run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH.
-# The tiny language model is randomly initialised, so the demo trains it whole (--lora_r 0)
-# rather than adapting it with LoRA; the LoRA + merge path is what real checkpoints use, and
-# tests/test_training.py runs it. The grounding parts learn at 3x the language model's rate
-# (--grounding_lr), the text loss weighs 10x (--ce_loss_weight) and batches are grouped by
-# length; docs/experiments.md has the measurements behind each choice.
+# The demo: fine-tune the pretrained tiny LLaVA (`make tiny`) on SynthCXR with the paper's
+# recipe, under the deepspeed launcher (CPU, 1 rank): LoRA r 8 / alpha 16 on q_proj,v_proj plus
+# the trainable [BOX] rows of embed_tokens and lm_head (as for 7B), the pretrained tiny SAM
+# frozen with its embeddings cached, the box decoder initialised from its mask decoder, umhp
+# with 3 hypotheses. Then the safe consolidation, the LoRA merge and test.py on the exported
+# folder. The grounding parts learn at --grounding_lr, the text loss weighs 10x
+# (--ce_loss_weight) and batches are grouped by length; docs/experiments.md has the
+# measurements behind each choice. Settings come from the environment so a shorter or another
+# run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-RUN=runs/demo
+RUN=${DEMO_RUN:-runs/demo}
 EPOCHS=${DEMO_EPOCHS:-5}
 STEPS=${DEMO_STEPS:-220}
 BATCH=${DEMO_BATCH:-16}
+LR=${DEMO_LR:-2e-3}
+SEED=${DEMO_SEED:-0}
 start=$(date +%s)
 rm -rf "$RUN"
-.venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-29517}" train.py \
+.venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
   --version pretrained/tiny/llava --vision_pretrained pretrained/tiny/sam_tiny.pth \
   --dataset_dir ln_data/synthcxr --dataset report --sample_rates 1 \
-  --exp_name demo --log_base_dir runs \
+  --exp_name "$(basename "$RUN")" --log_base_dir "$(dirname "$RUN")" --seed "$SEED" \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
-  --lr 1e-3 --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
-  --train_vision_encoder --lora_r 0 \
+  --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
+  --lora_r 8 --lora_alpha 16 --lora_target_modules q_proj,v_proj \
   --box_head umhp --num_hypotheses 3 --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)
 $PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag best

@@ -107,7 +107,6 @@ def train_step_case(tiny_dir: Path, data_dir: Path, device: torch.device, repeat
                         "parameters": parameter_counts(model),
                         "ratio_vs_bare": {name: ratio(timed[name], timed["bare_llava_lora"])
                                           for name in timed}}
-        del model
     return result
 
 
