@@ -34,10 +34,10 @@ IGNORE_INDEX = -100
 class LmSettings:
     """Optimisation of the language-model pretraining."""
 
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 16
     lr: float = 2e-3
-    warmup_steps: int = 30
+    warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
 
@@ -140,7 +140,7 @@ def pretrain_lm(model: LlavaForConditionalGeneration, processor: Any, folder: Pa
 
     Returns:
       ``{"steps", "held_out_perplexity", "unigram_perplexity", "initial_perplexity",
-      "final_train_loss"}``.
+      "first_train_loss", "final_train_loss"}``.
     """
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id
@@ -154,8 +154,8 @@ def pretrain_lm(model: LlavaForConditionalGeneration, processor: Any, folder: Pa
         if parameter.requires_grad:
             trained.append(parameter)
     optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(settings.warmup_steps,
-                                                              settings.steps), settings.steps)
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, max(1, round(settings.warmup_fraction * settings.steps)), settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     order: list[int] = []
     loss = torch.tensor(float("nan"))
@@ -170,6 +170,8 @@ def pretrain_lm(model: LlavaForConditionalGeneration, processor: Any, folder: Pa
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
+        if step == 0:
+            result["first_train_loss"] = loss.item()
         if step % 50 == 0 or step == settings.steps - 1:
             logger.info("lm step %d/%d loss %.3f", step + 1, settings.steps, loss.item())
     set_box_rows_to_mean(model, tokenizer.convert_tokens_to_ids(BOX_TOKEN))

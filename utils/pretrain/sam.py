@@ -42,10 +42,10 @@ LESION_WEIGHT = 3.0  # lesions are rarer and harder than anatomy
 class SamSettings:
     """Optimisation of the SAM pretraining."""
 
-    steps: int = 300
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 30
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 4e-3
+    warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0
 
@@ -59,12 +59,24 @@ class Prompted:
       masks: (L, S, S) bool masks resized to the padded S x S input.
       boxes: (L, 4) float xyxy prompts in input pixels.
       kinds: per layer "anatomy" or "lesion".
+      groups: per layer what its IoU is averaged under besides its kind: "lung" or "heart"
+        for anatomy, the finding type for lesions.
     """
 
     image: np.ndarray
     masks: torch.Tensor
     boxes: torch.Tensor
     kinds: list[str]
+    groups: list[str]
+
+
+def layer_group(name: str) -> str:
+    """"lung" for either lung, else the name without its side ("pleural effusion left" ->
+    "pleural effusion")."""
+    for side in ("right", "left"):
+        if name.endswith(f" {side}") or name == f"{side} lung":
+            return "lung" if name == f"{side} lung" else name[:-len(side) - 1]
+    return name
 
 
 def load_studies(folder: Path, rows: list[dict[str, Any]], image_size: int) -> list[Prompted]:
@@ -81,7 +93,8 @@ def load_studies(folder: Path, rows: list[dict[str, Any]], image_size: int) -> l
         square[:, :h, :w] = torch.from_numpy(np.stack(resized) > 0)
         boxes = torch.tensor([layer["box"] for layer in row["layers"]], dtype=torch.float32)
         boxes = torch.from_numpy(resize.apply_boxes(boxes.numpy(), image.shape)).float()
-        studies.append(Prompted(image, square, boxes, [layer["kind"] for layer in row["layers"]]))
+        studies.append(Prompted(image, square, boxes, [layer["kind"] for layer in row["layers"]],
+                                [layer_group(layer["name"]) for layer in row["layers"]]))
     return studies
 
 
@@ -176,7 +189,8 @@ def step_loss(sam: Sam, studies: list[Prompted], image_size: int, generator: tor
 def held_out_iou(sam: Sam, studies: list[Prompted], image_size: int, batch_size: int
                  ) -> dict[str, float]:
     """Mean IoU of the single-mask output (upsampled to the input size, > 0) with the mask,
-    for the exact box prompts of held-out studies: over "anatomy", "lesion" and "all"."""
+    for the exact box prompts of held-out studies: over "all", each kind ("anatomy",
+    "lesion") and each group (see :class:`Prompted`)."""
     sam.eval()
     scores: dict[str, list[float]] = defaultdict(list)
     for start in range(0, len(studies), batch_size):
@@ -186,9 +200,10 @@ def held_out_iou(sam: Sam, studies: list[Prompted], image_size: int, batch_size:
             logits, _ = predict(sam, embedding[None], study.boxes)
             full = F.interpolate(logits[:, :1], size=(image_size, image_size), mode="bilinear",
                                  align_corners=False)
-            for kind, iou in zip(study.kinds, hard_iou(full, study.masks[:, None])[:, 0].tolist()):
-                scores[kind].append(iou)
-                scores["all"].append(iou)
+            ious = hard_iou(full, study.masks[:, None])[:, 0].tolist()
+            for kind, group, iou in zip(study.kinds, study.groups, ious):
+                for key in ("all", kind, group):
+                    scores[key].append(iou)
     return {kind: float(np.mean(values)) for kind, values in sorted(scores.items())}
 
 
@@ -203,8 +218,8 @@ def pretrain_sam(sam: Sam, folder: Path, fit_rows: list[dict[str, Any]],
       settings: the optimisation.
 
     Returns:
-      ``{"steps", "initial_held_out_iou", "held_out_iou", "final_train_loss"}``; the IoUs
-      are dicts over "anatomy", "lesion" and "all".
+      ``{"steps", "initial_held_out_iou", "held_out_iou", "first_train_loss",
+      "final_train_loss"}``; the IoUs are dicts over "anatomy", "lesion" and "all".
     """
     image_size = sam.image_encoder.img_size
     fit = load_studies(folder, fit_rows, image_size)
@@ -214,8 +229,8 @@ def pretrain_sam(sam: Sam, folder: Path, fit_rows: list[dict[str, Any]],
     sam.requires_grad_(True)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, min(settings.warmup_steps,
-                                                              settings.steps), settings.steps)
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, max(1, round(settings.warmup_fraction * settings.steps)), settings.steps)
     generator = torch.Generator().manual_seed(settings.seed)
     order: list[int] = []
     loss = torch.tensor(float("nan"))
@@ -230,6 +245,8 @@ def pretrain_sam(sam: Sam, folder: Path, fit_rows: list[dict[str, Any]],
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if step == 0:
+            result["first_train_loss"] = loss.item()
         if step % 50 == 0 or step == settings.steps - 1:
             logger.info("sam step %d/%d loss %.3f", step + 1, settings.steps, loss.item())
     result["final_train_loss"] = loss.item()
