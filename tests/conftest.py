@@ -43,6 +43,6 @@ def tiny_dir(synth_dir, tmp_path_factory) -> Path:
     from utils.tiny_checkpoints import main as tiny_main
 
     out = tmp_path_factory.mktemp("tiny")
-    tiny_main(["--data", str(synth_dir), "--out", str(out), "--lm_steps", "12",
-               "--sam_steps", "8"])
+    tiny_main(["--data", str(synth_dir), "--out", str(out), "--lm_steps", "6",
+               "--sam_steps", "4"])
     return out

@@ -23,7 +23,7 @@ from utils.prompts import BOX_TOKEN
 from utils.synthcxr.findings import pixel_box
 from utils.synthcxr.pretrain import (PRETRAIN_DIR, pack_layers, read_pretraining_rows,
                                      unpack_layers)
-from utils.tiny_checkpoints import REPORT_NAME, build_tiny_llava, train_tokenizer, corpus_lines
+from utils.tiny_checkpoints import REPORT_NAME, build_tiny_llava, corpus_lines, train_tokenizer
 
 SPLITS = ("train", "val", "test")
 
@@ -154,10 +154,12 @@ def test_pretraining_is_deterministic(short_runs):
 
 
 def test_pretraining_learns(tiny_dir):
-    """The fixture's short pretraining already beats the unigram baseline and lowers SAM's
-    training loss; the full figures are in the README."""
+    """The fixture's few steps already lower the held-out perplexity and SAM's training loss
+    (the full pretraining's figures are in the README)."""
     report = json.loads((tiny_dir / REPORT_NAME).read_text())
     lm, sam = report["lm"], report["sam"]
-    assert lm["held_out_perplexity"] < lm["unigram_perplexity"] < lm["initial_perplexity"]
+    assert lm["held_out_perplexity"] < lm["initial_perplexity"] / 2
+    assert lm["unigram_perplexity"] < lm["initial_perplexity"]
+    assert lm["final_train_loss"] < lm["first_train_loss"]
     assert sam["final_train_loss"] < sam["first_train_loss"]
-    assert set(sam["held_out_iou"]) >= {"all", "anatomy"}
+    assert {"all", "anatomy", "lesion", "lung", "heart"} <= set(sam["held_out_iou"])

@@ -36,9 +36,9 @@ from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
 from utils.pretrain.data import load_rows
 from utils.pretrain.lm import LmSettings, pretrain_lm
 from utils.pretrain.sam import SamSettings, pretrain_sam
-from utils.synthcxr.pretrain import PRETRAIN_DIR
 from utils.prompts import (BOX_TOKEN, CLASS_TEMPLATES, NO_FINDING_ANSWER, REPORT_TEMPLATES,
                            VQA_TEMPLATES, prompt_text)
+from utils.synthcxr.pretrain import PRETRAIN_DIR
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -116,27 +116,9 @@ def positive_or_zero(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Build (and pretrain) the tiny checkpoints; returns the pretraining report."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="SynthCXR folder (its *_train.jsonl texts train the tokenizer; "
-                             f"its {PRETRAIN_DIR}/ set pretrains the backbones)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--vocab_size", type=int, default=1000)
-    parser.add_argument("--lm_steps", type=positive_or_zero, default=LmSettings.steps,
-                        help="language-model pretraining steps (0: keep it random)")
-    parser.add_argument("--sam_steps", type=positive_or_zero, default=SamSettings.steps,
-                        help="SAM pretraining steps (0: keep it random)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of "
-                        "the pretraining order")
-    args = parser.parse_args(argv)
-    if not any(args.data.glob("*_train.jsonl")):
-        parser.error(f"no *_train.jsonl in {args.data}; run `python -m utils.synthcxr` first")
+def build(args: argparse.Namespace, fit_rows: list[dict], held_rows: list[dict]) -> dict:
+    """Write the tokenizer, the (pretrained) tiny LLaVA and SAM and the pretraining report."""
     pretrain_dir = args.data / PRETRAIN_DIR
-    fit_rows, held_rows = load_rows(pretrain_dir) if args.lm_steps or args.sam_steps else ([], [])
-    torch.use_deterministic_algorithms(True)
     llava_dir = args.out / "llava"
     llava_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"pretraining_set": str(pretrain_dir), "fit_studies": len(fit_rows),
@@ -170,6 +152,41 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
     print(f"[tiny] wrote {llava_dir} (vocab {len(tokenizer)}) and {args.out / 'sam_tiny.pth'}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Build (and pretrain) the tiny checkpoints; returns the pretraining report."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="SynthCXR folder (its *_train.jsonl texts train the tokenizer; "
+                             f"its {PRETRAIN_DIR}/ set pretrains the backbones)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--vocab_size", type=int, default=1000)
+    parser.add_argument("--lm_steps", type=positive_or_zero, default=LmSettings.steps,
+                        help="language-model pretraining steps (0: keep it random)")
+    parser.add_argument("--sam_steps", type=positive_or_zero, default=SamSettings.steps,
+                        help="SAM pretraining steps (0: keep it random)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of "
+                        "the pretraining order")
+    args = parser.parse_args(argv)
+    if not any(args.data.glob("*_train.jsonl")):
+        parser.error(f"no *_train.jsonl in {args.data}; run `python -m utils.synthcxr` first")
+    pretrain_dir = args.data / PRETRAIN_DIR
+    fit_rows: list[dict] = []
+    held_rows: list[dict] = []
+    if args.lm_steps or args.sam_steps:
+        try:
+            fit_rows, held_rows = load_rows(pretrain_dir)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        report = build(args, fit_rows, held_rows)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     return report
 
 

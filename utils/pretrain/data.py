@@ -13,7 +13,10 @@ from utils.synthcxr.pretrain import read_pretraining_rows, unpack_layers
 HELD_OUT_EVERY = 10  # one patient in ten is held out to measure the pretraining
 
 
-def split_by_patient(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+Rows = list[dict[str, Any]]
+
+
+def split_by_patient(rows: Rows) -> tuple[Rows, Rows]:
     """(fit rows, held-out rows): a patient is held out when the CRC32 of its id is divisible
     by ``HELD_OUT_EVERY``, so the split does not depend on the set's size or order. A set too
     small to hold out a patient that way holds out its last patient."""

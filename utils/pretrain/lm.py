@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
-from utils.prompts import BOX_TOKEN, prompt_text
 from utils.pretrain.data import read_gray
+from utils.prompts import BOX_TOKEN, prompt_text
 
 logger = logging.getLogger(__name__)
 
