@@ -19,14 +19,16 @@ $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-data: $(SYNTHCXR)/meta.json
+data: $(SYNTHCXR)/pretrain/meta.json
 
-$(SYNTHCXR)/meta.json: $(VENV)/.installed
+# One command writes the benchmark and its pretraining set (meta.json last).
+$(SYNTHCXR)/pretrain/meta.json: $(VENV)/.installed
 	$(VPY) -m utils.synthcxr --out $(SYNTHCXR) --seed 0
 
 tiny: $(TINY)/sam_tiny.pth
 
-$(TINY)/sam_tiny.pth: $(SYNTHCXR)/meta.json
+# Pretrains the tiny LM and SAM on the pretraining set; figures in $(TINY)/pretraining.json.
+$(TINY)/sam_tiny.pth: $(SYNTHCXR)/pretrain/meta.json
 	$(VPY) -m utils.tiny_checkpoints --data $(SYNTHCXR) --out $(TINY)
 
 demo: tiny

@@ -27,20 +27,23 @@ def nih_images() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """A small SynthCXR set (24 train / 6 val / 6 test images), built once per session."""
+    """A small SynthCXR set (24 train / 6 val / 6 test images, 24 pretraining images), built
+    once per session."""
     from utils.synthcxr.__main__ import main as synthcxr_main
 
     out = tmp_path_factory.mktemp("synthcxr")
     synthcxr_main(["--out", str(out), "--seed", "0", "--n_train", "24", "--n_val", "6",
-                   "--n_test", "6"])
+                   "--n_test", "6", "--n_pretrain", "24"])
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(synth_dir, tmp_path_factory) -> Path:
-    """Tiny llava-hf folder + tiny SAM checkpoint built from the small SynthCXR corpus."""
+    """Tiny llava-hf folder + tiny SAM checkpoint built from the small SynthCXR corpus, with a
+    short pretraining of both."""
     from utils.tiny_checkpoints import main as tiny_main
 
     out = tmp_path_factory.mktemp("tiny")
-    tiny_main(["--data", str(synth_dir), "--out", str(out)])
+    tiny_main(["--data", str(synth_dir), "--out", str(out), "--lm_steps", "6",
+               "--sam_steps", "4"])
     return out

@@ -15,7 +15,7 @@ from utils.synthcxr.__main__ import main
 from utils.synthcxr.findings import FINDING_TYPES
 from utils.synthcxr.prior import phrase_prior_rate, phrase_prior_rates
 
-SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6"]  # as the synth_dir fixture
+SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_pretrain", "24"]  # as synth_dir
 SPLITS = ("train", "val", "test")
 HEART_NORMAL = ("Heart size is normal", "normal in size", "cardiomediastinal silhouette is normal")
 
@@ -33,13 +33,14 @@ def test_same_seed_gives_identical_files_whatever_the_workers_and_another_seed_d
     main(["--out", str(tmp_path / "a"), "--seed", "0", "--workers", "1", *SIZES])
     names = sorted(p.name for p in synth_dir.iterdir() if p.is_file())
     assert names == sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_file())
-    images = sorted(p.name for p in (synth_dir / "images").iterdir())
-    assert images == sorted(p.name for p in (tmp_path / "a" / "images").iterdir())
     _, mismatch, errors = filecmp.cmpfiles(synth_dir, tmp_path / "a", names, shallow=False)
     assert not mismatch and not errors
-    _, mismatch, errors = filecmp.cmpfiles(synth_dir / "images", tmp_path / "a" / "images",
-                                           images, shallow=False)
-    assert not mismatch and not errors
+    for sub in ("images", "pretrain", "pretrain/images", "pretrain/masks"):
+        files = sorted(p.name for p in (synth_dir / sub).iterdir() if p.is_file())
+        assert files == sorted(p.name for p in (tmp_path / "a" / sub).iterdir() if p.is_file())
+        _, mismatch, errors = filecmp.cmpfiles(synth_dir / sub, tmp_path / "a" / sub, files,
+                                               shallow=False)
+        assert files and not mismatch and not errors, sub
     main(["--out", str(tmp_path / "b"), "--seed", "1", *SIZES])
     assert (tmp_path / "b" / "report_train.jsonl").read_bytes() != \
         (synth_dir / "report_train.jsonl").read_bytes()
@@ -185,6 +186,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "--n_train" in capsys.readouterr().out
-    for bad in (["--seed", "-1"], ["--image_size", "128"], ["--n_test", "0"], ["--workers", "0"]):
+    for bad in (["--seed", "-1"], ["--image_size", "128"], ["--n_test", "0"], ["--workers", "0"],
+                ["--n_pretrain", "-1"], ["--pretrain_seed", "-2"]):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), *bad])

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from utils.synthcxr.generate import generate
+from utils.synthcxr.pretrain import PRETRAIN_DIR, generate_pretraining
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,14 +15,20 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m utils.synthcxr",
         description="Generate SynthCXR: chest-radiograph-like images, template reports with "
                     "findings, negations and normal statements, phrase spans and lesion boxes, "
-                    "plus VQA and class rows and the reference code's .pth files. Deterministic "
-                    "from --seed; patient-disjoint splits.")
+                    "plus VQA and class rows and the reference code's .pth files, and a "
+                    "pretraining set with masks of patients of its own. Deterministic from "
+                    "--seed; patient-disjoint splits.")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed (>= 0); one seed gives "
                         "byte-identical files")
     parser.add_argument("--n_train", type=int, default=2400, help="training images")
     parser.add_argument("--n_val", type=int, default=150, help="validation images")
     parser.add_argument("--n_test", type=int, default=200, help="test images")
+    parser.add_argument("--n_pretrain", type=int, default=600,
+                        help=f"studies of the pretraining set (<out>/{PRETRAIN_DIR}/, with masks; "
+                             "patients of its own); 0 writes none")
+    parser.add_argument("--pretrain_seed", type=int, default=None,
+                        help="seed of the pretraining set (default: --seed + 1)")
     parser.add_argument("--image_size", type=int, default=256, help="image side in pixels (>= 256)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes rendering images (the files do not depend on it)")
@@ -32,15 +39,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--image_size must be at least 256, got {args.image_size}")
     if min(args.n_train, args.n_val, args.n_test) < 1:
         parser.error("--n_train, --n_val and --n_test must each be at least 1")
+    if args.n_pretrain < 0:
+        parser.error(f"--n_pretrain must be >= 0, got {args.n_pretrain}")
+    pretrain_seed = args.seed + 1 if args.pretrain_seed is None else args.pretrain_seed
+    if pretrain_seed < 0:
+        parser.error(f"--pretrain_seed must be >= 0, got {pretrain_seed}")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     started = time.time()
     meta = generate(args.out, args.seed, {"train": args.n_train, "val": args.n_val,
                                           "test": args.n_test}, args.image_size, args.workers)
-    by_type = ", ".join(f"{kind} {rate:.2f}"
-                        for kind, rate in meta["phrase_prior_acc@0.5_by_type"].items())
     print(f"[synthcxr] wrote {sum(meta['counts'].values())} images to {args.out} in "
           f"{time.time() - started:.1f} s")
+    if args.n_pretrain:
+        started_pretrain = time.time()
+        pretrain = generate_pretraining(args.out, pretrain_seed, args.n_pretrain,
+                                        args.image_size, args.workers)
+        print(f"[synthcxr] wrote {pretrain['count']} pretraining images of "
+              f"{pretrain['patients']} patients (seed {pretrain_seed}) with masks to "
+              f"{args.out / PRETRAIN_DIR} in {time.time() - started_pretrain:.1f} s")
+    by_type = ", ".join(f"{kind} {rate:.2f}"
+                        for kind, rate in meta["phrase_prior_acc@0.5_by_type"].items())
     print(f"[synthcxr] phrase-prior acc@0.5 on test = {meta['phrase_prior_acc@0.5']:.3f} "
           f"({by_type})")
 

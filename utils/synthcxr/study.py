@@ -1,5 +1,8 @@
 """One SynthCXR study: its anatomy, findings, image, report and VQA pairs.
 
+``make_study`` also returns the study's masks: the lung fields and the heart (anatomy) and,
+per finding box, the pixels the finding changes (lesions); the pretraining set saves them.
+
 Deterministic: a patient's anatomy draws from ``default_rng([seed, patient])``, the finding
 types of its study j from ``default_rng([seed, patient, j, 0])`` and everything else of that
 study from ``default_rng([seed, patient, j, 1])``, so a study does not depend on which process
@@ -25,6 +28,22 @@ from utils.synthcxr.findings import (
 from utils.synthcxr.reports import question_for, write_report
 
 FINDING_COUNT_P = (0.2, 0.4, 0.28, 0.12)  # 0, 1, 2 or 3 findings a study
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One mask of a study.
+
+    Arguments:
+      name: "right lung", "left lung", "heart", or a finding type with its side
+        ("nodule right", "pleural effusion left", "cardiomegaly").
+      kind: "anatomy" or "lesion".
+      mask: (H, W) bool.
+    """
+
+    name: str
+    kind: str
+    mask: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -54,11 +73,25 @@ def study_kinds(seed: int, patient: int, index: int) -> list[str]:
     return [str(kind) for kind in rng.choice(FINDING_TYPES, size=count, replace=False)]
 
 
-def make_study(seed: int, patient: int, index: int, size: int) -> tuple[np.ndarray, Study]:
+def lesion_layers(lesion: Lesion, mask: np.ndarray) -> list[Layer]:
+    """One lesion layer per box of a finding: its mask cut to that box (the two sides of a
+    bilateral effusion become two layers)."""
+    sides = ("right", "left") if lesion.side == "bilateral" else (lesion.side,)
+    layers = []
+    for side, (x0, y0, x1, y1) in zip(sides, lesion.boxes):
+        part = np.zeros_like(mask)
+        part[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+        layers.append(Layer(f"{lesion.type} {side}".strip(), "lesion", part))
+    return layers
+
+
+def make_study(seed: int, patient: int, index: int, size: int
+               ) -> tuple[np.ndarray, Study, list[Layer]]:
     """Render study ``index`` of ``patient`` and write its report and VQA pairs.
 
     Returns:
-      The (size, size) uint8 image and the study.
+      The (size, size) uint8 image, the study and its mask layers (anatomy first, then the
+      lesions in drawing order).
     """
     anatomy = sample_anatomy(np.random.default_rng([seed, patient]), size)
     kinds = study_kinds(seed, patient, index)
@@ -72,7 +105,9 @@ def make_study(seed: int, patient: int, index: int, size: int) -> tuple[np.ndarr
     free = canvas.visible.copy()
     image = canvas.base.copy()
     clear = np.zeros_like(free)
-    lesions = []
+    lesions, layers = [], [Layer(f"{side} lung", "anatomy", anatomy.lungs[side].mask(size))
+                           for side in ("right", "left")]
+    layers.append(Layer("heart", "anatomy", anatomy.heart.mask(size) & anatomy.body.mask(size)))
     for kind in (k for k in DRAW_ORDER if k in kinds):
         if kind == "cardiomegaly":
             drawn = draw_cardiomegaly(anatomy, grade)
@@ -82,20 +117,21 @@ def make_study(seed: int, patient: int, index: int, size: int) -> tuple[np.ndarr
         clear |= drawn.clear
         free &= ~drawn.mask
         lesions.append(drawn.lesion)
+        layers.extend(lesion_layers(drawn.lesion, drawn.mask))
     image += np.where(clear, 0.0, canvas.markings)
     lesions = [lesions[i] for i in rng.permutation(len(lesions))]
     previous = set(study_kinds(seed, patient, index - 1)) if index else None
     report, phrases, wordings = write_report(lesions, index, previous, rng)
     questions = [question_for(lesion, wording, rng) for lesion, wording in zip(lesions, wordings)]
     return finish(image, rng), Study(f"p{patient:05d}_s{index}", f"p{patient:05d}", report,
-                                     lesions, phrases, questions)
+                                     lesions, phrases, questions), layers
 
 
 def save_study(job: tuple[Path, int, int, int, int]) -> Study:
     """Make one study and save its image as ``<images>/<id>.png`` (8-bit grayscale, fixed
     Pillow options). ``job`` is (images folder, seed, patient, study index, image size)."""
     images, seed, patient, index, size = job
-    image, study = make_study(seed, patient, index, size)
+    image, study, _ = make_study(seed, patient, index, size)
     Image.fromarray(image).save(images / f"{study.id}.png", format="PNG", optimize=False,
                                 compress_level=3)
     return study
