@@ -6,7 +6,8 @@
         --weight runs/exp/fp32 --save_path runs/exp/hf
 
 ``--weight`` is what ``training.consolidate`` (or DeepSpeed's ``zero_to_fp32.py``) wrote (a
-folder, or one ``.bin``/``.safetensors`` file; a ``.bin`` is read weights-only). The model and head configuration is read from ``grounding_config.json`` saved beside
+folder, or one ``.bin``/``.safetensors`` file; a ``.bin`` is read weights-only). The model and
+head configuration is read from ``grounding_config.json`` saved beside
 the checkpoint (``--config``, found automatically next to ``--weight`` or in the run folder).
 The output (``UMedGround.save_pretrained``) is a llava-hf folder with every LoRA adapter
 merged (language model and SAM alike) and ``[BOX]`` in the tokenizer; its ``config.json``
@@ -34,7 +35,8 @@ logger = logging.getLogger("merge")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", required=True, help="the base llava-hf folder used in training")
+    parser.add_argument("--version", required=True,
+                        help="the base llava-hf folder used in training")
     parser.add_argument("--vision_pretrained", default=None,
                         help="the SAM/MedSAM checkpoint used in training (default: as saved)")
     parser.add_argument("--weight", required=True,

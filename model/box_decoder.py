@@ -60,9 +60,11 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
+        new_parts = ", ".join(sorted({name.split(".")[0] for name in self.initialised}))
         return (f"{len(self.loaded)} tensors from SAM's mask decoder, {len(self.initialised)} "
-                f"newly initialised ({', '.join(sorted({n.split('.')[0] for n in self.initialised}))})"
-                + (f", {len(self.skipped)} skipped: {'; '.join(self.skipped)}" if self.skipped else ""))
+                f"newly initialised ({new_parts})"
+                + (f", {len(self.skipped)} skipped: {'; '.join(self.skipped)}"
+                   if self.skipped else ""))
 
 
 class UncertainBoxDecoder(nn.Module):

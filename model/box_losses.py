@@ -66,7 +66,8 @@ class BoxLossConfig:
             raise ValueError(f"hinge_margin {self.hinge_margin} must not be negative")
 
 
-def _parts(boxes_cxcywh: torch.Tensor, targets_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _parts(boxes_cxcywh: torch.Tensor, targets_xyxy: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-box L1 (summed over coordinates) and GIoU losses; shapes (...,4) → (...)."""
     targets_cxcywh = box_convert(targets_xyxy, "xyxy", "cxcywh")
     l1 = (boxes_cxcywh - targets_cxcywh).abs().sum(dim=-1)

@@ -32,7 +32,8 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
     """
     llava = model.llava
     for name, parameter in llava.named_parameters():
-        parameter.requires_grad = "lora_" in name or (config.lora_r == 0 and "language_model" in name)
+        parameter.requires_grad = "lora_" in name or (config.lora_r == 0
+                                                      and "language_model" in name)
     llava.get_input_embeddings().weight.requires_grad = True
     llava.get_output_embeddings().weight.requires_grad = True
     for name, parameter in model.sam_encoder.named_parameters():
@@ -87,11 +88,14 @@ def load_consolidated(path: Path) -> dict[str, torch.Tensor]:
         index = next((p for p in (path / "model.safetensors.index.json",
                                   path / "pytorch_model.bin.index.json") if p.is_file()), None)
         if index is not None:
-            files = [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+            files = [path / name for name in sorted(shards)]
         else:
-            files = [p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()]
+            files = [p for p in (path / "model.safetensors", path / "pytorch_model.bin")
+                     if p.is_file()]
     if not files:
-        raise FileNotFoundError(f"--weight {path}: no model.safetensors / pytorch_model.bin (or index) "
+        raise FileNotFoundError(f"--weight {path}: no model.safetensors / pytorch_model.bin "
+                                "(or index) "
                          "found; pass what zero_to_fp32.py wrote")
     state: dict[str, torch.Tensor] = {}
     for file in files:

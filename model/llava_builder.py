@@ -1,4 +1,4 @@
-"""Loading LLaVA (transformers' ``LlavaForConditionalGeneration``) with the ``[BOX]`` token and LoRA.
+"""Loading LLaVA (transformers' ``LlavaForConditionalGeneration``) with ``[BOX]`` and LoRA.
 
 Nothing is downloaded: ``--version`` must be a local llava-hf folder (real or tiny).
 ``quantization`` ("8bit" / "4bit", bitsandbytes, CUDA only) quantises the language model's

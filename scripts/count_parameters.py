@@ -20,8 +20,8 @@ from model.box_decoder import build_box_decoder  # noqa: E402
 from model.build import _set_trainable, count_parameters  # noqa: E402
 from model.config import GroundingConfig  # noqa: E402
 from model.grounding_model import UMedGround
-from model.phrase_query import build_phrase_query  # noqa: E402
 from model.llava_builder import apply_lm_lora  # noqa: E402
+from model.phrase_query import build_phrase_query  # noqa: E402
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam  # noqa: E402
 from utils.tiny_checkpoints import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE  # noqa: E402
 
@@ -58,10 +58,11 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
 
 
 def main() -> None:
-    demo = GroundingConfig("tiny", "tiny", lora_r=0, train_vision_encoder=True)
+    demo = GroundingConfig("tiny", "tiny", lora_r=8, lora_alpha=16)
     real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16)
-    rows = [("tiny, demo settings (LM and SAM trained whole)", LLAVA_TINY, SAM_TINY_CONFIG, demo),
-            ("llava-1.5-7b + SAM vit_h, LoRA r=8 on q/v", LLAVA_7B, OFFICIAL_CONFIGS["vit_h"], real)]
+    rows = [("tiny, demo settings (LoRA r=8 on q/v, SAM frozen)", LLAVA_TINY, SAM_TINY_CONFIG, demo),
+            ("llava-1.5-7b + SAM vit_h, LoRA r=8 on q/v", LLAVA_7B, OFFICIAL_CONFIGS["vit_h"],
+             real)]
     print(f"{'configuration':48s} {'total':>15s} {'trainable':>15s}")
     for name, llava_config, sam_config, config in rows:
         total, trainable = count(llava_config, sam_config, config)

@@ -1,4 +1,5 @@
 """Annotation readers: canonical JSONL, reference .pth, and every bad-input case."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,17 @@ def make_image(folder: Path, name: str, size: tuple[int, int] = (200, 100)) -> s
 
 
 def row(image: str, **changes) -> dict:
-    base = {"id": image, "image": image, "patient": "p1", "report": "Small left effusion. No pneumothorax.",
-            "findings": [{"phrase": "Small left effusion", "boxes": [[10, 20, 50, 60]]}],
-            "task": "report", "question": "", "answer": "", "label": ""}
+    base = {
+        "id": image,
+        "image": image,
+        "patient": "p1",
+        "report": "Small left effusion. No pneumothorax.",
+        "findings": [{"phrase": "Small left effusion", "boxes": [[10, 20, 50, 60]]}],
+        "task": "report",
+        "question": "",
+        "answer": "",
+        "label": "",
+    }
     base.update(changes)
     return base
 
@@ -43,16 +52,16 @@ def test_every_problem_is_reported_with_file_and_row(tmp_path):
     good = make_image(tmp_path, "a.png")
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
     rows = [
-        row(good),                                                              # 1 ok
-        row("images/missing.png", id="m"),                                     # 2 missing image
-        row("images/broken.png", id="b"),                                      # 3 unreadable
+        row(good),  # 1 ok
+        row("images/missing.png", id="m"),  # 2 missing image
+        row("images/broken.png", id="b"),  # 3 unreadable
         row(good, id="o", findings=[{"phrase": "x", "boxes": [[150, 20, 260, 60]]}]),  # 4 outside
-        row(good, id="z", findings=[{"phrase": "x", "boxes": [[10, 20, 10, 60]]}]),    # 5 zero area
-        row(good, id="n", findings=[{"phrase": " ", "boxes": [[10, 20, 30, 60]]}]),    # 6 no phrase
-        row(good, id="e", report=""),                                          # 7 empty report
-        {"id": "u", "img": good, "findings": []},                              # 8 unknown schema
-        "{not json",                                                            # 9 invalid JSON
-        row(good),                                                              # 10 duplicate id
+        row(good, id="z", findings=[{"phrase": "x", "boxes": [[10, 20, 10, 60]]}]),  # 5 zero area
+        row(good, id="n", findings=[{"phrase": " ", "boxes": [[10, 20, 30, 60]]}]),  # 6 no phrase
+        row(good, id="e", report=""),  # 7 empty report
+        {"id": "u", "img": good, "findings": []},  # 8 unknown schema
+        "{not json",  # 9 invalid JSON
+        row(good),  # 10 duplicate id
     ]
     path = write(tmp_path, rows)
     with pytest.raises(AnnotationError) as raised:
@@ -93,9 +102,12 @@ def test_unknown_file_schema(tmp_path):
 
 def test_reference_pth_round_trip(tmp_path):
     image = make_image(tmp_path, "a.png", (320, 320))
-    data = {"image_paths": [image, image], "bboxes": [(64, 64, 128, 64), [(0, 0, 64, 64), (320, 320, 64, 64)]],
-            "phrases": ["left effusion", "bilateral nodules"],
-            "all_reports": [["Left effusion. Bilateral nodules."]] * 2}
+    data = {
+        "image_paths": [image, image],
+        "bboxes": [(64, 64, 128, 64), [(0, 0, 64, 64), (320, 320, 64, 64)]],
+        "phrases": ["left effusion", "bilateral nodules"],
+        "all_reports": [["Left effusion. Bilateral nodules."]] * 2,
+    }
     torch.save(data, tmp_path / "ref.pth")
     read = reference_to_canonical_rows(tmp_path / "ref.pth")
     assert not read.problems and len(read.rows) == 1 and len(read.rows[0]["findings"]) == 2

@@ -1,4 +1,5 @@
 """The multi-hypothesis box decoder: shapes, SAM initialisation, uncertainty, gradients."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,9 +40,13 @@ def test_initialisation_copies_sam_tensors(sam, name):
     for key in own:
         if key.startswith("transformer."):
             assert torch.equal(own[key], state[f"mask_decoder.{key}"]), key
-    assert torch.equal(own["hypothesis_tokens.weight"], state["mask_decoder.mask_tokens.weight"][:3])
-    assert torch.equal(own["pe_layer.positional_encoding_gaussian_matrix"],
-                       state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
+    assert torch.equal(
+        own["hypothesis_tokens.weight"], state["mask_decoder.mask_tokens.weight"][:3]
+    )
+    assert torch.equal(
+        own["pe_layer.positional_encoding_gaussian_matrix"],
+        state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],
+    )
     new_heads = ("centre_hypernetworks.", "cell_box_head.")
     assert report.initialised and all(n.startswith(new_heads) for n in report.initialised)
     assert "centre_hypernetworks" in str(report) and "cell_box_head" in str(report)

@@ -1,4 +1,5 @@
 """Image preprocessing, conversations, truncation and collation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ def test_real_radiographs_through_sam_preprocessing(nih_images):
     padded = image_to_padded_boxes(boxes, torch.tensor(scale))
     assert padded[0].tolist() == pytest.approx([0.1, 0.1, 0.5, 0.4])
     assert padded_to_image_boxes(padded, torch.tensor(scale))[0].tolist() == pytest.approx(
-        boxes[0].tolist())
+        boxes[0].tolist()
+    )
 
 
 def test_tiny_llava_folder_loads_with_autoprocessor(tiny_dir):
@@ -43,7 +45,9 @@ def test_tiny_llava_folder_loads_with_autoprocessor(tiny_dir):
 
 def test_only_the_answer_is_supervised_in_report_order(tiny_dir, synth_dir):
     processor = load_processor(tiny_dir / "llava")
-    samples = [s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2]
+    samples = [
+        s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2
+    ]
     dataset = GroundingDataset(samples[:1], processor, 256, train=True)
     item = dataset[0]
     tokenizer = processor.tokenizer
@@ -52,13 +56,17 @@ def test_only_the_answer_is_supervised_in_report_order(tiny_dir, synth_dir):
     assert answer == answer_text(item["phrases"])
     positions = [samples[0].report.lower().find(p.lower()) for p in item["phrases"]]
     assert positions == sorted(positions)
-    assert int((supervised == tokenizer.convert_tokens_to_ids(BOX_TOKEN)).sum()) == len(item["phrases"])
+    assert int((supervised == tokenizer.convert_tokens_to_ids(BOX_TOKEN)).sum()) == len(
+        item["phrases"]
+    )
     assert item["box_targets"].shape == (len(item["phrases"]), 4)
 
 
 def test_long_reports_are_cut_in_the_report_never_the_answer(tiny_dir, synth_dir, caplog):
     processor = load_processor(tiny_dir / "llava")
-    samples = [s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2][:3]
+    samples = [
+        s for s in load_annotations(synth_dir / "report_train.jsonl") if len(s.findings) >= 2
+    ][:3]
     dataset = GroundingDataset(samples, processor, 256, model_max_length=80)
     assert dataset.truncated == 3
     assert "3 of 3 sample(s) may not fit model_max_length=80" in caplog.text
@@ -72,13 +80,20 @@ def test_long_reports_are_cut_in_the_report_never_the_answer(tiny_dir, synth_dir
     assert all(s.source in str(error.value) for s in samples)  # every offender, up front
 
 
-@pytest.mark.parametrize("task, changes, cut_field", [
-    ("vqa", {"question": "Where is the effusion? " * 40, "answer": "left base"}, "question"),
-    ("class", {"label": "Pleural Effusion", "description": "A long paragraph. " * 60},
-     "description"),
-])
-def test_vqa_and_class_prompts_are_cut_in_question_or_description(tiny_dir, synth_dir, task,
-                                                                  changes, cut_field):
+@pytest.mark.parametrize(
+    "task, changes, cut_field",
+    [
+        ("vqa", {"question": "Where is the effusion? " * 40, "answer": "left base"}, "question"),
+        (
+            "class",
+            {"label": "Pleural Effusion", "description": "A long paragraph. " * 60},
+            "description",
+        ),
+    ],
+)
+def test_vqa_and_class_prompts_are_cut_in_question_or_description(
+    tiny_dir, synth_dir, task, changes, cut_field
+):
     processor = load_processor(tiny_dir / "llava")
     sample = load_annotations(synth_dir / "report_train.jsonl")[0]
     sample = dataclasses.replace(sample, task=task, **changes)
@@ -87,9 +102,9 @@ def test_vqa_and_class_prompts_are_cut_in_question_or_description(tiny_dir, synt
     item = dataset[0]
     assert len(item["input_ids"]) <= 120
     tokenizer = processor.tokenizer
-    answer = tokenizer.decode(item["input_ids"][item["prompt_length"]:], skip_special_tokens=False)
+    answer = tokenizer.decode(item["input_ids"][item["prompt_length"] :], skip_special_tokens=False)
     assert answer.replace(tokenizer.eos_token, "").strip() == answer_text(item["phrases"])
-    prompt = tokenizer.decode(item["input_ids"][:item["prompt_length"]])
+    prompt = tokenizer.decode(item["input_ids"][: item["prompt_length"]])
     assert sample.label in prompt if task == "class" else "left base" in prompt
     assert changes[cut_field][:60].split()[0] in prompt  # cut, not dropped
 

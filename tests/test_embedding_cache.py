@@ -1,4 +1,5 @@
 """The frozen-SAM embedding cache: keys, damaged entries, and cached = uncached results."""
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ def test_entries_are_reused_across_epochs_and_processes(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))  # every write was renamed into place
 
 
-@pytest.mark.parametrize("change", ["image content", "input size", "encoder weights",
-                                    "encoder dtype"])
+@pytest.mark.parametrize(
+    "change", ["image content", "input size", "encoder weights", "encoder dtype"]
+)
 def test_a_changed_input_or_encoder_never_reuses_an_entry(change, tmp_path):
     encoder = CountingEncoder()
     cache = EmbeddingCache(encoder_fingerprint(encoder), tmp_path)
@@ -74,17 +76,23 @@ def test_a_damaged_entry_is_recomputed_with_a_warning(damage, tmp_path, caplog):
     data = entry.read_bytes()
     if damage == "wrong key":
         from safetensors.torch import save_file
+
         save_file({"other": torch.zeros(1)}, entry)
     else:
-        entry.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
-                           "garbage": b"\x00" * len(data)}[damage])
+        entry.write_bytes(
+            {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * len(data)}[
+                damage
+            ]
+        )
     fresh = EmbeddingCache(encoder_fingerprint(encoder), tmp_path)
     with caplog.at_level(logging.WARNING):
         result = fresh.encode(images(count=1), encoder)
     assert torch.allclose(result, expected) and fresh.recomputed == 1
     assert "unreadable" in caplog.text and str(entry) in caplog.text
-    assert EmbeddingCache(encoder_fingerprint(encoder), tmp_path).get(fresh.key(images(count=1)[0])) \
-        is not None  # rewritten whole
+    assert (
+        EmbeddingCache(encoder_fingerprint(encoder), tmp_path).get(fresh.key(images(count=1)[0]))
+        is not None
+    )  # rewritten whole
 
 
 def test_memory_only_cache_keeps_the_most_recent_entries():
@@ -101,19 +109,22 @@ def frozen_model(tiny_dir):
     from model.config import GroundingConfig
 
     torch.manual_seed(0)
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"), vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4
+    )
     model, processor, _ = build_umedground(config)
     return model.eval(), processor
 
 
 @pytest.mark.parametrize("noise", [0.0, 20.0])
-def test_cached_and_uncached_runs_give_the_same_losses_and_boxes(noise, frozen_model, synth_dir,
-                                                                 tmp_path):
+def test_cached_and_uncached_runs_give_the_same_losses_and_boxes(
+    noise, frozen_model, synth_dir, tmp_path
+):
     model, processor = frozen_model
     samples = [s for s in load_annotations(synth_dir / "report_val.jsonl") if s.findings][:3]
-    dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size,
-                               image_noise_std=noise)
+    dataset = GroundingDataset(
+        samples, processor, model.sam_encoder.img_size, image_noise_std=noise
+    )
     batch = GroundingCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
     inputs = {key: batch[key] for key in MODEL_INPUTS}
     with torch.no_grad():
@@ -133,7 +144,12 @@ def test_noise_levels_get_their_own_entries(frozen_model, synth_dir):
     model, processor = frozen_model
     samples = load_annotations(synth_dir / "report_val.jsonl")[:1]
     cache = EmbeddingCache("fingerprint")
-    keys = {cache.key(GroundingDataset(samples, processor, model.sam_encoder.img_size,
-                                       image_noise_std=noise)[0]["sam_image"])
-            for noise in (0.0, 10.0, 25.0)}
+    keys = {
+        cache.key(
+            GroundingDataset(samples, processor, model.sam_encoder.img_size, image_noise_std=noise)[
+                0
+            ]["sam_image"]
+        )
+        for noise in (0.0, 10.0, 25.0)
+    }
     assert len(keys) == 3

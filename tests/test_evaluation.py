@@ -1,4 +1,5 @@
 """test.py: no answer in the prompt, reproducible numbers, the baseline, the output files."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +18,8 @@ from utils.dataset import GroundingCollator, GroundingDataset
 from utils.prompts import answer_text
 
 _SPEC = importlib.util.spec_from_file_location(
-    "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py")
+    "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py"
+)
 _TEST_CLI = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_TEST_CLI)
 run_test_cli = _TEST_CLI.main  # test.py, loaded by path: `import test` is the standard library's
@@ -26,8 +28,9 @@ run_test_cli = _TEST_CLI.main  # test.py, loaded by path: `import test` is the s
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
     torch.manual_seed(0)
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"), vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4
+    )
     model, processor, _ = build_umedground(config)
     return model.save_pretrained(tmp_path_factory.mktemp("exported"), processor)
 
@@ -38,7 +41,8 @@ def test_evaluation_prompts_never_hold_the_answer(tiny_dir, synth_dir, task):
     samples = [s for s in load_annotations(synth_dir / f"{task}_test.jsonl") if s.findings][:4]
     dataset = GroundingDataset(samples, processor, 256, train=False)
     batch = GroundingCollator(processor.tokenizer.pad_token_id, "generate")(
-        [dataset[i] for i in range(len(samples))])
+        [dataset[i] for i in range(len(samples))]
+    )
     box_id = processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
     for row, sample in enumerate(samples):
         prompt = processor.tokenizer.decode(batch["input_ids"][row], skip_special_tokens=True)
@@ -52,9 +56,26 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        run_test_cli(["--version", str(exported), "--dataset_dir", str(synth_dir), "--split", "test",
-                   "--out", str(out), "--max_new_tokens", "12", "--batch_size", "4",
-                   "--vis", "2", "--image_noise_std", "0,20"])
+        run_test_cli(
+            [
+                "--version",
+                str(exported),
+                "--dataset_dir",
+                str(synth_dir),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--max_new_tokens",
+                "12",
+                "--batch_size",
+                "4",
+                "--vis",
+                "2",
+                "--image_noise_std",
+                "0,20",
+            ]
+        )
         metrics = json.loads((out / "metrics.json").read_text())
         metrics.pop("seconds")
         runs.append(metrics)
@@ -66,12 +87,29 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
         assert len(lines) == metrics["n_findings"]
     assert runs[0] == runs[1]
     assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
-    assert set(runs[0]["phrase"]) == {"exact_match", "bleu_1", "bleu_4", "rouge_l", "cider", "meteor"}
+    assert set(runs[0]["phrase"]) == {
+        "exact_match",
+        "bleu_1",
+        "bleu_4",
+        "rouge_l",
+        "cider",
+        "meteor",
+    }
 
 
 def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
-    run_test_cli(["--baseline", "phrase_prior", "--dataset_dir", str(synth_dir), "--split", "test",
-               "--out", str(tmp_path)])
+    run_test_cli(
+        [
+            "--baseline",
+            "phrase_prior",
+            "--dataset_dir",
+            str(synth_dir),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["baseline"] == "phrase_prior" and metrics["n_findings"] > 0
     assert 0.0 < metrics["grounding_given_phrase"]["miou"] < 1.0
@@ -82,7 +120,9 @@ def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
 
 def test_bad_dataset_is_a_clear_error(exported, tmp_path):
     with pytest.raises(SystemExit, match="no annotation file report_test.jsonl"):
-        run_test_cli(["--version", str(exported), "--dataset_dir", str(tmp_path), "--out", str(tmp_path)])
+        run_test_cli(
+            ["--version", str(exported), "--dataset_dir", str(tmp_path), "--out", str(tmp_path)]
+        )
 
 
 def two_pass_records(model, processor, samples, batch_size, max_new_tokens):
@@ -99,32 +139,51 @@ def two_pass_records(model, processor, samples, batch_size, max_new_tokens):
 
     dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size, train=False)
     pad = processor.tokenizer.pad_token_id
-    loaders = [DataLoader(dataset, batch_size=batch_size,
-                          collate_fn=GroundingCollator(pad, mode)) for mode in ("generate", "train")]
+    loaders = [
+        DataLoader(dataset, batch_size=batch_size, collate_fn=GroundingCollator(pad, mode))
+        for mode in ("generate", "train")
+    ]
     records = []
     for generate_batch, forced_batch in zip(*loaders):
-        generated = model.generate(*(generate_batch[k] for k in (
-            "sam_images", "pixel_values", "input_ids", "attention_mask")), processor.tokenizer,
-            max_new_tokens=max_new_tokens)
+        generated = model.generate(
+            *(
+                generate_batch[k]
+                for k in ("sam_images", "pixel_values", "input_ids", "attention_mask")
+            ),
+            processor.tokenizer,
+            max_new_tokens=max_new_tokens,
+        )
         with torch.no_grad():
-            forced = model(**{k: forced_batch[k] for k in (
-                "sam_images", "pixel_values", "input_ids", "attention_mask", "labels")})
-        generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
-                                          generate_batch)
+            forced = model(
+                **{
+                    k: forced_batch[k]
+                    for k in ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels")
+                }
+            )
+        generated_px = _pixel_predictions(
+            generated.prediction, generated.box_batch_index, generate_batch
+        )
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
-            phrases = [TRAILING.sub("", LEADING.sub("", piece))
-                       for piece in re.split(re.escape(BOX_TOKEN), generated.texts[row])[:-1]]
+            phrases = [
+                TRAILING.sub("", LEADING.sub("", piece))
+                for piece in re.split(re.escape(BOX_TOKEN), generated.texts[row])[:-1]
+            ]
             gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             phrases = phrases[: len(gen_idx)]
             matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
                 target = _target_pixels(sample, finding)
-                record = {"phrase": finding.phrase, "generated_text": generated.texts[row],
-                          "pred_phrase": None, "box": None, "iou": 0.0,
-                          "given_phrase": _box_fields(forced_px, forced_idx[index], target)}
+                record = {
+                    "phrase": finding.phrase,
+                    "generated_text": generated.texts[row],
+                    "pred_phrase": None,
+                    "box": None,
+                    "iou": 0.0,
+                    "given_phrase": _box_fields(forced_px, forced_idx[index], target),
+                }
                 if index in matches:
                     record.update(_box_fields(generated_px, gen_idx[matches[index]], target))
                     record["pred_phrase"] = phrases[matches[index]]
@@ -147,24 +206,32 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
     monkeypatch.setattr(utils.evaluation.matching, "match_phrases", keep_all)
 
     torch.manual_seed(0)
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"), vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4
+    )
     model, processor, _ = build_umedground(config)
     model.eval()
     tokenizer = processor.tokenizer
     samples = load_annotations(synth_dir / "report_test.jsonl")
     records = {}
     for name in ("two-pass", "single-pass"):
-        hook = model.llava.get_output_embeddings().register_forward_hook(BoxEveryThirdStep(
-            tokenizer.convert_tokens_to_ids(BOX_TOKEN), tokenizer.eos_token_id))
+        hook = model.llava.get_output_embeddings().register_forward_hook(
+            BoxEveryThirdStep(tokenizer.convert_tokens_to_ids(BOX_TOKEN), tokenizer.eos_token_id)
+        )
         try:
             if name == "two-pass":
                 records[name] = two_pass_records(model, processor, samples, 4, 12)
             else:
                 dataset = build_eval_dataset(model, processor, samples)
-                records[name] = evaluate_model(model, processor, dataset, batch_size=4,
-                                               max_new_tokens=12, progress=False,
-                                               meteor=False).records
+                records[name] = evaluate_model(
+                    model,
+                    processor,
+                    dataset,
+                    batch_size=4,
+                    max_new_tokens=12,
+                    progress=False,
+                    meteor=False,
+                ).records
         finally:
             hook.remove()
     assert len(records["single-pass"]) == len(records["two-pass"]) > 0
@@ -173,5 +240,6 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
         for key in ("phrase", "generated_text", "pred_phrase", "box"):
             assert single[key] == pytest.approx(double[key], abs=0.02), key
         assert single["iou"] == pytest.approx(double["iou"], abs=1e-4)
-        assert single["given_phrase"]["box"] == pytest.approx(double["given_phrase"]["box"],
-                                                              abs=0.02)
+        assert single["given_phrase"]["box"] == pytest.approx(
+            double["given_phrase"]["box"], abs=0.02
+        )

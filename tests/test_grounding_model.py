@@ -1,4 +1,5 @@
 """The composed model: trainable parts, gradients, batches, both paths, save and load."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,12 @@ INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels",
 @pytest.fixture(scope="module")
 def built(tiny_dir):
     torch.manual_seed(0)
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
-                             lora_r=8, lora_target_modules=["q_proj", "v_proj"])
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"),
+        vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
+        lora_r=8,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     model, processor, _ = build_umedground(config)
     return model, processor
 
@@ -37,14 +41,18 @@ def with_findings(samples, count: int):
         if len(sample.findings) == count:
             return sample
     base = next(s for s in samples if s.findings)
-    extra = tuple(Finding(f"{base.findings[0].phrase} {i}", base.findings[0].boxes)
-                  for i in range(count - len(base.findings)))
+    extra = tuple(
+        Finding(f"{base.findings[0].phrase} {i}", base.findings[0].boxes)
+        for i in range(count - len(base.findings))
+    )
     return type(base)(**{**base.__dict__, "findings": base.findings + extra})
 
 
 def batch_of(model, processor, samples, mode="train"):
     dataset = GroundingDataset(samples, processor, model.sam_encoder.img_size)
-    return GroundingCollator(processor.tokenizer.pad_token_id, mode)([dataset[i] for i in range(len(samples))])
+    return GroundingCollator(processor.tokenizer.pad_token_id, mode)(
+        [dataset[i] for i in range(len(samples))]
+    )
 
 
 def test_box_token_is_added_and_round_trips(built):
@@ -65,8 +73,9 @@ def test_only_the_documented_parts_train(built):
     assert any(n.startswith("box_decoder.") for n in trainable)
     assert any(n.startswith("phrase_query.") for n in trainable)
     assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
-    assert not any("language_model" in n and "lora_" not in n and "embed_tokens" not in n
-                   for n in trainable)
+    assert not any(
+        "language_model" in n and "lora_" not in n and "embed_tokens" not in n for n in trainable
+    )
     total, count = count_parameters(model)
     assert 0 < count < total
 
@@ -92,8 +101,11 @@ def test_gradients_reach_trained_parts_and_nothing_frozen(built, samples):
 
 def test_batch_with_zero_one_and_three_findings(built, samples):
     model, processor = built
-    batch = batch_of(model, processor, [with_findings(samples, 0), with_findings(samples, 1),
-                                        with_findings(samples, 3)])
+    batch = batch_of(
+        model,
+        processor,
+        [with_findings(samples, 0), with_findings(samples, 1), with_findings(samples, 3)],
+    )
     assert batch["box_batch_index"].tolist() == [1, 2, 2, 2]
     output = model(**{k: batch[k] for k in INPUTS})
     assert output.box_batch_index.tolist() == [1, 2, 2, 2]
@@ -128,11 +140,17 @@ def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
     chosen = [with_findings(samples, 1), with_findings(samples, 2)]
     prompts = batch_of(model, processor, chosen, mode="generate")
     hook = model.llava.get_output_embeddings().register_forward_hook(
-        BoxEveryThirdStep(box_id, tokenizer.eos_token_id))
+        BoxEveryThirdStep(box_id, tokenizer.eos_token_id)
+    )
     try:
-        generated = model.generate(prompts["sam_images"], prompts["pixel_values"],
-                                   prompts["input_ids"], prompts["attention_mask"], tokenizer,
-                                   max_new_tokens=9)
+        generated = model.generate(
+            prompts["sam_images"],
+            prompts["pixel_values"],
+            prompts["input_ids"],
+            prompts["attention_mask"],
+            tokenizer,
+            max_new_tokens=9,
+        )
     finally:
         hook.remove()
     assert generated.box_batch_index.tolist() == [0, 0, 0, 1, 1, 1]
@@ -148,13 +166,14 @@ def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
     for row, (prompt, tokens) in enumerate(rows):
         sequence = torch.cat([prompt, tokens])
         input_ids[row, : len(sequence)] = sequence
-        labels[row, len(prompt): len(sequence)] = tokens
+        labels[row, len(prompt) : len(sequence)] = tokens
         mask[row, : len(sequence)] = 1
     with torch.no_grad():
         forced = model(prompts["sam_images"], prompts["pixel_values"], input_ids, mask, labels)
     assert forced.box_batch_index.tolist() == generated.box_batch_index.tolist()
-    torch.testing.assert_close(forced.prediction.hypotheses, generated.prediction.hypotheses,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        forced.prediction.hypotheses, generated.prediction.hypotheses, atol=1e-4, rtol=1e-4
+    )
     model.train()
 
 
@@ -180,9 +199,12 @@ def test_save_pretrained_and_from_pretrained(built, samples, tmp_path):
 
 def test_sam_lora_trains_only_adapters_and_merges_on_export(tiny_dir, samples, tmp_path):
     torch.manual_seed(0)
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
-                             lora_sam_rank=2)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"),
+        vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
+        lora_r=4,
+        lora_sam_rank=2,
+    )
     model, processor, _ = build_umedground(config)
     sam_trainable = [n for n, p in model.sam_encoder.named_parameters() if p.requires_grad]
     assert sam_trainable and all("lora_" in n for n in sam_trainable)
@@ -204,21 +226,31 @@ def test_sam_lora_trains_only_adapters_and_merges_on_export(tiny_dir, samples, t
 
 def test_bf16_model_runs_both_paths(tiny_dir, samples):
     """Device and dtype come from the arguments; bf16 (a GPU setting) works on the CPU too."""
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"), vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4
+    )
     model, processor, _ = build_umedground(config, "cpu", torch.bfloat16)
     batch = batch_of(model, processor, [with_findings(samples, 2)])
     output = model(**{k: batch[k] for k in INPUTS})
     assert output.prediction.hypotheses.dtype == torch.bfloat16
     assert torch.isfinite(output.losses["total"].float())
     prompts = batch_of(model, processor, [with_findings(samples, 1)], mode="generate")
-    generated = model.generate(prompts["sam_images"], prompts["pixel_values"], prompts["input_ids"],
-                               prompts["attention_mask"], processor.tokenizer, max_new_tokens=4)
+    generated = model.generate(
+        prompts["sam_images"],
+        prompts["pixel_values"],
+        prompts["input_ids"],
+        prompts["attention_mask"],
+        processor.tokenizer,
+        max_new_tokens=4,
+    )
     assert len(generated.texts) == 1
 
 
 def test_query_layers_outside_the_language_model_are_refused(tiny_dir):
-    config = GroundingConfig(version=str(tiny_dir / "llava"),
-                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), query_layers=[0, 9])
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"),
+        vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
+        query_layers=[0, 9],
+    )
     with pytest.raises(ValueError, match=r"query_layers \[9\] do not exist"):
         build_umedground(config)

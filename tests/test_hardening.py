@@ -3,6 +3,7 @@
 The tables read as the list of cases handled: readers (canonical JSONL, reference .pth),
 converters, the SAM checkpoint loader and test.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,29 @@ def make_image(path: Path, size: tuple[int, int] = (200, 100)) -> Path:
 
 
 def canonical(image: str = "images/a.png", **changes) -> dict:
-    row = {"id": "r1", "image": image, "patient": "p1", "report": "Small left effusion.",
-           "findings": [{"phrase": "Small left effusion", "boxes": [GOOD_BOX]}], "task": "report"}
+    row = {
+        "id": "r1",
+        "image": image,
+        "patient": "p1",
+        "report": "Small left effusion.",
+        "findings": [{"phrase": "Small left effusion", "boxes": [GOOD_BOX]}],
+        "task": "report",
+    }
     row.update(changes)
     return row
 
 
 def jsonl(folder: Path, *lines: str | bytes | dict) -> Path:
     path = folder / "ann.jsonl"
-    data = b"".join((line if isinstance(line, bytes) else
-                     (line if isinstance(line, str) else json.dumps(line)).encode()) + b"\n"
-                    for line in lines)
+    data = b"".join(
+        (
+            line
+            if isinstance(line, bytes)
+            else (line if isinstance(line, str) else json.dumps(line)).encode()
+        )
+        + b"\n"
+        for line in lines
+    )
     path.write_bytes(data)
     return path
 
@@ -66,29 +79,68 @@ def _nested(depth: int) -> str:
 
 JSONL_CASES = [
     # (case, line 2 of the file, expected message)
-    ("NaN box", json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[float("nan"), 1, 2, 3]]}])),
-     "not 4 finite numbers"),
-    ("inf box", json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[0, 1, float("inf"), 3]]}])),
-     "not 4 finite numbers"),
-    ("1e999 box", '{"id": "r2", "image": "images/a.png", "report": "x", "findings": '
-                  '[{"phrase": "x", "boxes": [[0, 1, 1e999, 3]]}]}', "not 4 finite numbers"),
-    ("bool box", json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[True, 1, 2, 3]]}])),
-     "not 4 finite numbers"),
+    (
+        "NaN box",
+        json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[float("nan"), 1, 2, 3]]}])),
+        "not 4 finite numbers",
+    ),
+    (
+        "inf box",
+        json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[0, 1, float("inf"), 3]]}])),
+        "not 4 finite numbers",
+    ),
+    (
+        "1e999 box",
+        '{"id": "r2", "image": "images/a.png", "report": "x", "findings": '
+        '[{"phrase": "x", "boxes": [[0, 1, 1e999, 3]]}]}',
+        "not 4 finite numbers",
+    ),
+    (
+        "bool box",
+        json.dumps(canonical(findings=[{"phrase": "x", "boxes": [[True, 1, 2, 3]]}])),
+        "not 4 finite numbers",
+    ),
     ("huge integer literal", '{"id": ' + "9" * 5000 + "}", "unusable JSON value"),
     ("deep nesting", _nested(100_000), "nested too deeply"),
-    ("non-UTF-8 bytes", b'{"id": "r2", "report": "caf\xe9"}', "not valid utf-8 (byte 0xe9 at column 28)"),
+    (
+        "non-UTF-8 bytes",
+        b'{"id": "r2", "report": "caf\xe9"}',
+        "not valid utf-8 (byte 0xe9 at column 28)",
+    ),
     ("invalid JSON", "{not json", "invalid JSON"),
     ("not an object", "[1, 2]", "expected a JSON object, got list"),
-    ("report not a string", json.dumps(canonical(id="r2", report=["x"])), "'report' must be a string"),
-    ("width not a number", json.dumps(canonical(id="r2", width="abc")), "'width' must be a positive integer"),
+    (
+        "report not a string",
+        json.dumps(canonical(id="r2", report=["x"])),
+        "'report' must be a string",
+    ),
+    (
+        "width not a number",
+        json.dumps(canonical(id="r2", width="abc")),
+        "'width' must be a positive integer",
+    ),
     ("id an object", json.dumps(canonical(id={"a": 1})), "'id' must be a non-empty string"),
-    ("findings not a list", json.dumps(canonical(id="r2", findings={"phrase": "x"})), "'findings' must be a list"),
-    ("image not a string", json.dumps(canonical(id="r2", image=5)), "'image' must be a non-empty path"),
+    (
+        "findings not a list",
+        json.dumps(canonical(id="r2", findings={"phrase": "x"})),
+        "'findings' must be a list",
+    ),
+    (
+        "image not a string",
+        json.dumps(canonical(id="r2", image=5)),
+        "'image' must be a non-empty path",
+    ),
     ("../ path", json.dumps(canonical(id="r2", image="../{outside}")), "outside the image root"),
-    ("absolute path", json.dumps(canonical(id="r2", image="{root_parent}/{outside}")),
-     "outside the image root"),
-    ("declared size differs", json.dumps(canonical(id="r2", width=400, height=200)),
-     "declared width x height 400x200 differ"),
+    (
+        "absolute path",
+        json.dumps(canonical(id="r2", image="{root_parent}/{outside}")),
+        "outside the image root",
+    ),
+    (
+        "declared size differs",
+        json.dumps(canonical(id="r2", width=400, height=200)),
+        "declared width x height 400x200 differ",
+    ),
     ("missing image", json.dumps(canonical(id="r2", image="images/none.png")), "does not exist"),
 ]
 
@@ -97,7 +149,8 @@ JSONL_CASES = [
 def test_canonical_reader_reports_file_and_row(root, case, line, message):
     if isinstance(line, str):
         line = line.replace("{outside}", f"{root.name}_outside.png").replace(
-            "{root_parent}", str(root.parent))
+            "{root_parent}", str(root.parent)
+        )
     path = jsonl(root, canonical(), line)
     text = problems_of(path)
     assert f"{path}:2: " in text and message in text, text
@@ -109,9 +162,13 @@ def test_outside_root_flag_and_symlinks(root):
     outside = f"{root.name}_outside.png"
     os.symlink(root.parent / outside, root / "images" / "link_out.png")
     os.symlink(root / "images" / "a.png", root / "images" / "link_in.png")
-    path = jsonl(root, canonical(), canonical(id="r2", image="images/link_in.png"),
-                 canonical(id="r3", image="images/link_out.png"),
-                 canonical(id="r4", image=f"../{outside}"))
+    path = jsonl(
+        root,
+        canonical(),
+        canonical(id="r2", image="images/link_in.png"),
+        canonical(id="r3", image="images/link_out.png"),
+        canonical(id="r4", image=f"../{outside}"),
+    )
     text = problems_of(path)
     assert f"{path}:3: " in text and f"{path}:4: " in text and f"{path}:2: " not in text
     assert "--allow_outside_root" in text
@@ -136,11 +193,14 @@ def test_pixel_limit_is_a_row_error_or_a_counted_skip(root, caplog):
     assert "dropped 1 invalid row(s), kept 1" in caplog.text
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([], "holds no annotation rows"),
-    (["", "   "], "holds no annotation rows"),
-    ([json.dumps(canonical(image="images/none.png"))], "has no valid row left"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([], "holds no annotation rows"),
+        (["", "   "], "holds no annotation rows"),
+        ([json.dumps(canonical(image="images/none.png"))], "has no valid row left"),
+    ],
+)
 def test_empty_or_emptied_split_names_the_file(root, lines, message):
     path = jsonl(root, *lines) if lines else root / "ann.jsonl"
     if not lines:
@@ -161,8 +221,12 @@ def test_utf8_bom_and_other_encodings(root):
 
 # ------------------------------------------------------------------------- reference .pth reader
 def ref(**columns) -> dict:
-    data = {"image_paths": ["images/a.png"], "bboxes": [(64, 64, 128, 64)],
-            "phrases": ["left effusion"], "all_reports": [["Left effusion."]]}
+    data = {
+        "image_paths": ["images/a.png"],
+        "bboxes": [(64, 64, 128, 64)],
+        "phrases": ["left effusion"],
+        "all_reports": [["Left effusion."]],
+    }
     data.update(columns)
     return data
 
@@ -174,10 +238,18 @@ class Payload:
 
 PTH_CASES = [
     ("NaN bbox", ref(bboxes=[(float("nan"), 1, 2, 3)]), ":0: bbox", "not a finite number"),
-    ("inf in a nested bbox", ref(bboxes=[[(1, 1, 2, 2), (1, float("inf"), 2, 2)]],
-                                 phrases=[["a", "b"]]), ":0: bbox", "not a finite number"),
-    ("None in a nested bbox", ref(bboxes=[[(1, 1, 2, 2), (None, 1, 2, 2)]], phrases=[["a", "b"]]),
-     ":0: bbox", "not a finite number"),
+    (
+        "inf in a nested bbox",
+        ref(bboxes=[[(1, 1, 2, 2), (1, float("inf"), 2, 2)]], phrases=[["a", "b"]]),
+        ":0: bbox",
+        "not a finite number",
+    ),
+    (
+        "None in a nested bbox",
+        ref(bboxes=[[(1, 1, 2, 2), (None, 1, 2, 2)]], phrases=[["a", "b"]]),
+        ":0: bbox",
+        "not a finite number",
+    ),
     ("image_paths an int", ref(image_paths=5), ": column(s) ['image_paths'] must be lists", ""),
     ("ragged lists", ref(phrases=["a", "b"]), ": the lists have different lengths", ""),
     ("phrase not a string", ref(phrases=[None]), ":0: 1 box(es) but phrases None", ""),
@@ -207,12 +279,27 @@ def test_pickle_payload_in_a_pth_is_refused_with_the_path(root, capsys):
 def coco_files(folder: Path, annotations: list, images: list | None = None) -> list[str]:
     make_image(folder / "img" / "tb" / "tb0005.png", (100, 100))
     images = images or [{"id": 1, "file_name": "tb/tb0005.png", "width": 100, "height": 100}]
-    (folder / "coco.json").write_text(json.dumps({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "nodule"}]}))
+    (folder / "coco.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "nodule"}],
+            }
+        )
+    )
     (folder / "phrases.json").write_text(json.dumps({"nodule": "Nodule in the {side} lung"}))
-    return ["coco", "--coco", folder / "coco.json", "--phrases", folder / "phrases.json",
-            "--image_root", folder / "img", "--out", folder / "out" / "coco.jsonl"]
+    return [
+        "coco",
+        "--coco",
+        folder / "coco.json",
+        "--phrases",
+        folder / "phrases.json",
+        "--image_root",
+        folder / "img",
+        "--out",
+        folder / "out" / "coco.jsonl",
+    ]
 
 
 def ann(ann_id: int, bbox: list, **changes) -> dict:
@@ -233,14 +320,26 @@ def test_coco_converter_never_writes_a_bad_box(tmp_path, capsys, case, annotatio
     code, err = convert(capsys, *argv)
     assert code == 0 and message in err, err
     rows = rows_of(tmp_path / "out" / "coco.jsonl")
-    assert [b for r in rows.values() for f in r["findings"] for b in f["boxes"]] == [[10, 10, 30, 30]]
+    assert [b for r in rows.values() for f in r["findings"] for b in f["boxes"]] == [
+        [10, 10, 30, 30]
+    ]
 
 
-@pytest.mark.parametrize("case, images, message", [
-    ("width not a number", [{"id": 1, "file_name": "tb/tb0005.png", "width": "abc", "height": 100}],
-     "width/height ('abc', 100) are not positive finite numbers"),
-    ("image outside the root", [{"id": 1, "file_name": "../../outside.png"}], "outside the image root"),
-])
+@pytest.mark.parametrize(
+    "case, images, message",
+    [
+        (
+            "width not a number",
+            [{"id": 1, "file_name": "tb/tb0005.png", "width": "abc", "height": 100}],
+            "width/height ('abc', 100) are not positive finite numbers",
+        ),
+        (
+            "image outside the root",
+            [{"id": 1, "file_name": "../../outside.png"}],
+            "outside the image root",
+        ),
+    ],
+)
 def test_coco_unusable_input_exits_2_and_writes_nothing(tmp_path, capsys, case, images, message):
     make_image(tmp_path / "outside.png")
     argv = coco_files(tmp_path, [ann(1, [10, 10, 20, 20])], images)
@@ -251,8 +350,9 @@ def test_coco_unusable_input_exits_2_and_writes_nothing(tmp_path, capsys, case, 
 
 def test_coco_two_entries_for_one_image_are_not_written_twice(tmp_path, capsys):
     images = [{"id": 1, "file_name": "tb/tb0005.png"}, {"id": 2, "file_name": "tb/tb0005.png"}]
-    argv = coco_files(tmp_path, [ann(1, [10, 10, 20, 20]), ann(2, [30, 30, 20, 20], image_id=2)],
-                      images)
+    argv = coco_files(
+        tmp_path, [ann(1, [10, 10, 20, 20]), ann(2, [30, 30, 20, 20], image_id=2)], images
+    )
     code, err = convert(capsys, *argv)
     assert code == 0 and "duplicate output id" in err, err
     assert len(load_annotations(tmp_path / "out" / "coco.jsonl", tmp_path / "img")) == 1
@@ -267,11 +367,14 @@ def test_coco_ids_with_subfolders_and_outside_root_flag(tmp_path, capsys):
     assert list(rows_of(tmp_path / "out" / "coco.jsonl")) == ["../outside"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    (b'{"nodule": "caf\xe9"}', "phrases.json:1: not valid utf-8 (byte 0xe9 at column 16)"),
-    ('{"nodule": ', "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (b'{"nodule": "caf\xe9"}', "phrases.json:1: not valid utf-8 (byte 0xe9 at column 16)"),
+        ('{"nodule": ', "invalid JSON"),
+    ],
+)
 def test_bad_json_inputs_name_the_file(tmp_path, capsys, content, message):
     argv = coco_files(tmp_path, [ann(1, [10, 10, 20, 20])])
     path = tmp_path / "phrases.json"
@@ -282,11 +385,22 @@ def test_bad_json_inputs_name_the_file(tmp_path, capsys, content, message):
 
 def chestxray8_files(folder: Path, bbox_lines: list[bytes]) -> list[str]:
     make_image(folder / "images" / "00000001_000.png", (512, 512))
-    (folder / "bbox.csv").write_bytes(b"Image Index,Finding Label,Bbox [x,y,w,h]\n" +
-                                      b"".join(line + b"\n" for line in bbox_lines))
+    (folder / "bbox.csv").write_bytes(
+        b"Image Index,Finding Label,Bbox [x,y,w,h]\n"
+        + b"".join(line + b"\n" for line in bbox_lines)
+    )
     (folder / "entry.csv").write_text("Image Index,Patient ID\n00000001_000.png,1\n")
-    return ["chestxray8", "--bbox_csv", folder / "bbox.csv", "--data_entry", folder / "entry.csv",
-            "--image_root", folder / "images", "--out", folder / "out" / "c.jsonl"]
+    return [
+        "chestxray8",
+        "--bbox_csv",
+        folder / "bbox.csv",
+        "--data_entry",
+        folder / "entry.csv",
+        "--image_root",
+        folder / "images",
+        "--out",
+        folder / "out" / "c.jsonl",
+    ]
 
 
 def test_csv_decoding_error_names_the_right_line(tmp_path, capsys):
@@ -311,12 +425,22 @@ def test_mimic_report_that_is_not_utf8(tmp_path, capsys):
     make_image(tmp_path / "jpg" / image, (100, 100))
     (tmp_path / "ann.csv").write_text(
         "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
-        f"aaaa,Pneumonia,opacity,{image},10,10,20,20,100,100\n")
+        f"aaaa,Pneumonia,opacity,{image},10,10,20,20,100,100\n"
+    )
     report = tmp_path / "rep" / "files/p10/p10000001/s50000001.txt"
     report.parent.mkdir(parents=True)
     report.write_bytes(b"FINDINGS: opacity.\nIMPRESSION: caf\xe9.\n")
-    argv = ["mscxr", "--annotations", tmp_path / "ann.csv", "--image_root", tmp_path / "jpg",
-            "--reports_root", tmp_path / "rep", "--out", tmp_path / "out" / "m.jsonl"]
+    argv = [
+        "mscxr",
+        "--annotations",
+        tmp_path / "ann.csv",
+        "--image_root",
+        tmp_path / "jpg",
+        "--reports_root",
+        tmp_path / "rep",
+        "--out",
+        tmp_path / "out" / "m.jsonl",
+    ]
     code, err = convert(capsys, *argv)
     assert code == 2 and f"{report}:2: not valid utf-8" in err and "nothing written" in err, err
     code, err = convert(capsys, *argv, "--encoding", "latin-1")
@@ -330,14 +454,26 @@ def test_mscxr_resize_keeps_16_bit(tmp_path, capsys):
     Image.fromarray(ramp).save(tmp_path / "jpg" / image)
     (tmp_path / "ann.csv").write_text(
         "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
-        f"aaaa,Pneumonia,opacity,{image},10,10,20,20,200,100\n")
+        f"aaaa,Pneumonia,opacity,{image},10,10,20,20,200,100\n"
+    )
     report = tmp_path / "rep" / "files/p10/p10000001/s50000001.txt"
     report.parent.mkdir(parents=True)
     report.write_text("FINDINGS: opacity.\n")
     out = tmp_path / "out" / "m.jsonl"
-    code, err = convert(capsys, "mscxr", "--annotations", tmp_path / "ann.csv", "--image_root",
-                        tmp_path / "jpg", "--reports_root", tmp_path / "rep", "--out", out,
-                        "--resize_max_side", "640")
+    code, err = convert(
+        capsys,
+        "mscxr",
+        "--annotations",
+        tmp_path / "ann.csv",
+        "--image_root",
+        tmp_path / "jpg",
+        "--reports_root",
+        tmp_path / "rep",
+        "--out",
+        out,
+        "--resize_max_side",
+        "640",
+    )
     assert code == 0 and "written as 16-bit PNG" in err, err
     with Image.open(out.parent / rows_of(out)["aaaa"]["image"]) as copy:
         assert copy.mode.startswith("I;16") and np.asarray(copy).max() == 4095
@@ -350,20 +486,29 @@ def reference_run(tmp_path, capsys, data: dict, *flags: str, name: str = "MS_CXR
     pth = tmp_path / name
     torch.save(data, pth)
     out = tmp_path / "out" / "ref.jsonl"
-    code, err = convert(capsys, "reference", "--pth", pth, "--image_root", tmp_path / "img",
-                        "--out", out, *flags)
+    code, err = convert(
+        capsys, "reference", "--pth", pth, "--image_root", tmp_path / "img", "--out", out, *flags
+    )
     return code, err, out
 
 
 def test_reference_report_gpt_and_answer_all(tmp_path, capsys):
-    data = {"image_paths": ["a.png"], "bboxes": [(64, 64, 128, 64)], "phrases": ["effusion"],
-            "all_reports": [["Left effusion."]], "report_gpt": ["GPT: a left effusion."],
-            "Answer_all": ["left lower lobe effusion"]}
+    data = {
+        "image_paths": ["a.png"],
+        "bboxes": [(64, 64, 128, 64)],
+        "phrases": ["effusion"],
+        "all_reports": [["Left effusion."]],
+        "report_gpt": ["GPT: a left effusion."],
+        "Answer_all": ["left lower lobe effusion"],
+    }
     code, err, out = reference_run(tmp_path, capsys, data)
     row = rows_of(out)["a-0"]
     assert code == 0, err
-    assert (row["task"], row["report"], row["answer"]) == ("vqa", "Left effusion.",
-                                                           "left lower lobe effusion")
+    assert (row["task"], row["report"], row["answer"]) == (
+        "vqa",
+        "Left effusion.",
+        "left lower lobe effusion",
+    )
     assert row["source"] == "MS_CXR_train.pth:0"
     assert "not kept: column report_gpt" in err
     code, err, out = reference_run(tmp_path, capsys, data, "--text_column", "report_gpt")
@@ -373,57 +518,92 @@ def test_reference_report_gpt_and_answer_all(tmp_path, capsys):
 
 def test_reference_class_file_keeps_name_and_paragraph(tmp_path, capsys):
     paragraph = "Pleural effusion is an accumulation of fluid. " * 12
-    data = {"image_paths": ["a.png", "b.png"], "bboxes": [(64, 64, 128, 64), (1, 1, 9, 9)],
-            "phrases": ["effusion", "x"], "all_report_class": [[paragraph], [paragraph]],
-            "class_all": ["Pleural Effusion", []]}
+    data = {
+        "image_paths": ["a.png", "b.png"],
+        "bboxes": [(64, 64, 128, 64), (1, 1, 9, 9)],
+        "phrases": ["effusion", "x"],
+        "all_report_class": [[paragraph], [paragraph]],
+        "class_all": ["Pleural Effusion", []],
+    }
     code, err, out = reference_run(tmp_path, capsys, data)
     row = rows_of(out)["a-0"]
-    assert (row["task"], row["label"], row["description"]) == ("class", "Pleural Effusion",
-                                                               paragraph.strip())
+    assert (row["task"], row["label"], row["description"]) == (
+        "class",
+        "Pleural Effusion",
+        paragraph.strip(),
+    )
     assert "MS_CXR_train.pth:1: no class name" in err
     assert load_annotations(out, tmp_path / "img")[0].description == paragraph.strip()
 
 
 def test_reference_transcripts_split_into_question_and_answer(tmp_path, capsys):
-    data = {"image_paths": ["a.png", "b.png"], "bboxes": [[(64, 64, 128, 64)], [(1, 1, 9, 9)]],
-            "phrases": [["effusion"], ["nodule"]],
-            "all_report_answer": [["Question: where is the effusion? Answer: left base."],
-                                  ["Findings: a small nodule in the right lung."]]}
+    data = {
+        "image_paths": ["a.png", "b.png"],
+        "bboxes": [[(64, 64, 128, 64)], [(1, 1, 9, 9)]],
+        "phrases": [["effusion"], ["nodule"]],
+        "all_report_answer": [
+            ["Question: where is the effusion? Answer: left base."],
+            ["Findings: a small nodule in the right lung."],
+        ],
+    }
     code, err, out = reference_run(tmp_path, capsys, data)
     rows = rows_of(out)
     assert code == 0, err
-    assert (rows["a-0"]["task"], rows["a-0"]["question"], rows["a-0"]["answer"]) == \
-        ("vqa", "where is the effusion?", "left base.")
-    assert (rows["b-1"]["task"], rows["b-1"]["report"]) == \
-        ("report", "Findings: a small nodule in the right lung.")
+    assert (rows["a-0"]["task"], rows["a-0"]["question"], rows["a-0"]["answer"]) == (
+        "vqa",
+        "where is the effusion?",
+        "left base.",
+    )
+    assert (rows["b-1"]["task"], rows["b-1"]["report"]) == (
+        "report",
+        "Findings: a small nodule in the right lung.",
+    )
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Q: is there an effusion? A: yes, on the left", ("is there an effusion?", "yes, on the left")),
-    ("Where is the nodule? Right upper lobe.", ("Where is the nodule?", "Right upper lobe.")),
-    ("Small effusion. ? pneumonia", None),
-    ("No acute findings.", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "Q: is there an effusion? A: yes, on the left",
+            ("is there an effusion?", "yes, on the left"),
+        ),
+        ("Where is the nodule? Right upper lobe.", ("Where is the nodule?", "Right upper lobe.")),
+        ("Small effusion. ? pneumonia", None),
+        ("No acute findings.", None),
+    ],
+)
 def test_split_transcript(text, expected):
     assert split_transcript(text) == expected
 
 
 def test_reference_missing_image_counts_every_merged_row(tmp_path, capsys):
-    data = {"image_paths": ["a.png", "gone.png", "gone.png"],
-            "bboxes": [(64, 64, 128, 64), (1, 1, 5, 5), (2, 2, 5, 5)],
-            "phrases": ["effusion", "x", "y"], "all_reports": [["R."], ["S."], ["S."]]}
-    code, err, out = reference_run(tmp_path, capsys, data, "--split_name", "test",
-                                   name="MS_CXR_test_gpt.pth")
+    data = {
+        "image_paths": ["a.png", "gone.png", "gone.png"],
+        "bboxes": [(64, 64, 128, 64), (1, 1, 5, 5), (2, 2, 5, 5)],
+        "phrases": ["effusion", "x", "y"],
+        "all_reports": [["R."], ["S."], ["S."]],
+    }
+    code, err, out = reference_run(
+        tmp_path, capsys, data, "--split_name", "test", name="MS_CXR_test_gpt.pth"
+    )
     assert code == 0 and "missing image: 2" in err and "MS_CXR_test_gpt.pth:1: missing image" in err
     assert (tmp_path / "out" / "ref_test.jsonl").is_file() and not out.exists()
 
 
-@pytest.mark.parametrize("data", [
-    {"image_paths": 5, "bboxes": [], "phrases": [], "all_reports": []},
-    {"images": []},
-    {"image_paths": [], "bboxes": [], "phrases": [], "all_reports": []},
-    {"image_paths": ["gone.png"], "bboxes": [(1, 1, 5, 5)], "phrases": ["x"], "all_reports": ["R"]},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"image_paths": 5, "bboxes": [], "phrases": [], "all_reports": []},
+        {"images": []},
+        {"image_paths": [], "bboxes": [], "phrases": [], "all_reports": []},
+        {
+            "image_paths": ["gone.png"],
+            "bboxes": [(1, 1, 5, 5)],
+            "phrases": ["x"],
+            "all_reports": ["R"],
+        },
+    ],
+)
 def test_reference_unusable_file_exits_2_and_writes_nothing(tmp_path, capsys, data):
     code, err, out = reference_run(tmp_path, capsys, data)
     assert code == 2 and "nothing written" in err and not out.exists(), err
@@ -431,8 +611,11 @@ def test_reference_unusable_file_exits_2_and_writes_nothing(tmp_path, capsys, da
 
 @pytest.mark.parametrize("subcommand", ["split", "stats"])
 def test_split_and_stats_leave_out_non_finite_rows(root, capsys, subcommand):
-    path = jsonl(root, canonical(), canonical(id="r2", findings=[
-        {"phrase": "x", "boxes": [[float("nan"), 1, 2, 3]]}]))
+    path = jsonl(
+        root,
+        canonical(),
+        canonical(id="r2", findings=[{"phrase": "x", "boxes": [[float("nan"), 1, 2, 3]]}]),
+    )
     argv = ["split", "--input", path, "--name", "s"] if subcommand == "split" else ["stats", path]
     code, err = convert(capsys, *argv)
     assert f"{path}:2: non-finite number" in err, err
@@ -463,12 +646,16 @@ def _wrong_rank(path: Path) -> None:
     torch.save(state, path)
 
 
-@pytest.mark.parametrize("make, message", [
-    (_pickle_payload, "holds pickled objects, which are never loaded"),
-    (_truncated, "truncated or corrupt"),
-    (_heads_do_not_divide, "width 64 is not divisible by its 3 attention heads"),
-    (_wrong_rank, "a tensor has an unexpected shape"),
-], ids=["pickle payload", "truncated", "heads do not divide the width", "tensor of wrong rank"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_pickle_payload, "holds pickled objects, which are never loaded"),
+        (_truncated, "truncated or corrupt"),
+        (_heads_do_not_divide, "width 64 is not divisible by its 3 attention heads"),
+        (_wrong_rank, "a tensor has an unexpected shape"),
+    ],
+    ids=["pickle payload", "truncated", "heads do not divide the width", "tensor of wrong rank"],
+)
 def test_sam_checkpoint_errors_name_the_path(tmp_path, capsys, make, message):
     path = tmp_path / "sam.pth"
     make(path)
@@ -481,23 +668,40 @@ def test_sam_checkpoint_errors_name_the_path(tmp_path, capsys, make, message):
 # ---------------------------------------------------------------------------------------- test.py
 def test_overlay_names_are_flat_and_unique():
     taken: set[str] = set()
-    names = [test_script.overlay_name(i, taken) for i in ("tb/tb0005", "tb_tb0005", "../../etc/x", "..")]
+    names = [
+        test_script.overlay_name(i, taken) for i in ("tb/tb0005", "tb_tb0005", "../../etc/x", "..")
+    ]
     assert names == ["tb_tb0005.png", "tb_tb0005-2.png", "etc_x.png", "sample.png"]
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"set_test.jsonl": ""}, "the split holds no annotation rows"),
-    ({"set_test.jsonl": json.dumps(canonical(findings=[]))}, "have no finding to ground"),
-    ({"set_test.jsonl": json.dumps(canonical())}, "needs a train split"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"set_test.jsonl": ""}, "the split holds no annotation rows"),
+        ({"set_test.jsonl": json.dumps(canonical(findings=[]))}, "have no finding to ground"),
+        ({"set_test.jsonl": json.dumps(canonical())}, "needs a train split"),
+    ],
+)
 def test_test_py_never_writes_metrics_for_nothing(root, tmp_path, files, message):
     for name, text in files.items():
         (root / name).write_text(text)
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as error:
-        test_script.main(["--baseline", "phrase_prior", "--dataset_dir", str(root),
-                          "--test_dataset", "set", "--out", str(out)])
-    text = str(error.value.code).replace("is fitted on the train split's findings, and this "
-                                         "dataset has no train split", "needs a train split")
+        test_script.main(
+            [
+                "--baseline",
+                "phrase_prior",
+                "--dataset_dir",
+                str(root),
+                "--test_dataset",
+                "set",
+                "--out",
+                str(out),
+            ]
+        )
+    text = str(error.value.code).replace(
+        "is fitted on the train split's findings, and this dataset has no train split",
+        "needs a train split",
+    )
     assert message in text, text
     assert "--skip_invalid" not in text and not (out / "metrics.json").exists()

@@ -21,8 +21,7 @@ from utils.pretrain.lm import LmSettings, encode, pretrain_lm
 from utils.pretrain.sam import SamSettings, pretrain_sam
 from utils.prompts import BOX_TOKEN
 from utils.synthcxr.findings import pixel_box
-from utils.synthcxr.pretrain import (PRETRAIN_DIR, pack_layers, read_pretraining_rows,
-                                     unpack_layers)
+from utils.synthcxr.pretrain import PRETRAIN_DIR, pack_layers, read_pretraining_rows, unpack_layers
 from utils.tiny_checkpoints import REPORT_NAME, build_tiny_llava, corpus_lines, train_tokenizer
 
 SPLITS = ("train", "val", "test")

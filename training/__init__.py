@@ -1,1 +1,2 @@
-"""Training infrastructure: the engine, checkpoints, distributed set-up, DeepSpeed config, logs, data mixing."""
+"""Training infrastructure: the engine, checkpoints, distributed set-up, DeepSpeed config, logs
+and data mixing."""

@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration built from ``train.py``'s flags (``--deepspeed_config`` overrides)."""
+"""The DeepSpeed configuration built from ``train.py``'s flags (or ``--deepspeed_config``)."""
 from __future__ import annotations
 
 import argparse
@@ -44,7 +44,8 @@ def build_deepspeed_config(args: argparse.Namespace, total_steps: int) -> dict[s
             "torch_adam": True}},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "total_num_steps": max(total_steps, 1), "warmup_min_lr": 0.0,
-            "warmup_max_lr": group_learning_rates(args), "warmup_num_steps": min(args.warmup_steps, total_steps),
+            "warmup_max_lr": group_learning_rates(args),
+            "warmup_num_steps": min(args.warmup_steps, total_steps),
             "warmup_type": "linear"}},
         "gradient_clipping": args.gradient_clipping,
         "fp16": {"enabled": args.precision == "fp16"},

@@ -203,7 +203,8 @@ class GroundingDataset(Dataset):
         if self.image_noise_std > 0:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             noise = torch.randn(image.shape, generator=generator) * self.image_noise_std
-            image = (torch.tensor(image, dtype=torch.float32) + noise).clamp(0, 255).to(torch.uint8).numpy()
+            noisy = torch.tensor(image, dtype=torch.float32) + noise
+            image = noisy.clamp(0, 255).to(torch.uint8).numpy()
         sam_image, content_scale = preprocess_for_sam(image, self.sam_image_size)
         inputs = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
         prompt_ids = inputs["input_ids"][0]

@@ -62,7 +62,8 @@ def prediction_to_pixels(prediction: BoxPrediction, content_scale: torch.Tensor,
       content_scale: (Q,2) the padded-frame fraction each query's image covers.
       sizes: (width, height) per query.
     """
-    box = padded_to_image_boxes(box_convert(prediction.box.float().cpu(), "cxcywh", "xyxy"), content_scale)
+    box = padded_to_image_boxes(box_convert(prediction.box.float().cpu(), "cxcywh", "xyxy"),
+                                content_scale)
     hyp = padded_to_image_boxes(box_convert(prediction.hypotheses.float().cpu(), "cxcywh", "xyxy"),
                                 content_scale[:, None])
     wh = torch.tensor(sizes, dtype=torch.float32).view(-1, 2)
@@ -108,8 +109,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=lambda items: (generate_collate(items), forced_collate(items)))
     decode = partial(tokenizer.decode, skip_special_tokens=True)
-    for generate_batch, forced_batch in tqdm(loader, disable=not progress,
-                                             desc=f"eval {dataset_name}/{split}", dynamic_ncols=True):
+    for generate_batch, forced_batch in tqdm(loader, disable=not progress, dynamic_ncols=True,
+                                             desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
         generated = model.generate(generate_batch["sam_images"].to(device),
                                    generate_batch["pixel_values"].to(device),
@@ -188,7 +189,8 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
     box = predictions.boxes[query]
     iou = float(box_ious(box[None], target[None])[0])
     return {"box": [round(v, 2) for v in box.tolist()],
-            "hypotheses": [[round(v, 2) for v in h] for h in predictions.hypotheses[query].tolist()],
+            "hypotheses": [[round(v, 2) for v in h]
+                           for h in predictions.hypotheses[query].tolist()],
             "u": float(predictions.uncertainty[query]), "iou": iou}
 
 
@@ -215,7 +217,8 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
                       "u": u, "iou": iou}
             records.append({"id": sample.id, "image": str(sample.image_path), "task": sample.task,
                             "phrase": finding.phrase, "pred_phrase": finding.phrase,
-                            "gt_boxes": [[round(v, 2) for v in to_pixels(torch.tensor(b), size[0], size[1]).tolist()]
+                            "gt_boxes": [[round(v, 2) for v in
+                                          to_pixels(torch.tensor(b), size[0], size[1]).tolist()]
                                          for b in finding.boxes],
                             **fields, "given_phrase": dict(fields)})
     ious = [r["iou"] for r in records]

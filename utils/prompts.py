@@ -1,8 +1,9 @@
 """Conversation templates: what the model is asked, and the answer it must write.
 
 The prompt holds the image and the report (or the VQA question and answer, or the class
-label and, when the row has one, its description); it never holds the answer phrases. Training draws one of several templates per
-sample; evaluation always uses the first one, so numbers do not depend on a random draw.
+label and, when the row has one, its description); it never holds the answer phrases.
+Training draws one of several templates per sample; evaluation always uses the first one, so
+numbers do not depend on a random draw.
 The conversation follows LLaVA-1.5: ``"USER: <image>\\n{question} ASSISTANT:"``.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ NO_FINDING_ANSWER = "No finding to ground."
 
 REPORT_TEMPLATES = (
     "Report: {report}\nGround every diagnostic phrase of this report in the chest X-ray.",
-    "Here is the radiology report of this chest X-ray: {report}\nFind each diagnostic phrase and locate it.",
+    "Here is the radiology report of this chest X-ray: {report}\n"
+    "Find each diagnostic phrase and locate it.",
     "{report}\nWhich findings of this report are visible, and where are they?",
     "Read the report and ground its findings in the image. Report: {report}",
 )

@@ -14,7 +14,8 @@ SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def preprocess_for_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[float, float]]:
+def preprocess_for_sam(image: np.ndarray, image_size: int
+                       ) -> tuple[torch.Tensor, tuple[float, float]]:
     """SAM preprocessing of one image.
 
     Arguments:

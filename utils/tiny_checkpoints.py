@@ -39,13 +39,18 @@ from transformers import (
     LlavaProcessor,
 )
 
-from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
 from model.constants import BOX_TOKEN
+from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
 from utils.pretrain.data import load_rows
 from utils.pretrain.lm import LmSettings, pretrain_lm
 from utils.pretrain.sam import SamSettings, pretrain_sam
-from utils.prompts import (CLASS_TEMPLATES, NO_FINDING_ANSWER, REPORT_TEMPLATES,
-                           VQA_TEMPLATES, prompt_text)
+from utils.prompts import (
+    CLASS_TEMPLATES,
+    NO_FINDING_ANSWER,
+    REPORT_TEMPLATES,
+    VQA_TEMPLATES,
+    prompt_text,
+)
 from utils.synthcxr.pretrain import PRETRAIN_DIR
 
 IMAGE_TOKEN = "<image>"
@@ -82,7 +87,8 @@ def train_tokenizer(lines: Iterable[str], out_dir: Path, vocab_size: int) -> Lla
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "tokenizer.model").write_bytes(model.getvalue())
         tokenizer = LlamaTokenizer.from_pretrained(scratch, add_bos_token=True)
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN, "additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN,
+                                  "additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.add_tokens([BOX_TOKEN])
     tokenizer.save_pretrained(out_dir)
     return tokenizer
