@@ -179,6 +179,43 @@ def epoch_loader(datasets: list[GroundingDataset], lengths: list[int] | None,
                       persistent_workers=False, drop_last=True)
 
 
+def build_model(args: argparse.Namespace, device: torch.device, run_dir: Path
+                ) -> tuple[Any, Any, Any]:
+    """The model of the flags (with the embedding cache when SAM is frozen), its processor
+    and its :class:`model.config.GroundingConfig`; logs the load report."""
+    from model.build import build_umedground, count_parameters
+
+    config = grounding_config_from_args(args)
+    try:
+        model, processor, load_report = build_umedground(config, device,
+                                                         PRECISIONS[args.precision])
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot build the model: {error}")
+    total, trainable = count_parameters(model)
+    load_report.append(attach_embedding_cache(model, args, run_dir / "embedding_cache"))
+    logger.info("\n".join(load_report))
+    logger.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
+    return model, processor, config
+
+
+def build_datasets(args: argparse.Namespace, model: Any, processor: Any, train_sets: list,
+                   val_samples: list) -> tuple[list[GroundingDataset], list[int] | None, Any]:
+    """The training datasets (with their lengths for ``--group_by_length``) and, on rank 0,
+    the validation dataset built once for every epoch."""
+    logger.info("training sets: %s", ", ".join(f"{n} ({len(s)} samples, rate {r})" for n, s, r
+                                               in zip(args.datasets, train_sets, args.rates)))
+    images = {"image_window": args.image_window, "max_image_pixels": args.max_image_pixels}
+    datasets = [GroundingDataset(samples, processor, model.sam_encoder.img_size,
+                                 args.model_max_length, train=True, seed=args.seed,
+                                 name=f"{name}_train", **images)
+                for name, samples in zip(args.datasets, train_sets)]
+    lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
+    val_data = build_eval_dataset(model, processor, val_samples, args.model_max_length,
+                                  f"{args.val_dataset}_val", **images) \
+        if val_samples and rank() == 0 else None
+    return datasets, lengths, val_data
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ensure_single_process_env()
@@ -189,8 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(rank())
     seed_everything(args.seed + rank())
     from deepspeed.accelerator import get_accelerator
-
-    from model.build import build_umedground, count_parameters
 
     device = torch.device(get_accelerator().device_name(args.local_rank))
     run_dir = Path(args.log_base_dir) / args.exp_name
@@ -206,27 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_root.mkdir(parents=True, exist_ok=True)
     barrier()
 
-    config = grounding_config_from_args(args)
-    try:
-        model, processor, load_report = build_umedground(config, device,
-                                                         PRECISIONS[args.precision])
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"cannot build the model: {error}")
-    total, trainable = count_parameters(model)
-    load_report.append(attach_embedding_cache(model, args, run_dir / "embedding_cache"))
-    logger.info("\n".join(load_report))
-    logger.info("parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
-    logger.info("training sets: %s", ", ".join(f"{n} ({len(s)} samples, rate {r})" for n, s, r
-                                               in zip(args.datasets, train_sets, args.rates)))
-    images = {"image_window": args.image_window, "max_image_pixels": args.max_image_pixels}
-    datasets = [GroundingDataset(samples, processor, model.sam_encoder.img_size,
-                                 args.model_max_length, train=True, seed=args.seed,
-                                 name=f"{name}_train", **images)
-                for name, samples in zip(args.datasets, train_sets)]
-    lengths = [n for d in datasets for n in d.text_lengths()] if args.group_by_length else None
-    val_data = build_eval_dataset(model, processor, val_samples, args.model_max_length,
-                                  f"{args.val_dataset}_val", **images) \
-        if val_samples and rank() == 0 else None
+    model, processor, config = build_model(args, device, run_dir)
+    datasets, lengths, val_data = build_datasets(args, model, processor, train_sets, val_samples)
     ds_config = build_deepspeed_config(args, args.epochs * args.steps_per_epoch)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, args), config=ds_config)
@@ -249,10 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                         description=f"epoch {state.epoch + 1}/{args.epochs}")
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         if model.embedding_cache is not None:
-            cache = model.embedding_cache
-            log.write("cache", state.global_step, {"epoch": state.epoch, "hits": cache.hits,
-                                                   "misses": cache.misses,
-                                                   "recomputed": cache.recomputed})
+            log.write("cache", state.global_step, {"epoch": state.epoch,
+                                                   **model.embedding_cache.counts()})
         tag = checkpointer.save(state)
         if not args.no_validate:
             validate_epoch(engine.module, processor, val_data, args, ds_config, state,

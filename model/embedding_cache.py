@@ -56,6 +56,10 @@ class EmbeddingCache:
         self.memory_bytes = 0
         self.hits = self.misses = self.recomputed = 0
 
+    def counts(self) -> dict[str, int]:
+        """Lookups served (``hits``), computed (``misses``) and damaged entries recomputed."""
+        return {"hits": self.hits, "misses": self.misses, "recomputed": self.recomputed}
+
     def key(self, image: torch.Tensor) -> str:
         """The key of one encoder input (3,S,S)."""
         digest = hashlib.blake2b(self.fingerprint.encode(), digest_size=20)

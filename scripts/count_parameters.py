@@ -60,7 +60,8 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
 def main() -> None:
     demo = GroundingConfig("tiny", "tiny", lora_r=8, lora_alpha=16)
     real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16)
-    rows = [("tiny, demo settings (LoRA r=8 on q/v, SAM frozen)", LLAVA_TINY, SAM_TINY_CONFIG, demo),
+    rows = [("tiny, demo settings (LoRA r=8 on q/v, SAM frozen)", LLAVA_TINY, SAM_TINY_CONFIG,
+             demo),
             ("llava-1.5-7b + SAM vit_h, LoRA r=8 on q/v", LLAVA_7B, OFFICIAL_CONFIGS["vit_h"],
              real)]
     print(f"{'configuration':48s} {'total':>15s} {'trainable':>15s}")

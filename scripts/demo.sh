@@ -7,7 +7,8 @@
 # folder. The grounding parts learn at --grounding_lr, the text loss weighs 10x
 # (--ce_loss_weight) and batches are grouped by length; docs/experiments.md has the
 # measurements behind each choice. Settings come from the environment so a shorter or another
-# run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN.
+# run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
+# DEMO_LORA_TARGETS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -17,6 +18,7 @@ STEPS=${DEMO_STEPS:-220}
 BATCH=${DEMO_BATCH:-16}
 LR=${DEMO_LR:-2e-3}
 SEED=${DEMO_SEED:-0}
+TARGETS=${DEMO_LORA_TARGETS:-q_proj,v_proj}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
@@ -25,7 +27,7 @@ rm -rf "$RUN"
   --exp_name "$(basename "$RUN")" --log_base_dir "$(dirname "$RUN")" --seed "$SEED" \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
-  --lora_r 8 --lora_alpha 16 --lora_target_modules q_proj,v_proj \
+  --lora_r 8 --lora_alpha 16 --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)
 $PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag best

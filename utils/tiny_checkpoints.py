@@ -41,6 +41,7 @@ from transformers import (
 
 from model.constants import BOX_TOKEN
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam, save_sam_checkpoint
+from utils.logs import setup_logging
 from utils.pretrain.data import load_rows
 from utils.pretrain.lm import LmSettings, pretrain_lm
 from utils.pretrain.sam import SamSettings, pretrain_sam
@@ -52,6 +53,8 @@ from utils.prompts import (
     prompt_text,
 )
 from utils.synthcxr.pretrain import PRETRAIN_DIR
+
+logger = logging.getLogger("tiny")
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -145,10 +148,10 @@ def build(args: argparse.Namespace, fit_rows: list[dict], held_rows: list[dict])
         report["lm"] = {**pretrain_lm(model, processor, pretrain_dir, fit_rows, held_rows,
                                       settings), "seconds": round(time.time() - started, 1)}
         lm = report["lm"]
-        print(f"[tiny] language model: {settings.steps} steps in {lm['seconds']} s; held-out "
-              f"report perplexity {lm['held_out_perplexity']:.2f} (unigram baseline "
-              f"{lm['unigram_perplexity']:.2f}, before pretraining "
-              f"{lm['initial_perplexity']:.1f})")
+        logger.info("language model: %d steps in %s s; held-out report perplexity %.2f "
+                    "(unigram baseline %.2f, before pretraining %.1f)", settings.steps,
+                    lm["seconds"], lm["held_out_perplexity"], lm["unigram_perplexity"],
+                    lm["initial_perplexity"])
     model.save_pretrained(llava_dir)
     processor.save_pretrained(llava_dir)
     torch.manual_seed(args.seed)
@@ -159,13 +162,13 @@ def build(args: argparse.Namespace, fit_rows: list[dict], held_rows: list[dict])
         report["sam"] = {**pretrain_sam(sam, pretrain_dir, fit_rows, held_rows, settings),
                          "seconds": round(time.time() - started, 1)}
         iou = report["sam"]["held_out_iou"]
-        print(f"[tiny] SAM: {settings.steps} steps in {report['sam']['seconds']} s; held-out "
-              f"box-prompt mask IoU {iou['all']:.3f} (anatomy {iou['anatomy']:.3f}, lesions "
-              f"{iou.get('lesion', float('nan')):.3f})")
+        logger.info("SAM: %d steps in %s s; held-out box-prompt mask IoU %.3f (anatomy %.3f, "
+                    "lesions %.3f)", settings.steps, report["sam"]["seconds"], iou["all"],
+                    iou["anatomy"], iou.get("lesion", float("nan")))
     save_sam_checkpoint(sam, SAM_TINY_CONFIG, args.out / "sam_tiny.pth")
     (args.out / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
-    print(f"[tiny] wrote {llava_dir} (vocab {len(tokenizer)}) and {args.out / 'sam_tiny.pth'}")
+    logger.info("wrote %s (vocab %d) and %s", llava_dir, len(tokenizer), args.out / "sam_tiny.pth")
     return report
 
 
@@ -205,5 +208,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     main()

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
 
+from utils.logs import setup_logging
 from utils.synthcxr.generate import generate
 from utils.synthcxr.pretrain import PRETRAIN_DIR, generate_pretraining
+
+logger = logging.getLogger("synthcxr")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,22 +50,23 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--pretrain_seed must be >= 0, got {pretrain_seed}")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    setup_logging()
     started = time.time()
     meta = generate(args.out, args.seed, {"train": args.n_train, "val": args.n_val,
                                           "test": args.n_test}, args.image_size, args.workers)
-    print(f"[synthcxr] wrote {sum(meta['counts'].values())} images to {args.out} in "
-          f"{time.time() - started:.1f} s")
+    logger.info("wrote %d images to %s in %.1f s", sum(meta["counts"].values()), args.out,
+                time.time() - started)
     if args.n_pretrain:
         started_pretrain = time.time()
         pretrain = generate_pretraining(args.out, pretrain_seed, args.n_pretrain,
                                         args.image_size, args.workers)
-        print(f"[synthcxr] wrote {pretrain['count']} pretraining images of "
-              f"{pretrain['patients']} patients (seed {pretrain_seed}) with masks to "
-              f"{args.out / PRETRAIN_DIR} in {time.time() - started_pretrain:.1f} s")
+        logger.info("wrote %d pretraining images of %d patients (seed %d) with masks to %s "
+                    "in %.1f s", pretrain["count"], pretrain["patients"], pretrain_seed,
+                    args.out / PRETRAIN_DIR, time.time() - started_pretrain)
     by_type = ", ".join(f"{kind} {rate:.2f}"
-                        for kind, rate in meta["phrase_prior_acc@0.5_by_type"].items())
-    print(f"[synthcxr] phrase-prior acc@0.5 on test = {meta['phrase_prior_acc@0.5']:.3f} "
-          f"({by_type})")
+                        for kind, rate in meta["label_prior_acc@0.5_by_type"].items())
+    logger.info("label prior (the mean training box of each finding type, side and zone) "
+                "acc@0.5 on test = %.3f (%s)", meta["label_prior_acc@0.5"], by_type)
 
 
 if __name__ == "__main__":

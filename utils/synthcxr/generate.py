@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from utils.synthcxr.findings import FINDING_TYPES
-from utils.synthcxr.prior import phrase_prior_rates
+from utils.synthcxr.prior import label_prior_rates
 from utils.synthcxr.rows import class_rows, reference_dict, report_row, vqa_rows, write_jsonl
 from utils.synthcxr.study import save_study
 
@@ -78,11 +78,11 @@ def generate(out: Path, seed: int, counts: dict[str, int], size: int, workers: i
         write_jsonl(questions, out / f"vqa_{split}.jsonl")
         write_jsonl([c for row in rows for c in class_rows(row)], out / f"class_{split}.jsonl")
         torch.save(reference_dict(rows), out / f"report_{split}.pth")
-    rates = phrase_prior_rates(rows_by_split["train"], rows_by_split["test"])
+    rates = label_prior_rates(rows_by_split["train"], rows_by_split["test"])
     meta = {"generator": "SynthCXR", "version": VERSION, "seed": seed, "image_size": size,
             "counts": counts, "finding_types": list(FINDING_TYPES),
-            "phrase_prior_acc@0.5": round(rates["all"], 4),
-            "phrase_prior_acc@0.5_by_type": {k: round(v, 4) for k, v in rates.items()
+            "label_prior_acc@0.5": round(rates["all"], 4),
+            "label_prior_acc@0.5_by_type": {k: round(v, 4) for k, v in rates.items()
                                              if k != "all"}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                    encoding="utf-8")

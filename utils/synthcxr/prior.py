@@ -1,4 +1,6 @@
-"""The phrase-prior rate: how often the words alone place a box at IoU >= 0.5.
+"""The label prior: how often the labels alone (type, side, zone) place a box at IoU >= 0.5.
+
+Not ``test.py --baseline phrase_prior``, which reads the phrase text (TF-IDF neighbours).
 
 For each (finding type, side, zone) key, the mean training target box (normalised xyxy; for a
 finding with several boxes the box enclosing them all) is the prediction for every test finding
@@ -39,7 +41,7 @@ def prior_hits(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[st
     if not test:
         return []
     if not train:
-        raise ValueError("the phrase prior needs training findings; the training split has none")
+        raise ValueError("the label prior needs training findings; the training split has none")
     grouped: dict[Key, list[list[float]]] = defaultdict(list)
     for key, box in train:
         grouped[key].append(box)
@@ -52,7 +54,7 @@ def prior_hits(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[st
     return [(key[0], bool(iou >= threshold)) for (key, _), iou in zip(test, ious.tolist())]
 
 
-def phrase_prior_rate(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
+def label_prior_rate(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
                       threshold: float = 0.5) -> float:
     """Fraction of test findings whose key's mean train box has IoU >= ``threshold`` (0.0 when
     the test rows hold no finding)."""
@@ -60,7 +62,7 @@ def phrase_prior_rate(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[
     return sum(hit for _, hit in hits) / len(hits) if hits else 0.0
 
 
-def phrase_prior_rates(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
+def label_prior_rates(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
                        threshold: float = 0.5) -> dict[str, float]:
     """The rate over all test findings (key "all") and per finding type (sorted keys)."""
     hits = prior_hits(train_rows, test_rows, threshold)

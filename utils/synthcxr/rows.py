@@ -2,7 +2,7 @@
 code's ``.pth`` dict, plus the deterministic JSON Lines writer.
 
 Canonical boxes are pixels (xyxy) of the generated image. Every finding dict also carries the
-optional keys ``type``, ``side`` and ``zone`` (for analysis and the phrase prior).
+optional keys ``type``, ``side`` and ``zone`` (for analysis and the label prior).
 """
 from __future__ import annotations
 
