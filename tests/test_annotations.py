@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.annotations import AnnotationError, load_annotations, write_canonical_jsonl
+from utils.annotations import AnnotationError, load_annotations
 from utils.reference_pth import reference_to_canonical_rows
+from utils.text_io import write_jsonl
 
 
 def make_image(folder: Path, name: str, size: tuple[int, int] = (200, 100)) -> str:
@@ -118,6 +119,6 @@ def test_reference_pth_round_trip(tmp_path):
     assert len(second.boxes) == 2
     assert second.target_box() == pytest.approx((0.0, 0.0, 0.6, 0.6))
     out = tmp_path / "out.jsonl"
-    write_canonical_jsonl([s.to_canonical(tmp_path) for s in samples], out)
+    write_jsonl([s.to_canonical(tmp_path) for s in samples], out)
     again = load_annotations(out, tmp_path)
     assert again[0].findings == samples[0].findings

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from utils.annotations import load_annotations, write_canonical_jsonl
+from utils.annotations import load_annotations
 from utils.convert.__main__ import main
+from utils.text_io import write_jsonl
 
 
 def make_rows(folder: Path) -> list[dict]:
@@ -32,7 +33,7 @@ def read(path: Path) -> list[dict]:
 
 def test_split_is_patient_disjoint_stratified_and_deterministic(tmp_path, capsys):
     source = tmp_path / "all.jsonl"
-    write_canonical_jsonl(make_rows(tmp_path), source)
+    write_jsonl(make_rows(tmp_path), source)
     splits = {}
     for run in ("a", "b"):
         out = tmp_path / run
@@ -60,7 +61,7 @@ def test_rows_without_patient_are_reported(tmp_path, capsys):
     rows[2]["patient"] = ""
     rows[2]["image"] = "files/p10/p10000001/s50000001/a.jpg"  # the id comes from the path
     source = tmp_path / "all.jsonl"
-    write_canonical_jsonl(rows, source)
+    write_jsonl(rows, source)
     assert main(["split", "--input", str(source), "--strict"]) == 2
     assert f"{source}:2: no patient id" in capsys.readouterr().err
     assert not (tmp_path / "all_train.jsonl").exists()
@@ -71,8 +72,8 @@ def test_rows_without_patient_are_reported(tmp_path, capsys):
 
 def test_check_reports_overlapping_patients_in_jsonl_and_pth(tmp_path, capsys):
     rows = make_rows(tmp_path)
-    write_canonical_jsonl(rows[:10], tmp_path / "train.jsonl")
-    write_canonical_jsonl(rows[9:12], tmp_path / "test.jsonl")
+    write_jsonl(rows[:10], tmp_path / "train.jsonl")
+    write_jsonl(rows[9:12], tmp_path / "test.jsonl")
     pth = tmp_path / "MS_CXR_val.pth"
     torch.save({"image_paths": ["files/p10/p4/s1/a.jpg", "00000004_000.png"],
                 "bboxes": [(1, 1, 5, 5), (1, 1, 5, 5)], "phrases": ["a", "b"],
@@ -88,7 +89,7 @@ def test_stats(tmp_path, capsys):
     rows = make_rows(tmp_path)[:4]
     rows[0]["findings"][0]["boxes"].append([5, 5, 9, 9])
     rows[1]["findings"][0]["phrase"] = "A phrase the report lacks"
-    write_canonical_jsonl(rows, tmp_path / "mrg_test.jsonl")
+    write_jsonl(rows, tmp_path / "mrg_test.jsonl")
     out = tmp_path / "stats.json"
     assert main(["stats", str(tmp_path / "mrg_test.jsonl"), "--json", str(out)]) == 0
     stats = json.loads(out.read_text())["test"]

@@ -14,7 +14,6 @@ docs/data.md lists every rule and the flag that relaxes it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -39,6 +38,12 @@ SHOWN_PROBLEMS = 50
 Box = tuple[float, float, float, float]
 
 
+def enclosing_box(boxes: Iterable[Sequence[float]]) -> Box:
+    """The smallest xyxy box enclosing all of ``boxes`` (at least one), in their units."""
+    x0, y0, x1, y1 = zip(*boxes)
+    return (min(x0), min(y0), max(x1), max(y1))
+
+
 @dataclass(frozen=True)
 class Finding:
     """One diagnostic phrase and its ground-truth boxes (normalised xyxy, at least one)."""
@@ -48,8 +53,7 @@ class Finding:
 
     def target_box(self) -> Box:
         """The phrase's target: the smallest box enclosing all of its boxes."""
-        return (min(b[0] for b in self.boxes), min(b[1] for b in self.boxes),
-                max(b[2] for b in self.boxes), max(b[3] for b in self.boxes))
+        return enclosing_box(self.boxes)
 
 
 @dataclass(frozen=True)
@@ -436,17 +440,3 @@ def annotation_file(dataset_dir: str | Path, name: str, split: str) -> Path:
                                    f"no annotation file {name}_{split}.jsonl or .pth here{hint} "
                                    "(see docs/data.md)")],
                           "Check --dataset_dir, the annotation set name and the split.")
-
-
-def write_canonical_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write canonical rows, one JSON object a line, with sorted keys; returns the row count.
-
-    Non-finite numbers are refused (``allow_nan=False``): no file holds a NaN box.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-             for row in rows]
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-    return len(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 DEFAULT_ENCODING = "utf-8"
 MAX_ROW_BYTES = 16 * 2**20  # one JSONL row; a radiology report is a few kB
@@ -93,3 +93,16 @@ def loads_json(text: str) -> tuple[Any, str | None]:
         return None, "JSON nested too deeply"
     except ValueError as error:  # e.g. an integer literal over Python's 4300-digit limit
         return None, f"unusable JSON value ({error})"
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """Write rows as JSON Lines (sorted keys, UTF-8, "\\n" line ends), creating the folder;
+    returns the row count. Non-finite numbers are refused (``allow_nan=False``): no file holds
+    a NaN box."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+             for row in rows]
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.writelines(lines)
+    return len(lines)

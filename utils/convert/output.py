@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from utils.annotations import ReadOptions, parse_canonical_row, write_canonical_jsonl
+from utils.annotations import ReadOptions, parse_canonical_row
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
 from utils.image_io import DEFAULT_MAX_PIXELS
-from utils.text_io import DEFAULT_ENCODING, check_encoding
+from utils.text_io import DEFAULT_ENCODING, check_encoding, write_jsonl
 
 logger = logging.getLogger("convert")
 
@@ -95,7 +95,7 @@ def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: Convers
             target = out.with_name(f"{out.stem}_{splits[row['id']]}.jsonl")
             written.setdefault(target, []).append(row)
     for path, part in written.items():
-        write_canonical_jsonl(part, path)
+        write_jsonl(part, path)
     where = ", ".join(f"{p} ({len(r)})" for p, r in written.items()) or str(out)
     logger.info("%s", log.summary(len(valid), where))
     logger.info("image paths are relative to %s (pass it as --image_root to train.py / "

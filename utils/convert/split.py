@@ -18,10 +18,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.annotations import write_canonical_jsonl
 from utils.convert.labels import read_rows, row_labels, row_patient
 from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
-from utils.text_io import DEFAULT_ENCODING, check_encoding
+from utils.text_io import DEFAULT_ENCODING, check_encoding, write_jsonl
 
 logger = logging.getLogger("convert")
 
@@ -113,7 +112,7 @@ def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float],
     written = 0
     for split, rows in parts.items():
         target = out_dir / f"{name}_{SPLITS[split]}.jsonl"
-        written += write_canonical_jsonl(rows, target)
+        written += write_jsonl(rows, target)
         labels = Counter(label for row in rows for label in row_labels(row))
         n_patients = sum(1 for s in assignment.values() if s == split)
         logger.info("%s: %d row(s), %d patient(s); %s", target, len(rows), n_patients,

@@ -19,8 +19,9 @@ import torch
 
 from utils.synthcxr.findings import FINDING_TYPES
 from utils.synthcxr.prior import label_prior_rates
-from utils.synthcxr.rows import class_rows, reference_dict, report_row, vqa_rows, write_jsonl
+from utils.synthcxr.rows import class_rows, reference_dict, report_row, vqa_rows
 from utils.synthcxr.study import save_study
+from utils.text_io import write_jsonl
 
 VERSION = 2
 SPLITS = ("train", "val", "test")

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from utils.synthcxr.findings import pixel_box
-from utils.synthcxr.rows import write_jsonl
 from utils.synthcxr.study import make_study
+from utils.text_io import write_jsonl
 
 PRETRAIN_FIRST_PATIENT = 10 ** 6
 PRETRAIN_DIR = "pretrain"

@@ -16,14 +16,15 @@ from typing import Any, Iterable
 import torch
 from torchvision.ops import box_iou
 
+from utils.annotations import enclosing_box
+
 Key = tuple[str, str, str]
 
 
 def target_box(finding: dict[str, Any], width: int, height: int) -> list[float]:
     """The normalised box (x0, y0, x1, y1) enclosing all pixel boxes of a canonical finding."""
-    boxes = finding["boxes"]
-    return [min(b[0] for b in boxes) / width, min(b[1] for b in boxes) / height,
-            max(b[2] for b in boxes) / width, max(b[3] for b in boxes) / height]
+    x0, y0, x1, y1 = enclosing_box(finding["boxes"])
+    return [x0 / width, y0 / height, x1 / width, y1 / height]
 
 
 def keyed_targets(rows: Iterable[dict[str, Any]]) -> list[tuple[Key, list[float]]]:

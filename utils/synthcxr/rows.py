@@ -6,8 +6,6 @@ optional keys ``type``, ``side`` and ``zone`` (for analysis and the label prior)
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from utils.synthcxr.findings import Lesion
@@ -76,11 +74,3 @@ def reference_dict(rows: list[dict[str, Any]]) -> dict[str, list]:
             data["phrases"].append(finding["phrase"])
             data["all_reports"].append([row["report"]])
     return data
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write rows as JSON Lines: sorted keys, fixed separators, UTF-8, "\\n" line ends."""
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False,
-                                    separators=(", ", ": ")) + "\n")
