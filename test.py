@@ -28,13 +28,14 @@ from utils.annotations import AnnotationError, Sample, annotation_file, load_ann
 from utils.cli import (
     PRECISIONS,
     add_embedding_cache_args,
+    add_image_input_args,
     attach_embedding_cache,
     non_negative_int,
     positive_int,
     writable_folder,
 )
 from utils.dataset import PromptTooLongError
-from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError, read_image
+from utils.image_io import ImageReadError, read_image
 from utils.logs import setup_logging
 
 logger = logging.getLogger("test")
@@ -62,16 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_invalid", action="store_true",
                         help="drop invalid rows (counted) instead of failing; an emptied split "
                              "still fails")
-    parser.add_argument("--allow_outside_root", action="store_true",
-                        help="accept image paths that resolve outside --image_root")
-    parser.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--fix_declared_size", action="store_true",
-                        help="rescale the boxes of rows whose width/height differ from the image "
-                             "(counted) instead of failing")
-    parser.add_argument("--image_window", choices=WINDOWS, default="full",
-                        help="16-bit/float images to 8 bits: full min..max range, or the "
-                             "0.5..99.5 %% percentile window")
+    add_image_input_args(parser)
     parser.add_argument("--out", required=True, type=writable_folder,
                         help="output folder (created; checked before anything runs)")
     parser.add_argument("--batch_size", type=positive_int, default=8)

@@ -40,6 +40,7 @@ from utils.annotations import AnnotationError, annotation_file, load_annotations
 from utils.cli import (
     PRECISIONS,
     add_embedding_cache_args,
+    add_image_input_args,
     add_model_args,
     attach_embedding_cache,
     grounding_config_from_args,
@@ -48,7 +49,7 @@ from utils.cli import (
 )
 from utils.dataset import GroundingCollator, GroundingDataset, PromptTooLongError
 from utils.evaluate import build_eval_dataset
-from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, ImageReadError
+from utils.image_io import ImageReadError
 from utils.logs import setup_logging
 
 logger = logging.getLogger("train")
@@ -71,16 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="folder image paths are relative to (default: --dataset_dir)")
     data.add_argument("--skip_invalid", action="store_true",
                       help="drop invalid annotation rows (counted and printed) instead of failing")
-    data.add_argument("--allow_outside_root", action="store_true",
-                      help="accept image paths that resolve outside --image_root")
-    data.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                      help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
-    data.add_argument("--fix_declared_size", action="store_true",
-                      help="rescale the boxes of rows whose width/height differ from the image "
-                           "(counted) instead of failing")
-    data.add_argument("--image_window", choices=WINDOWS, default="full",
-                      help="16-bit/float images to 8 bits: full min..max range, or the "
-                           "0.5..99.5 %% percentile window")
+    add_image_input_args(data)
     data.add_argument("--model_max_length", type=positive_int, default=DEFAULT_MODEL_MAX_LENGTH)
     data.add_argument("--workers", type=non_negative_int, default=2,
                       help="DataLoader worker processes (0: load in the training process)")

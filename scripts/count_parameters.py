@@ -23,15 +23,9 @@ from model.grounding_model import UMedGround
 from model.llava_builder import apply_lm_lora  # noqa: E402
 from model.phrase_query import build_phrase_query  # noqa: E402
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam  # noqa: E402
+from utils.bench.flops import LLAVA_7B  # noqa: E402
 from utils.tiny_checkpoints import CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE  # noqa: E402
 
-LLAVA_7B = LlavaConfig(
-    vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                   num_attention_heads=16, image_size=336, patch_size=14,
-                                   projection_dim=768),
-    text_config=LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=32, vocab_size=32064),
-    image_token_index=32000, image_seq_length=576)
 LLAVA_TINY = LlavaConfig(
     vision_config=CLIPVisionConfig(image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH_SIZE,
                                    hidden_size=64, intermediate_size=128, num_hidden_layers=2,

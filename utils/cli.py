@@ -14,6 +14,7 @@ import torch
 from model.box_losses import BoxLossConfig
 from model.config import GroundingConfig
 from model.constants import BOX_HEADS, VISION_MODELS
+from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,6 +113,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mhp_epsilon", type=float, default=defaults.mhp_epsilon)
     group.add_argument("--umhp_temperature", type=float, default=defaults.umhp_temperature)
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
+
+
+def add_image_input_args(parser: argparse.ArgumentParser | Any) -> None:
+    """The loader's input rules (docs/data.md), shared by train.py and test.py."""
+    parser.add_argument("--allow_outside_root", action="store_true",
+                        help="accept image paths that resolve outside --image_root")
+    parser.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--fix_declared_size", action="store_true",
+                        help="rescale the boxes of rows whose width/height differ from the image "
+                             "(counted) instead of failing")
+    parser.add_argument("--image_window", choices=WINDOWS, default="full",
+                        help="16-bit/float images to 8 bits: full min..max range, or the "
+                             "0.5..99.5 %% percentile window")
 
 
 def add_embedding_cache_args(parser: argparse.ArgumentParser, default: str) -> None:

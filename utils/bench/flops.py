@@ -24,7 +24,7 @@ LLAVA_7B = LlavaConfig(
                                    num_attention_heads=16, image_size=336, patch_size=14,
                                    projection_dim=768),
     text_config=LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=32, vocab_size=32065),
+                            num_attention_heads=32, num_key_value_heads=32, vocab_size=32064),
     image_token_index=32000, image_seq_length=576)
 TEXT_TOKENS = 200  # report prompt + answer, beside the 576 image tokens
 PHRASES = 3  # [BOX] queries per report
