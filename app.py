@@ -23,12 +23,11 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from model.grounding_model import UMedGround  # noqa: E402
 from utils.annotations import AnnotationError, annotation_file, load_annotations  # noqa: E402
-from utils.cli import PRECISIONS  # noqa: E402
-from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, read_image  # noqa: E402
+from utils.cli import PRECISIONS, add_inference_args, quantization_of  # noqa: E402
+from utils.image_io import DEFAULT_MAX_PIXELS, read_image  # noqa: E402
 from utils.inference import Grounder, GroundingResult, overlay, shown  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -57,21 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also open a public gradio.live link (off by default)")
     parser.add_argument("--examples_dir", default="ln_data/synthcxr",
                         help="a SynthCXR folder whose test reports become the examples")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    quantization = parser.add_mutually_exclusive_group()
-    quantization.add_argument("--load_in_8bit", action="store_true",
-                              help="quantise the language model to 8 bits (GPU, bitsandbytes)")
-    quantization.add_argument("--load_in_4bit", action="store_true",
-                              help="quantise the language model to 4 bits (GPU, bitsandbytes)")
-    parser.add_argument("--vision_pretrained", default=None,
-                        help="for a folder exported with --link_sam: the SAM checkpoint to use")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--model_max_length", type=int, default=512)
-    parser.add_argument("--image_window", default="full", choices=WINDOWS)
-    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    add_inference_args(parser)
     args = parser.parse_args(argv)
-    args.quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+    args.quantization = quantization_of(args)
     return args
 
 

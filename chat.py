@@ -22,11 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from model.grounding_model import UMedGround
-from utils.cli import PRECISIONS
-from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS, read_image
+from utils.cli import PRECISIONS, add_inference_args, quantization_of
+from utils.image_io import read_image
 from utils.inference import Grounder, overlay, task_inputs
 
 logger = logging.getLogger("chat")
@@ -47,22 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--label", default=None, help="a finding class (class task)")
     parser.add_argument("--out", "--vis_save_path", dest="out", default="vis_output",
                         help="folder for <stem>.json and <stem>.png")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                        help="bf16 is LISA's GPU setting; fp32 on the CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    quantization = parser.add_mutually_exclusive_group()
-    quantization.add_argument("--load_in_8bit", action="store_true",
-                              help="quantise the language model to 8 bits (GPU, bitsandbytes)")
-    quantization.add_argument("--load_in_4bit", action="store_true",
-                              help="quantise the language model to 4 bits (GPU, bitsandbytes)")
-    parser.add_argument("--vision_pretrained", default=None,
-                        help="for a folder exported with --link_sam: the SAM checkpoint to use")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--model_max_length", type=int, default=512)
-    parser.add_argument("--image_window", default="full", choices=WINDOWS,
-                        help="16-bit/float/DICOM without a window: map min..max (full) or the "
-                             "0.5..99.5 percentiles (percentile) to 8 bits")
-    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    add_inference_args(parser)
     args = parser.parse_args(argv)
     tasks = [name for name, given in (("report", args.report is not None or args.report_file),
                                       ("vqa", args.question is not None or args.answer is not None),
@@ -75,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.image is not None and not tasks:
         parser.error("--image needs its text: --report/--report_file, --question and --answer, "
                      "or --label")
-    args.quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+    args.quantization = quantization_of(args)
     return args
 
 

@@ -13,7 +13,12 @@ import torch
 
 from model.box_losses import BoxLossConfig
 from model.config import GroundingConfig
-from model.constants import BOX_HEADS, VISION_MODELS
+from model.constants import (
+    BOX_HEADS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODEL_MAX_LENGTH,
+    VISION_MODELS,
+)
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,18 +120,46 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
 
 
+def add_image_reading_args(parser: argparse.ArgumentParser | Any) -> None:
+    """How images are read (utils/image_io.py): the pixel limit and the 16-bit window."""
+    parser.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--image_window", choices=WINDOWS, default="full",
+                        help="16-bit/float images (and DICOM without a window) to 8 bits: full "
+                             "min..max range, or the 0.5..99.5 %% percentile window")
+
+
 def add_image_input_args(parser: argparse.ArgumentParser | Any) -> None:
     """The loader's input rules (docs/data.md), shared by train.py and test.py."""
     parser.add_argument("--allow_outside_root", action="store_true",
                         help="accept image paths that resolve outside --image_root")
-    parser.add_argument("--max_image_pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--fix_declared_size", action="store_true",
                         help="rescale the boxes of rows whose width/height differ from the image "
                              "(counted) instead of failing")
-    parser.add_argument("--image_window", choices=WINDOWS, default="full",
-                        help="16-bit/float images to 8 bits: full min..max range, or the "
-                             "0.5..99.5 %% percentile window")
+    add_image_reading_args(parser)
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """Loading an exported model for one image (chat.py, app.py), LISA's flags."""
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="bf16 is LISA's GPU setting; fp32 on the CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    quantization = parser.add_mutually_exclusive_group()
+    quantization.add_argument("--load_in_8bit", action="store_true",
+                              help="quantise the language model to 8 bits (GPU, bitsandbytes)")
+    quantization.add_argument("--load_in_4bit", action="store_true",
+                              help="quantise the language model to 4 bits (GPU, bitsandbytes)")
+    parser.add_argument("--vision_pretrained", default=None,
+                        help="for a folder exported with --link_sam: the SAM checkpoint to use")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--model_max_length", type=positive_int,
+                        default=DEFAULT_MODEL_MAX_LENGTH)
+    add_image_reading_args(parser)
+
+
+def quantization_of(args: argparse.Namespace) -> str | None:
+    """"8bit", "4bit" or None, from ``--load_in_8bit`` / ``--load_in_4bit``."""
+    return "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
 
 
 def add_embedding_cache_args(parser: argparse.ArgumentParser, default: str) -> None:
