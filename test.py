@@ -5,10 +5,12 @@
     python test.py --version pretrained/tiny/llava --weight runs/demo/fp32 …   # base + weights
     python test.py --baseline phrase_prior --dataset_dir ln_data/synthcxr --out runs/prior
 
-Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, and
-``grounding_given_phrase`` with the true answer teacher-forced), ``OUT/predictions.jsonl``
-(one line per finding), ``OUT/risk_coverage.png``, ``OUT/iou_vs_u.png``, overlays under
-``OUT/vis/`` and, with ``--image_noise_std``, ``OUT/noise.json``; prints a summary table.
+Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, matched at token F1
+>= ``--match_threshold``; ``grounding_strict``, the same with only pairs that name the same
+finding and side; and ``grounding_given_phrase`` with the true answer teacher-forced),
+``OUT/predictions.jsonl`` (one line per finding), ``OUT/risk_coverage.png``,
+``OUT/iou_vs_u.png``, overlays under ``OUT/vis/`` and, with ``--image_noise_std``,
+``OUT/noise.json``; prints a summary table.
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ from utils.cli import (
     attach_embedding_cache,
     non_negative_int,
     positive_int,
+    similarity_threshold,
     writable_folder,
 )
 from utils.dataset import PromptTooLongError
+from utils.evaluation.matching import DEFAULT_MATCH_THRESHOLD
 from utils.image_io import ImageReadError, read_image
 from utils.logs import setup_logging
 
@@ -77,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_noise_std", default="",
                         help="comma-separated Gaussian noise levels (0..255 pixel units) for the "
                              "robustness table, e.g. 0,10,25")
+    parser.add_argument("--match_threshold", type=similarity_threshold,
+                        default=DEFAULT_MATCH_THRESHOLD,
+                        help="token F1 a generated phrase needs to take a finding's box end to "
+                             "end (grounding_strict always uses the strict rule)")
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
     parser.add_argument("--baseline_k", type=positive_int, default=5)
@@ -213,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                                      image_window=args.image_window,
                                      max_image_pixels=args.max_image_pixels)
         result = evaluate_model(model, processor, dataset, args.batch_size, args.max_new_tokens,
-                                args.test_dataset, args.split)
+                                args.test_dataset, args.split,
+                                match_threshold=args.match_threshold)
     except (PromptTooLongError, ImageReadError) as error:
         raise SystemExit(f"{error}\nno metrics written")
     write_outputs(out, result.metrics, result.records)
@@ -225,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         for level in args.noise_levels:
             dataset.image_noise_std = level
             rows.append(evaluate_model(model, processor, dataset, args.batch_size,
-                                       args.max_new_tokens, args.test_dataset, args.split).metrics)
+                                       args.max_new_tokens, args.test_dataset, args.split,
+                                       match_threshold=args.match_threshold).metrics)
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         logger.info("\n%s", format_noise_table(rows))
 

@@ -86,6 +86,10 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
         lines = (out / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == metrics["n_findings"]
     assert runs[0] == runs[1]
+    assert set(runs[0]["grounding_strict"]) == set(runs[0]["grounding"])
+    assert all(runs[0]["grounding_strict"][k] <= runs[0]["grounding"][k]
+               for k in runs[0]["grounding"])
+    assert runs[0]["match_threshold"] == 0.5
     assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
     assert set(runs[0]["phrase"]) == {
         "exact_match",
@@ -196,13 +200,11 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
     (similarity >= 0) and the generated boxes are compared too."""
     from functools import partial
 
-    import utils.evaluate
     import utils.evaluation.matching
     from tests.test_grounding_model import BoxEveryThirdStep
     from utils.evaluate import build_eval_dataset, evaluate_model
 
     keep_all = partial(utils.evaluation.matching.match_phrases, min_similarity=0.0)
-    monkeypatch.setattr(utils.evaluate, "match_phrases", keep_all)
     monkeypatch.setattr(utils.evaluation.matching, "match_phrases", keep_all)
 
     torch.manual_seed(0)
@@ -231,6 +233,7 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
                     max_new_tokens=12,
                     progress=False,
                     meteor=False,
+                    match_threshold=0.0,
                 ).records
         finally:
             hook.remove()

@@ -44,6 +44,17 @@ def _bounded_int(text: str, least: int) -> int:
     return value
 
 
+def similarity_threshold(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {value}")
+    return value
+
+
 def writable_folder(text: str) -> Path:
     """An argparse type: a folder that exists or can be made, and can be written to."""
     path = Path(text)

@@ -6,6 +6,9 @@ Two measurements, labelled for what they are:
   matching on text similarity, see :mod:`utils.evaluation.matching`) and its box is scored
   against that finding's target box. A ground-truth finding left unmatched scores IoU 0;
   extra generated phrases are counted (``n_extra_predictions``).
+- ``grounding_strict``: the same end-to-end boxes, with only the strict phrase pairs counted
+  (same finding and side words, token F1 >= 0.8), so a phrase naming another finding or side
+  never takes a box.
 - ``grounding_given_phrase``: the true answer is teacher-forced and the boxes are read at its
   ``[BOX]`` positions (what the reference code reported).
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
@@ -28,7 +31,12 @@ from model.box_decoder import BoxPrediction
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
-from utils.evaluation.matching import generated_phrases, match_phrases
+from utils.evaluation.matching import (
+    DEFAULT_MATCH_THRESHOLD,
+    generated_phrases,
+    match_phrases,
+    strict_match,
+)
 from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
@@ -90,13 +98,16 @@ def build_eval_dataset(model, processor, samples: Sequence[Sample], model_max_le
 @torch.no_grad()
 def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int = 8,
                    max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
-                   progress: bool = True, meteor: bool = True) -> EvaluationResult:
+                   progress: bool = True, meteor: bool = True,
+                   match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
     One pass over ``dataset``: each batch is read and preprocessed once, the SAM encoder runs
     once (or the embedding cache serves it) and both generation and the teacher-forced pass
     use those features. ``dataset.image_noise_std`` sets the noise level. ``meteor=False``
-    skips METEOR (a Java process), as per-epoch validation does.
+    skips METEOR (a Java process), as per-epoch validation does. ``match_threshold`` is the
+    token F1 a generated phrase needs to take a finding's box; ``grounding_strict`` scores
+    the same boxes counting only strict pairs (``utils.evaluation.matching.strict_match``).
     """
     started = time.time()
     model.eval()
@@ -128,7 +139,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
                                         decode)
             gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
-            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
+            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings],
+                                                            match_threshold))
             n_extra += len(phrases) - len(matches)
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
@@ -139,11 +151,12 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                               torch.tensor(b), torch.tensor(float(sample.width)),
                               torch.tensor(float(sample.height))).tolist()] for b in finding.boxes],
                           "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
-                          "iou": 0.0}
+                          "iou": 0.0, "strict_match": False}
                 if index in matches:
                     q = gen_idx[matches[index]]
                     record.update(_box_fields(generated_px, q, target))
                     record["pred_phrase"] = phrases[matches[index]]
+                    record["strict_match"] = strict_match(record["pred_phrase"], finding.phrase)
                 q = forced_idx[index]
                 record["given_phrase"] = _box_fields(forced_px, q, target)
                 records.append(record)
@@ -155,6 +168,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "dataset": dataset_name, "split": split, "n_samples": len(dataset),
         "n_findings": len(records),
         "grounding": grounding_metrics(end_to_end),
+        "grounding_strict": grounding_metrics(
+            [r["iou"] if r["strict_match"] else 0.0 for r in records]),
+        "match_threshold": match_threshold,
         "grounding_given_phrase": grounding_metrics(given),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
                                  [r["phrase"] for r in records], meteor=meteor),

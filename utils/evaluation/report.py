@@ -27,7 +27,8 @@ def _rows(title: str, values: dict[str, Any], names: dict[str, str]) -> list[str
 def format_metrics_table(metrics: dict[str, Any]) -> str:
     """A summary of one metrics.json dict for stdout.
 
-    Grounding end to end (from generated text) beside grounding given the true phrase, then
+    Grounding end to end (from generated text; its strict-matching column when present) beside
+    grounding given the true phrase, then
     the phrase metrics and the uncertainty metrics; blocks that are missing or empty are left
     out. ``n_extra_predictions`` and ``baseline`` are shown when present.
     """
@@ -37,10 +38,13 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         header += f", {metrics['seconds']:.1f} s"
     if metrics.get("baseline"):
         header += f"  [baseline: {metrics['baseline']}]"
-    lines = [header, f"  {'grounding':28s} {'end-to-end':>10s} {'given phrase':>13s}"]
+    strict = metrics.get("grounding_strict")
+    lines = [header, f"  {'grounding':28s} {'end-to-end':>10s}"
+                     + (f" {'strict':>8s}" if strict else "") + f" {'given phrase':>13s}"]
     for key in GROUNDING_KEYS:
-        lines.append(f"  {key:28s} {_number(metrics['grounding'][key]):>10s} "
-                     f"{_number(metrics['grounding_given_phrase'][key]):>13s}")
+        lines.append(f"  {key:28s} {_number(metrics['grounding'][key]):>10s}"
+                     + (f" {_number(strict[key]):>8s}" if strict else "")
+                     + f" {_number(metrics['grounding_given_phrase'][key]):>13s}")
     if "n_extra_predictions" in metrics:
         lines.append(f"  {'extra generated phrases':28s} {metrics['n_extra_predictions']:>10d}")
     if metrics.get("phrase"):
