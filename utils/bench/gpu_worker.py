@@ -121,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def engine_flags(args: argparse.Namespace, precision: str) -> argparse.Namespace:
     """``train.py``'s flags for this run: its defaults (LoRA r 8 on q/v, ZeRO-2, AdamW, lr
-    schedule, clipping) with one micro batch per step and enough steps for the schedule."""
+    schedule, clipping) with one micro batch per step and enough steps for the schedule (one
+    warm-up step: DeepSpeed's WarmupDecayLR refuses 0)."""
     rounds = 1 + args.repeats
     steps = len(CHECKPOINTING) * len(args.batch_sizes) * len(TRAIN_VARIANTS) * rounds
     return train_flags(["--version", f"{args.shape} (random weights)",
