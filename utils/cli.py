@@ -45,6 +45,17 @@ def _bounded_int(text: str, least: int) -> int:
     return value
 
 
+def open_unit_float(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), not {text!r}")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), not {value}")
+    return value
+
+
 def writable_folder(text: str) -> Path:
     """An argparse type: a folder that exists or can be made, and can be written to."""
     path = Path(text)
@@ -174,6 +185,17 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULT_MODEL_MAX_LENGTH)
     add_uncertainty_override_arg(parser)
     add_image_reading_args(parser)
+
+
+def set_uncertainty_signal(model: Any, signal: str | None) -> None:
+    """Make ``model``'s boxes report ``signal`` as u (``--uncertainty``; ``None`` keeps the saved
+    one). A ValueError when the signal needs the IoU head and the model has none."""
+    if signal is None:
+        return
+    if signal != "spread" and not model.config.iou_head:
+        raise ValueError(f"--uncertainty {signal} needs the IoU head, and {model.config.version} "
+                         "was trained without it (--iou_head); use --uncertainty spread")
+    model.config.uncertainty = signal
 
 
 def quantization_of(args: argparse.Namespace) -> str | None:
