@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from model.calibration import RISK_CONTROLS
 from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TASKS
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
 from utils.cli import (
@@ -102,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     calibration.add_argument("--delta", type=open_unit_float, default=None,
                              help="the allowed probability that the risk guarantee fails "
                                   "(default 0.1)")
+    calibration.add_argument("--risk_control", choices=RISK_CONTROLS, default=None,
+                             help="Learn-then-Test procedure for the threshold: fixed_sequence "
+                                  "(default; assumes failures do not get rarer as u grows) or "
+                                  "bonferroni (no assumption, more conservative)")
     calibration.add_argument("--allow_test_calibration", action="store_true",
                              help="let --calibrate fit on --split test (it then scores the model "
                                   "on the data that set its margins)")
@@ -123,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_calibration_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse calibration on the test split (unless allowed), of a baseline or of base +
     weights, and calibration settings without ``--calibrate``; fill in their defaults."""
-    settings = {"alpha": 0.1, "target_risk": 0.2, "delta": 0.1}
+    settings = {"alpha": 0.1, "target_risk": 0.2, "delta": 0.1, "risk_control": RISK_CONTROLS[0]}
     if not args.calibrate:
         given = [f"--{name}" for name in settings if getattr(args, name) is not None]
         if given or args.allow_test_calibration:
@@ -293,7 +298,8 @@ def calibrate(model: Any, args: argparse.Namespace, result: Any) -> None:
 
     try:
         calibration = fit_calibration(result.records, args.alpha, args.target_risk, args.delta,
-                                      model.config.uncertainty, args.test_dataset, args.split)
+                                      model.config.uncertainty, args.test_dataset, args.split,
+                                      args.risk_control)
     except ValueError as error:
         raise SystemExit(f"cannot calibrate: {error}")
     path = calibration.save(args.version)
@@ -303,10 +309,10 @@ def calibrate(model: Any, args: argparse.Namespace, result: Any) -> None:
                  f"u < {calibration.threshold:.4g}" if calibration.threshold > 0 else
                  "abstains on every box (no coverage level certified)")
     logger.info("wrote %s: %d findings of %s/%s; box margins %.3g x the hypotheses' std (alpha "
-                "%g); selective threshold on %s %s (target risk %g, delta %g)", path,
+                "%g); selective threshold on %s %s (target risk %g, delta %g, %s)", path,
                 calibration.n_findings, args.test_dataset, args.split, calibration.quantile,
                 calibration.alpha, calibration.signal, threshold, calibration.target_risk,
-                calibration.delta)
+                calibration.delta, calibration.risk_control)
 
 
 if __name__ == "__main__":

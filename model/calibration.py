@@ -13,7 +13,8 @@ them, checked, so that a damaged file is an error naming it.
 - Selective prediction: a box whose u (the ``signal``) is below ``threshold`` is accepted,
   any other is an abstention; ``threshold`` ``None`` accepts every box and 0 abstains on
   every box. The selective risk (IoU < 0.5 among accepted boxes) is at most ``target_risk``
-  with probability at least ``1 - delta`` over the calibration draw.
+  with probability at least ``1 - delta`` over the calibration draw (``risk_control`` names
+  the multiple-testing procedure, one of ``RISK_CONTROLS``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from model.constants import UNCERTAINTY_SIGNALS
 
 CALIBRATION_NAME = "calibration.json"
 CALIBRATION_SCHEMA = 1
+RISK_CONTROLS = ("fixed_sequence", "bonferroni")  # Learn-then-Test procedures
 
 
 @dataclass
@@ -47,6 +49,7 @@ class BoxCalibration:
     n_findings: int
     dataset: str = ""
     split: str = ""
+    risk_control: str = "fixed_sequence"
     details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = CALIBRATION_SCHEMA
 
@@ -61,6 +64,8 @@ class BoxCalibration:
                 raise ValueError(f"{name} {value!r} must be a finite number >= 0")
         if not isinstance(self.n_findings, int) or self.n_findings < 1:
             raise ValueError(f"n_findings {self.n_findings!r} must be an integer >= 1")
+        if self.risk_control not in RISK_CONTROLS:
+            raise ValueError(f"risk_control {self.risk_control!r} is not one of {RISK_CONTROLS}")
         if self.signal not in UNCERTAINTY_SIGNALS:
             raise ValueError(f"signal {self.signal!r} is not one of {UNCERTAINTY_SIGNALS}")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float))

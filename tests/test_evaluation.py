@@ -86,7 +86,10 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
         lines = (out / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == metrics["n_findings"]
     assert runs[0] == runs[1]
-    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
+    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou", "spread"}
+    assert set(runs[0]["uncertainty"]["spread"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou",
+                                                     "n"}
+    assert "calibration" not in runs[0]  # the model has no calibration.json
     assert set(runs[0]["phrase"]) == {
         "exact_match",
         "bleu_1",

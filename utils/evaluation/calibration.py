@@ -24,11 +24,21 @@ statistics at :data:`SELECTIVE_LEVELS` coverage levels j/L (j = 1..L): λ_j is t
 (k_j + 1)-th smallest u with k_j = ceil(j n / L), or no threshold at all for j = L. Given
 λ_j, the calibration boxes below it are i.i.d. draws of the boxes a new sample would accept,
 so their failure count is Binomial(k_j, R(λ_j)) and ``P(Binomial(k_j, target) <= failures)``
-is a valid p-value for the null hypothesis R(λ_j) > target. Bonferroni over the L levels
-(each tested at delta / L) bounds the chance of certifying any level whose risk exceeds the
-target by delta; the largest certified level is kept. With probability at least 1 - delta
-over the calibration draw, the selective risk at the returned threshold is at most the
-target. When no level is certified, the threshold abstains on every box.
+is a valid p-value for the null hypothesis R(λ_j) > target. Two procedures turn the L
+p-values into a threshold; with probability at least 1 - delta over the calibration draw the
+selective risk at the returned threshold is then at most the target:
+
+- ``fixed_sequence`` (the default): test the levels from the most selective up, at delta
+  each, and keep the last one certified before the first failure. Valid when the chance that
+  a box fails does not fall as u grows (u ranks boxes as an uncertainty should): then the
+  first level above the target risk accepts only boxes that fail at least at the target rate,
+  and it is certified with probability at most delta.
+- ``bonferroni``: test every level at delta / L and keep the largest certified; valid
+  whatever u is, and more conservative.
+
+A level too small to be certified even without a failure (``(1 - target)^k`` above the
+level's delta) is skipped; which levels those are depends on n, the target and delta only.
+When no level is certified, the threshold abstains on every box.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.stats import binom
 
-from model.calibration import BoxCalibration
+from model.calibration import RISK_CONTROLS, BoxCalibration
 from utils.annotations import enclosing_box
 from utils.evaluation.uncertainty import FAILURE_IOU
 
@@ -145,7 +155,8 @@ class SelectiveThreshold:
 
 
 def selective_threshold(u: Sequence[float], failed: Sequence[bool], target_risk: float,
-                        delta: float, levels: int = SELECTIVE_LEVELS) -> SelectiveThreshold:
+                        delta: float, risk_control: str = "fixed_sequence",
+                        levels: int = SELECTIVE_LEVELS) -> SelectiveThreshold:
     """The Learn-then-Test threshold of the module docstring.
 
     Arguments:
@@ -153,7 +164,8 @@ def selective_threshold(u: Sequence[float], failed: Sequence[bool], target_risk:
       failed: (n,) whether each box failed (IoU < 0.5).
       target_risk: the selective risk to guarantee, in (0, 1).
       delta: the allowed probability that the guarantee fails, in (0, 1).
-      levels: L, the number of coverage levels tested (Bonferroni at delta / L).
+      risk_control: ``fixed_sequence`` or ``bonferroni`` (see the module docstring).
+      levels: L, the number of coverage levels.
     """
     u, failed = np.asarray(u, dtype=np.float64), np.asarray(failed, dtype=bool)
     if u.ndim != 1 or u.shape != failed.shape or len(u) == 0:
@@ -163,16 +175,24 @@ def selective_threshold(u: Sequence[float], failed: Sequence[bool], target_risk:
         raise ValueError("u must be finite and >= 0")
     if not (0.0 < target_risk < 1.0 and 0.0 < delta < 1.0):
         raise ValueError(f"target_risk {target_risk} and delta {delta} must lie in (0, 1)")
+    if risk_control not in RISK_CONTROLS:
+        raise ValueError(f"risk_control {risk_control!r} is not one of {RISK_CONTROLS}")
+    level_delta = delta if risk_control == "fixed_sequence" else delta / levels
+    smallest = math.ceil(math.log(level_delta) / math.log(1.0 - target_risk))
     ordered = np.sort(u, kind="stable")
     n = len(u)
     best = SelectiveThreshold(0.0, 0.0, 0, 0, None, None)
+    stopped = False
     for j in range(1, levels + 1):
         k = math.ceil(j * n / levels)
+        if k < smallest:  # not certifiable even with no failure
+            continue
         threshold = None if k >= n else float(ordered[k])
         accept = np.ones(n, dtype=bool) if threshold is None else u < threshold
         accepted, failures = int(accept.sum()), int(failed[accept].sum())
         p_value = binomial_p_value(failures, accepted, target_risk)
-        certified = p_value <= delta / levels
+        certified = p_value <= level_delta and not stopped
+        stopped = stopped or (risk_control == "fixed_sequence" and not certified)
         best.tested.append({"level": j / levels, "threshold": threshold, "accepted": accepted,
                             "failures": failures, "p_value": p_value, "certified": certified})
         if certified:
@@ -222,8 +242,8 @@ def calibration_inputs(records: Sequence[dict[str, Any]], signal: str, path: str
 
 
 def fit_calibration(records: Sequence[dict[str, Any]], alpha: float, target_risk: float,
-                    delta: float, signal: str, dataset: str = "", split: str = ""
-                    ) -> BoxCalibration:
+                    delta: float, signal: str, dataset: str = "", split: str = "",
+                    risk_control: str = "fixed_sequence") -> BoxCalibration:
     """Fit the conformal quantile and the selective threshold on the given-phrase boxes of a
     calibration split's records (``test.py`` predictions)."""
     inputs = calibration_inputs(records, signal)
@@ -235,7 +255,8 @@ def fit_calibration(records: Sequence[dict[str, Any]], alpha: float, target_risk
                          f"conformal quantile needs at least {math.ceil(1 / alpha) - 1}; use a "
                          "larger split or a larger --alpha")
     quantile = max(quantile, 0.0)
-    selective = selective_threshold(inputs.u, inputs.iou < FAILURE_IOU, target_risk, delta)
+    selective = selective_threshold(inputs.u, inputs.iou < FAILURE_IOU, target_risk, delta,
+                                    risk_control)
     inflated = inflate_boxes(inputs.boxes, inputs.hypotheses, inputs.sizes, quantile)
     details = {"coverage": float(contains(inflated, inputs.targets).mean()),
                "mean_area_inflation": float(area_inflation(inflated, inputs.boxes).mean()),
@@ -244,11 +265,13 @@ def fit_calibration(records: Sequence[dict[str, Any]], alpha: float, target_risk
                "selective_p_value": selective.p_value, "levels_tested": selective.tested,
                "method": {"boxes": "split conformal, residuals normalised by the hypotheses' "
                                    "per-side std, largest side score",
-                          "selective": f"Learn then Test, binomial tail p-values, Bonferroni "
-                                       f"over {SELECTIVE_LEVELS} coverage levels"}}
+                          "selective": f"Learn then Test, binomial tail p-values, "
+                                       f"{risk_control} over {SELECTIVE_LEVELS} coverage "
+                                       "levels"}}
     return BoxCalibration(alpha=alpha, quantile=quantile, scale_floor=SCALE_FLOOR, signal=signal,
                           target_risk=target_risk, delta=delta, threshold=selective.threshold,
-                          n_findings=n, dataset=dataset, split=split, details=details)
+                          n_findings=n, dataset=dataset, split=split,
+                          risk_control=risk_control, details=details)
 
 
 def _block(inputs: CalibrationInputs, calibration: BoxCalibration, inflated: np.ndarray,
@@ -278,7 +301,8 @@ def apply_calibration(records: list[dict[str, Any]], calibration: BoxCalibration
     ``selective_coverage`` counts every finding, matched or not, in the denominator).
     """
     block: dict[str, Any] = {key: getattr(calibration, key) for key in
-                             ("alpha", "quantile", "target_risk", "delta", "signal", "threshold")}
+                             ("alpha", "quantile", "target_risk", "delta", "signal", "threshold",
+                              "risk_control")}
     for path in ("given_phrase", "end_to_end"):
         inputs = calibration_inputs(records, calibration.signal, path)
         inflated = inflate_boxes(inputs.boxes, inputs.hypotheses, inputs.sizes,
