@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_calibration_args(parser, args)
     if args.baseline is None and args.version is None:
         parser.error("--version is required (unless --baseline)")
+    if args.baseline and args.uncertainty:
+        parser.error("--uncertainty picks a model's u; the baseline's u is its neighbours' spread")
     try:
         args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
     except ValueError:
