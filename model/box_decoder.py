@@ -16,6 +16,12 @@ The scalar uncertainty is scale-relative: ``u = mean over (cx, cy, w, h) of vari
 with size = (w, h, w, h) of the mean box, the squared coefficient of variation, so a 2-px
 spread counts for more on a nodule than on the heart (0 when N = 1): relative spread is what
 IoU responds to (docs/experiments.md, 2026-11-28).
+
+With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
+the IoU of the mean box with the target: an MLP (3 layers, sigmoid output) reads the
+transformer's output tokens of the query, the N hypothesis tokens and the ``[BOX]`` token
+(which no other head reads, so it plays SAM's IoU token), concatenated. It is trained on the
+detached IoU (:func:`model.box_losses.iou_prediction_loss`).
 """
 from __future__ import annotations
 
@@ -35,20 +41,23 @@ class BoxPrediction:
     """Boxes for Q queries, all sigmoid cxcywh in the normalised frame of SAM's padded input.
 
     hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,), the
-    scale-relative u of the module docstring.
+    scale-relative u of the module docstring; iou: (Q,) the IoU head's predicted IoU of the mean
+    box with the target, in [0, 1] (``None`` without the head).
     """
 
     hypotheses: torch.Tensor
     box: torch.Tensor
     variance: torch.Tensor
     uncertainty: torch.Tensor
+    iou: torch.Tensor | None = None
 
     @classmethod
-    def from_hypotheses(cls, hypotheses: torch.Tensor) -> "BoxPrediction":
+    def from_hypotheses(cls, hypotheses: torch.Tensor,
+                        iou: torch.Tensor | None = None) -> "BoxPrediction":
         mean = hypotheses.mean(dim=1)
         variance = (hypotheses - mean.unsqueeze(1)).pow(2).mean(dim=1)
         size = mean[:, [2, 3, 2, 3]].clamp_min(1e-6)
-        return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1))
+        return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1), iou)
 
 
 @dataclass
@@ -72,10 +81,11 @@ class UncertainBoxDecoder(nn.Module):
       transformer_dim: C, the width of the image features and of the tokens.
       transformer: SAM's two-way transformer of width C.
       num_hypotheses: N.
+      iou_head: add the IoU-prediction head (see the module docstring).
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
-                 num_hypotheses: int = 3):
+                 num_hypotheses: int = 3, iou_head: bool = False):
         super().__init__()
         self.num_hypotheses = num_hypotheses
         self.hypothesis_tokens = nn.Embedding(num_hypotheses, transformer_dim)
@@ -85,6 +95,8 @@ class UncertainBoxDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim, 3)
             for _ in range(num_hypotheses))
         self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * num_hypotheses, 2)
+        self.iou_prediction_head = MLP((num_hypotheses + 1) * transformer_dim, transformer_dim, 1,
+                                       3, sigmoid_output=True) if iou_head else None
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
                 batch_index: torch.Tensor) -> BoxPrediction:
@@ -117,15 +129,17 @@ class UncertainBoxDecoder(nn.Module):
         centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
         boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
         hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,N,4)
-        return BoxPrediction.from_hypotheses(hypotheses)
+        iou = None if self.iou_prediction_head is None \
+            else self.iou_prediction_head(hidden.flatten(1)).squeeze(-1)  # (Q,)
+        return BoxPrediction.from_hypotheses(hypotheses, iou)
 
 
 def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
                               sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
 
-    Tensors whose shapes differ are skipped and reported; the centre hypernetworks and the
-    per-cell box head are always new.
+    Tensors whose shapes differ are skipped and reported; the centre hypernetworks, the
+    per-cell box head and the IoU head are always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
@@ -151,14 +165,16 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
 
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
-                      sam_state_dict: dict[str, torch.Tensor] | None = None
-                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
-    """A decoder sized like the SAM config's mask decoder, initialised from it when given."""
+                      sam_state_dict: dict[str, torch.Tensor] | None = None,
+                      iou_head: bool = False) -> tuple[UncertainBoxDecoder, LoadReport]:
+    """A decoder sized like the SAM config's mask decoder, initialised from it when given;
+    ``iou_head`` adds the IoU-prediction head."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
-    decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses)
+    decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
+                                  iou_head)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

@@ -90,7 +90,10 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
     assert all(runs[0]["grounding_strict"][k] <= runs[0]["grounding"][k]
                for k in runs[0]["grounding"])
     assert runs[0]["match_threshold"] == 0.5
-    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
+    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou", "spread"}
+    assert set(runs[0]["uncertainty"]["spread"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou",
+                                                     "n"}
+    assert "calibration" not in runs[0]  # the model has no calibration.json
     assert set(runs[0]["phrase"]) == {
         "exact_match",
         "bleu_1",

@@ -14,6 +14,13 @@ Two measurements, labelled for what they are:
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
 ground-truth boxes. The uncertainty metrics use the given-phrase boxes, where every finding has
 a box and a u, so they measure the box uncertainty independently of phrase errors.
+
+``u`` is the signal ``model.config.uncertainty`` names (:mod:`model.uncertainty`); every
+available signal is recorded per box (``u_signals``) and scored under
+``uncertainty.<signal>``, and ``uncertainty_end_to_end`` scores them on the boxes of matched
+generated phrases. A model with a ``calibration`` (``calibration.json``) also gets each box's
+``inflated_box`` and ``abstain`` flag and the ``calibration`` block
+(:func:`utils.evaluation.calibration.apply_calibration`).
 """
 from __future__ import annotations
 
@@ -28,8 +35,10 @@ from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from model.box_decoder import BoxPrediction
+from model.uncertainty import reported_uncertainty, uncertainty_signals
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
+from utils.evaluation.calibration import apply_calibration
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import (
     DEFAULT_MATCH_THRESHOLD,
@@ -38,7 +47,7 @@ from utils.evaluation.matching import (
     strict_match,
 )
 from utils.evaluation.phrase import phrase_metrics
-from utils.evaluation.uncertainty import uncertainty_metrics
+from utils.evaluation.uncertainty import signal_metrics, uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.sam_transforms import padded_to_image_boxes
 
@@ -120,6 +129,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=lambda items: (generate_collate(items), forced_collate(items)))
     decode = partial(tokenizer.decode, skip_special_tokens=True)
+    signal = model.config.uncertainty
     for generate_batch, forced_batch in tqdm(loader, disable=not progress, dynamic_ncols=True,
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
@@ -132,8 +142,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                           ("sam_images", "pixel_values", "input_ids", "attention_mask",
                            "labels")}, image_embeddings=embeddings)
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
-                                          generate_batch)
-        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
+                                          generate_batch, signal)
+        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch,
+                                       signal)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
             phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
@@ -151,7 +162,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                               torch.tensor(b), torch.tensor(float(sample.width)),
                               torch.tensor(float(sample.height))).tolist()] for b in finding.boxes],
                           "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
-                          "iou": 0.0, "strict_match": False}
+                          "iou": 0.0, "strict_match": False,
+                          "width": sample.width, "height": sample.height,
+                          "finding_type": finding.finding_type or None}
                 if index in matches:
                     q = gen_idx[matches[index]]
                     record.update(_box_fields(generated_px, q, target))
@@ -174,31 +187,44 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "grounding_given_phrase": grounding_metrics(given),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
                                  [r["phrase"] for r in records], meteor=meteor),
-        "uncertainty": uncertainty_metrics(u, given),
+        "uncertainty": {**uncertainty_metrics(u, given),
+                        **signal_metrics([r["given_phrase"]["u_signals"] for r in records],
+                                         given)},
+        "uncertainty_end_to_end": signal_metrics(
+            [r["u_signals"] for r in records if r["box"] is not None],
+            [r["iou"] for r in records if r["box"] is not None]),
+        "uncertainty_signal": signal,
         "n_extra_predictions": n_extra,
         "image_noise_std": dataset.image_noise_std,
         "mean_u": float(sum(u) / len(u)) if u else 0.0,
         "seconds": time.time() - started,
     }
+    if getattr(model, "calibration", None) is not None:
+        metrics["calibration"] = apply_calibration(records, model.calibration)
     return EvaluationResult(metrics, records)
 
 
 @dataclass
 class PixelPredictions:
-    """Per-query sample rows (Q,), pixel boxes (Q,4), pixel hypotheses (Q,N,4) and u (Q,)."""
+    """Per-query sample rows (Q,), pixel boxes (Q,4), pixel hypotheses (Q,N,4) and u (Q,);
+    ``signals``: every available uncertainty signal, name → (Q,)."""
 
     rows: torch.Tensor
     boxes: torch.Tensor
     hypotheses: torch.Tensor
     uncertainty: torch.Tensor
+    signals: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _pixel_predictions(prediction: BoxPrediction, box_batch_index: torch.Tensor,
-                       batch: dict[str, Any]) -> PixelPredictions:
+                       batch: dict[str, Any], signal: str = "spread") -> PixelPredictions:
+    """The predictions in pixels, with u of ``signal`` (see :mod:`model.uncertainty`)."""
     rows = box_batch_index.cpu()
     sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
     boxes, hypotheses = prediction_to_pixels(prediction, batch["content_scale"][rows], sizes)
-    return PixelPredictions(rows, boxes, hypotheses, prediction.uncertainty.float().cpu())
+    signals = {name: value.float().cpu() for name, value in uncertainty_signals(prediction).items()}
+    return PixelPredictions(rows, boxes, hypotheses,
+                            reported_uncertainty(prediction, signal).float().cpu(), signals)
 
 
 def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor) -> dict[str, Any]:
@@ -207,7 +233,8 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
     return {"box": [round(v, 2) for v in box.tolist()],
             "hypotheses": [[round(v, 2) for v in h]
                            for h in predictions.hypotheses[query].tolist()],
-            "u": float(predictions.uncertainty[query]), "iou": iou}
+            "u": float(predictions.uncertainty[query]), "iou": iou,
+            "u_signals": {name: float(value[query]) for name, value in predictions.signals.items()}}
 
 
 def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, split: str
