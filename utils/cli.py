@@ -47,23 +47,22 @@ def _bounded_int(text: str, least: int) -> int:
 
 def similarity_threshold(text: str) -> float:
     """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {text!r}")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {value}")
-    return value
+    return _unit_float(text, include_one=True)
 
 
 def open_unit_float(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
+    return _unit_float(text, include_one=False)
+
+
+def _unit_float(text: str, include_one: bool) -> float:
+    interval = "(0, 1]" if include_one else "(0, 1)"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), not {text!r}")
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), not {value}")
+        raise argparse.ArgumentTypeError(f"must be a number in {interval}, not {text!r}")
+    if not (0.0 < value <= 1.0 if include_one else 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in {interval}, not {value}")
     return value
 
 
