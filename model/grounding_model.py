@@ -39,6 +39,7 @@ from torch import nn
 
 from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
 from model.box_losses import compute_box_losses
+from model.box_set_losses import compute_box_set_losses
 from model.config import GroundingConfig
 from model.constants import BOX_TOKEN
 from model.embedding_cache import EmbeddingCache, encoder_fingerprint
@@ -151,7 +152,8 @@ class UMedGround(nn.Module):
                              f"states 0..{depth} (0 = token embeddings, -1 = last layer)")
         config.sam = asdict(sam_config)
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
-                                            sam.state_dict() if init_decoder_from_sam else None)
+                                            sam.state_dict() if init_decoder_from_sam else None,
+                                            config.max_boxes_per_phrase)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
                                           len(config.query_layers), sam_config.prompt_embed_dim)
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
@@ -328,7 +330,9 @@ class UMedGround(nn.Module):
     def forward(self, sam_images: torch.Tensor, pixel_values: torch.Tensor,
                 input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 box_targets: torch.Tensor | None = None,
-                image_embeddings: torch.Tensor | None = None) -> GroundingOutput:
+                image_embeddings: torch.Tensor | None = None,
+                box_set_targets: torch.Tensor | None = None,
+                box_set_index: torch.Tensor | None = None) -> GroundingOutput:
         """Teacher-forced pass.
 
         Arguments:
@@ -339,6 +343,11 @@ class UMedGround(nn.Module):
             batch-then-answer order; ``None`` skips the box losses (prediction only).
           image_embeddings: (B,C,h,w) SAM features of ``sam_images`` when the caller has them
             (evaluation shares one encoding between generation and this pass).
+          box_set_targets, box_set_index: (G,4) every ground-truth box of every ``[BOX]``
+            (normalised xyxy in SAM's padded frame) and (G,) the ``[BOX]`` each belongs to;
+            the targets of a model with several boxes per phrase (``max_boxes_per_phrase``
+            > 1), which without them takes ``box_targets`` as one box per ``[BOX]``. The
+            single-box model trains on ``box_targets`` and ignores them.
         """
         outputs = self.llava(input_ids=input_ids, attention_mask=attention_mask,
                              pixel_values=pixel_values.to(self.llava.dtype), labels=labels,
@@ -353,8 +362,16 @@ class UMedGround(nn.Module):
             if box_targets.shape[0] != rows.numel():
                 raise ValueError(f"{rows.numel()} [BOX] tokens in the labels but "
                                  f"{box_targets.shape[0]} box targets")
-            box_losses = compute_box_losses(prediction, box_targets.to(prediction.box.dtype),
-                                            self.config.box_loss)
+            if prediction.slots is None:
+                box_losses = compute_box_losses(prediction, box_targets.to(prediction.box.dtype),
+                                                self.config.box_loss)
+            else:
+                if box_set_targets is None:
+                    box_set_targets, box_set_index = box_targets, torch.arange(
+                        rows.numel(), device=box_targets.device)
+                box_losses = compute_box_set_losses(
+                    prediction, box_set_targets.to(prediction.box.dtype), box_set_index,
+                    self.config.box_loss)
             losses.update(box_losses)
             losses["total"] = ce + box_losses["box_total"]
         else:

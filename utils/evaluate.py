@@ -11,6 +11,11 @@ Two measurements, labelled for what they are:
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
 ground-truth boxes. The uncertainty metrics use the given-phrase boxes, where every finding has
 a box and a u, so they measure the box uncertainty independently of phrase errors.
+- ``grounding_boxes`` / ``grounding_boxes_given_phrase``: the same two paths scored per
+  ground-truth box (:mod:`utils.evaluation.boxes`), against the boxes the model reports for
+  the phrase: with several boxes per phrase the present slots, else its one box. The
+  phrase's ``box`` of the rules above is then the box enclosing them
+  (:mod:`model.box_decoder`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from tqdm import tqdm
 from model.box_decoder import BoxPrediction
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
+from utils.evaluation.boxes import BoxSetScore, box_set_metrics, score_box_set
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import generated_phrases, match_phrases
 from utils.evaluation.phrase import phrase_metrics
@@ -123,6 +129,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
                                           generate_batch)
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
+        generated_sets = pixel_box_sets(generated.prediction, generated.box_batch_index,
+                                        generate_batch)
+        forced_sets = pixel_box_sets(forced.prediction, forced.box_batch_index, forced_batch)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
             phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
@@ -133,19 +142,23 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
                 target = _target_pixels(sample, finding)
+                truth = to_pixels(torch.tensor(finding.boxes, dtype=torch.float32),
+                                  float(sample.width), float(sample.height))
                 record = {"id": sample.id, "image": str(sample.image_path), "task": sample.task,
                           "phrase": finding.phrase, "generated_text": generated.texts[row],
                           "gt_boxes": [[round(v, 2) for v in to_pixels(
                               torch.tensor(b), torch.tensor(float(sample.width)),
                               torch.tensor(float(sample.height))).tolist()] for b in finding.boxes],
                           "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
-                          "iou": 0.0}
+                          "iou": 0.0, **_box_set_fields(None, truth)}
                 if index in matches:
                     q = gen_idx[matches[index]]
                     record.update(_box_fields(generated_px, q, target))
+                    record.update(_box_set_fields(generated_sets[q], truth))
                     record["pred_phrase"] = phrases[matches[index]]
                 q = forced_idx[index]
                 record["given_phrase"] = _box_fields(forced_px, q, target)
+                record["given_phrase"].update(_box_set_fields(forced_sets[q], truth))
                 records.append(record)
 
     end_to_end = [r["iou"] for r in records]
@@ -156,6 +169,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "n_findings": len(records),
         "grounding": grounding_metrics(end_to_end),
         "grounding_given_phrase": grounding_metrics(given),
+        "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
+        "grounding_boxes_given_phrase": box_set_metrics(
+            [box_set_score(r["given_phrase"]) for r in records]),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
                                  [r["phrase"] for r in records], meteor=meteor),
         "uncertainty": uncertainty_metrics(u, given),
@@ -194,6 +210,64 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
             "u": float(predictions.uncertainty[query]), "iou": iou}
 
 
+@dataclass
+class PixelBoxSet:
+    """The boxes one phrase reports, pixel xyxy: boxes (P,4), hypotheses (P,N,4), u (P,) and
+    presence (P,) probabilities (None for a single-box model, which has no presence)."""
+
+    boxes: torch.Tensor
+    hypotheses: torch.Tensor
+    uncertainty: torch.Tensor
+    presence: torch.Tensor | None
+
+
+def pixel_box_sets(prediction: BoxPrediction, box_batch_index: torch.Tensor,
+                   batch: dict[str, Any]) -> list[PixelBoxSet]:
+    """Per query, the boxes its phrase reports in pixels of its image: its one box, or with
+    several box slots the present ones (:attr:`model.box_decoder.BoxSlots.present`), the most
+    present first."""
+    rows = box_batch_index.cpu()
+    sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
+    scale = batch["content_scale"][rows]
+    slots = prediction.slots
+    if slots is None:
+        boxes, hypotheses = prediction_to_pixels(prediction, scale, sizes)
+        u = prediction.uncertainty.float().cpu()
+        return [PixelBoxSet(boxes[q:q + 1], hypotheses[q:q + 1], u[q:q + 1], None)
+                for q in range(len(sizes))]
+    count = slots.max_boxes
+    boxes, hypotheses = prediction_to_pixels(slots.boxes, scale.repeat_interleave(count, dim=0),
+                                             [size for size in sizes for _ in range(count)])
+    u = slots.boxes.uncertainty.float().cpu().view(-1, count)
+    presence = slots.presence.float().cpu()
+    present = slots.present.cpu()
+    sets = []
+    for q in range(len(sizes)):
+        order = [k for k in presence[q].argsort(descending=True).tolist() if present[q, k]]
+        flat = [q * count + k for k in order]
+        sets.append(PixelBoxSet(boxes[flat], hypotheses[flat], u[q, order], presence[q, order]))
+    return sets
+
+
+def _box_set_fields(box_set: PixelBoxSet | None, truth: torch.Tensor) -> dict[str, Any]:
+    """``boxes`` (each reported box: box, hypotheses, u, presence) and ``box_ious`` (per
+    ground-truth box after matching) of one finding; ``None``: the phrase was not generated."""
+    if box_set is None:
+        return {"boxes": [], "box_ious": list(score_box_set(torch.zeros(0, 4), truth).ious)}
+    score = score_box_set(box_set.boxes, truth)
+    boxes = [{"box": [round(v, 2) for v in box_set.boxes[i].tolist()],
+              "hypotheses": [[round(v, 2) for v in h] for h in box_set.hypotheses[i].tolist()],
+              "u": float(box_set.uncertainty[i]),
+              "presence": None if box_set.presence is None else float(box_set.presence[i])}
+             for i in range(len(box_set.boxes))]
+    return {"boxes": boxes, "box_ious": list(score.ious)}
+
+
+def box_set_score(record: dict[str, Any]) -> BoxSetScore:
+    """The :class:`BoxSetScore` of a finding's record (or its ``given_phrase`` part)."""
+    return BoxSetScore(tuple(record["box_ious"]), len(record["boxes"]))
+
+
 def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, split: str
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score the image-free phrase-prior baseline in the metrics.json format.
@@ -214,7 +288,10 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
             target = _target_pixels(sample, finding)
             iou = float(box_ious(pixels[None], target[None])[0])
             fields = {"box": [round(v, 2) for v in pixels.tolist()], "hypotheses": None,
-                      "u": u, "iou": iou}
+                      "u": u, "iou": iou, **_box_set_fields(PixelBoxSet(
+                          pixels[None], pixels[None, None], torch.tensor([u]), None),
+                          to_pixels(torch.tensor(finding.boxes, dtype=torch.float32),
+                                    size[0], size[1]))}
             records.append({"id": sample.id, "image": str(sample.image_path), "task": sample.task,
                             "phrase": finding.phrase, "pred_phrase": finding.phrase,
                             "gt_boxes": [[round(v, 2) for v in
@@ -227,6 +304,9 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
     metrics = {"dataset": dataset_name, "split": split, "n_samples": len(samples),
                "n_findings": len(records), "baseline": "phrase_prior",
                "grounding": grounding, "grounding_given_phrase": dict(grounding),
+               "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
+               "grounding_boxes_given_phrase": box_set_metrics(
+                   [box_set_score(r) for r in records]),
                "phrase": {k: None for k in ("exact_match", "bleu_1", "bleu_4", "rouge_l", "cider",
                                             "meteor")},
                "uncertainty": uncertainty_metrics(u, ious),
