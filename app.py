@@ -74,7 +74,9 @@ def load_examples(folder: Path, count: int = EXAMPLE_COUNT) -> list[list[str]]:
 
 
 def table_rows(result: GroundingResult) -> list[list[Any]]:
-    return [[number, p.phrase, round(p.u, 4), ", ".join(f"{v:.1f}" for v in p.box)]
+    """One row per phrase; a phrase with several boxes lists each (``; `` between them)."""
+    return [[number, p.phrase, round(p.u, 4),
+             "; ".join(", ".join(f"{v:.1f}" for v in b.box) for b in p.boxes or [p])]
             for number, p in enumerate(result.phrases, start=1)]
 
 

@@ -6,8 +6,10 @@
     python test.py --baseline phrase_prior --dataset_dir ln_data/synthcxr --out runs/prior
 
 Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, and
-``grounding_given_phrase`` with the true answer teacher-forced), ``OUT/predictions.jsonl``
-(one line per finding), ``OUT/risk_coverage.png``, ``OUT/iou_vs_u.png``, overlays under
+``grounding_given_phrase`` with the true answer teacher-forced, each also per ground-truth box
+in ``grounding_boxes`` / ``grounding_boxes_given_phrase``), ``OUT/predictions.jsonl``
+(one line per finding, with every box of its phrase), ``OUT/risk_coverage.png``,
+``OUT/iou_vs_u.png``, overlays under
 ``OUT/vis/`` and, with ``--image_noise_std``, ``OUT/noise.json``; prints a summary table.
 """
 from __future__ import annotations
@@ -154,7 +156,8 @@ def overlay_name(sample_id: str, taken: set[str]) -> str:
 
 def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
                   window: str = "full") -> None:
-    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU."""
+    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU
+    (given the phrase; every box of a phrase with several)."""
     from utils.visualize import draw_grounding
 
     by_image: dict[str, list[dict[str, Any]]] = {}
@@ -165,6 +168,7 @@ def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
     for image_path, items in list(by_image.items())[:count]:
         findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
                      "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
+                     "boxes": r["given_phrase"].get("boxes"),
                      "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"]} for r in items]
         picture = draw_grounding(read_image(image_path, window=window), findings)
         picture.save(out / "vis" / overlay_name(items[0]["id"], taken))

@@ -73,6 +73,12 @@ class BoxSlots:
             present[torch.arange(presence.shape[0]), presence.argmax(dim=1)] = True
         return present
 
+    def reported(self) -> list[list[int]]:
+        """Per query, its present slots (0..K-1), the most present first."""
+        presence, present = self.presence.detach().float().cpu(), self.present.cpu()
+        return [[k for k in row.argsort(descending=True).tolist() if keep[k]]
+                for row, keep in zip(presence, present)]
+
 
 @dataclass
 class BoxPrediction:

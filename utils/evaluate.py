@@ -240,10 +240,8 @@ def pixel_box_sets(prediction: BoxPrediction, box_batch_index: torch.Tensor,
                                              [size for size in sizes for _ in range(count)])
     u = slots.boxes.uncertainty.float().cpu().view(-1, count)
     presence = slots.presence.float().cpu()
-    present = slots.present.cpu()
     sets = []
-    for q in range(len(sizes)):
-        order = [k for k in presence[q].argsort(descending=True).tolist() if present[q, k]]
+    for q, order in enumerate(slots.reported()):
         flat = [q * count + k for k in order]
         sets.append(PixelBoxSet(boxes[flat], hypotheses[flat], u[q, order], presence[q, order]))
     return sets
