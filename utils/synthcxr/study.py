@@ -41,7 +41,8 @@ class Layer:
 
     Arguments:
       name: "right lung", "left lung", "heart", or a finding type with its side
-        ("nodule right", "pleural effusion left", "cardiomegaly").
+        ("nodule right", "pleural effusion left", "cardiomegaly"; lesion k of a multifocal
+        finding: "nodule 2 right").
       kind: "anatomy" or "lesion".
       mask: (H, W) bool.
     """
@@ -84,8 +85,8 @@ def lesion_layers(lesion: Lesion, mask: np.ndarray, parts: tuple[np.ndarray, ...
     bilateral effusion become two layers), or, for a multifocal finding, each lesion's own
     mask ``parts``."""
     if parts:
-        return [Layer(f"{lesion.type} {side}", "lesion", part)
-                for side, part in zip(lesion.part_sides, parts)]
+        return [Layer(f"{lesion.type} {number} {side}", "lesion", part)
+                for number, (side, part) in enumerate(zip(lesion.part_sides, parts), start=1)]
     sides = ("right", "left") if lesion.side == "bilateral" else (lesion.side,)
     layers = []
     for side, (x0, y0, x1, y1) in zip(sides, lesion.boxes):
