@@ -197,7 +197,7 @@ def test_a_two_box_finding_trains_towards_two_separate_boxes():
     features[0, :, 11, 12] += marker
     targets = torch.tensor([[2.0, 2.0, 5.0, 5.0], [11.0, 10.0, 14.0, 13.0]]) / 16
     optimiser = torch.optim.Adam([*decoder.parameters(), query], lr=3e-3)
-    for _ in range(120):
+    for _ in range(60):
         prediction = decoder(features, query, torch.zeros(1, dtype=torch.long))
         loss = compute_box_set_losses(prediction, targets, torch.zeros(2, dtype=torch.long),
                                       BoxLossConfig())["box_total"]
