@@ -7,7 +7,7 @@ TINY := pretrained/tiny
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export PYTHONHASHSEED := 0
 
-.PHONY: install data tiny demo demo-seeds bench app test test-fast lint clean
+.PHONY: install data tiny demo demo-seeds bench bench-device app test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -38,8 +38,13 @@ demo-seeds: tiny
 	for seed in 0 1 2; do DEMO_SEED=$$seed DEMO_RUN=runs/demo_seed$$seed bash scripts/demo.sh; done
 
 DEVICE ?= cpu
-bench: tiny
+# With DEVICE=cuda, bench-device refuses at once (before data and tiny are built) when torch
+# sees no GPU.
+bench: $(if $(filter cuda,$(DEVICE)),bench-device) tiny
 	$(VPY) -m utils.bench --out runs/bench --device $(DEVICE) $(if $(BENCH_QUICK),--quick)
+
+bench-device: install
+	$(VPY) -m utils.bench --device $(DEVICE) --check_device
 
 app: install
 	test -f runs/demo/hf/config.json || { echo "runs/demo/hf is missing: run make demo first"; exit 1; }

@@ -4,11 +4,13 @@
 
 Upload a radiograph (PNG, JPEG or DICOM), paste its report and press "Ground": the page shows
 the overlay (mean boxes thick, hypotheses dashed), a table of the phrases with their u and
-boxes, and the JSON that ``chat.py`` writes. The slider hides the boxes whose u is above it.
-Examples are the first reports of the SynthCXR test split (``--examples_dir``). The page is
-served on 127.0.0.1 unless ``--host`` says otherwise; ``--share`` (a public Gradio link) is
-off unless asked for. Gradio's analytics are switched off and the page loads no web font, so
-it runs without the internet. Needs ``pip install -r requirements-app.txt`` (``make app``).
+boxes, and the JSON that ``chat.py`` writes. A model folder with ``calibration.json`` adds the
+calibrated boxes (dotted) and the abstentions to the overlay, the table and the JSON. The
+slider hides the boxes whose u is above it. Examples are the first reports of the SynthCXR test
+split (``--examples_dir``). The page is served on 127.0.0.1 unless ``--host`` says otherwise;
+``--share`` (a public Gradio link) is off unless asked for. Gradio's analytics are switched off
+and the page loads no web font, so it runs without the internet. Needs ``pip install -r
+requirements-app.txt`` (``make app``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,12 @@ import numpy as np  # noqa: E402
 
 from model.grounding_model import UMedGround  # noqa: E402
 from utils.annotations import AnnotationError, annotation_file, load_annotations  # noqa: E402
-from utils.cli import PRECISIONS, add_inference_args, quantization_of  # noqa: E402
+from utils.cli import (  # noqa: E402
+    PRECISIONS,
+    add_inference_args,
+    quantization_of,
+    set_uncertainty_signal,
+)
 from utils.image_io import DEFAULT_MAX_PIXELS, read_image  # noqa: E402
 from utils.inference import Grounder, GroundingResult, overlay, shown  # noqa: E402
 
@@ -38,6 +45,7 @@ DESCRIPTION = ("Upload a chest X-ray (PNG, JPEG or DICOM), paste its report and 
                "and an uncertainty u (higher = less sure). A research demo, not a medical "
                "device.")
 TABLE_HEADERS = ["#", "phrase", "u", "box x0, y0, x1, y1 (px)"]
+CALIBRATED_HEADERS = ["calibrated box (px)", "abstain"]
 EXAMPLE_COUNT = 3
 SLIDER_DEFAULT_MAX = 1.0
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -74,10 +82,21 @@ def load_examples(folder: Path, count: int = EXAMPLE_COUNT) -> list[list[str]]:
 
 
 def table_rows(result: GroundingResult) -> list[list[Any]]:
-    """One row per phrase; a phrase with several boxes lists each (``; `` between them)."""
-    return [[number, p.phrase, round(p.u, 4),
-             "; ".join(", ".join(f"{v:.1f}" for v in b.box) for b in p.boxes or [p])]
-            for number, p in enumerate(result.phrases, start=1)]
+    """One row per phrase; a phrase with several boxes lists each (``; `` between them). A
+    calibrated model's rows add the calibrated box (of the phrase's box, with several the one
+    enclosing them) and the abstain flag (the columns of ``CALIBRATED_HEADERS``)."""
+    rows = []
+    for number, p in enumerate(result.phrases, start=1):
+        row = [number, p.phrase, round(p.u, 4),
+               "; ".join(", ".join(f"{v:.1f}" for v in b.box) for b in p.boxes or [p])]
+        if p.inflated_box is not None:
+            row += [", ".join(f"{v:.1f}" for v in p.inflated_box), "yes" if p.abstain else "no"]
+        rows.append(row)
+    return rows
+
+
+def table_headers(result: GroundingResult) -> list[str]:
+    return TABLE_HEADERS + (CALIBRATED_HEADERS if result.calibration is not None else [])
 
 
 class DemoHandlers:
@@ -99,7 +118,8 @@ class DemoHandlers:
             raise gr.Error(str(error)) from None
         top = max([SLIDER_DEFAULT_MAX, *(p.u for p in result.phrases)])
         slider = gr.Slider(minimum=0.0, maximum=top, value=top)
-        return (overlay(image, result), table_rows(result), result.to_json(Path(image_file).name),
+        table = gr.Dataframe(value=table_rows(result), headers=table_headers(result))
+        return (overlay(image, result), table, result.to_json(Path(image_file).name),
                 (image, result), slider)
 
     def redraw(self, state: tuple[np.ndarray, GroundingResult] | None, max_u: float) -> Any:
@@ -147,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         model, processor = UMedGround.from_pretrained(
             args.version, args.device, PRECISIONS[args.precision], args.quantization,
             args.vision_pretrained)
+        set_uncertainty_signal(model, args.uncertainty)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     grounder = Grounder(model, processor, args.model_max_length, args.max_new_tokens)

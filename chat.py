@@ -10,7 +10,9 @@
 Writes ``OUT/<image stem>.json`` (each phrase with its mean box in pixels of the input image,
 xyxy, the N hypotheses, the per-coordinate variance and u, and each of its boxes when the model
 gives several per phrase; schema in the README) and
-``OUT/<image stem>.png`` (the overlay), and prints the phrases with their boxes. Images:
+``OUT/<image stem>.png`` (the overlay), and prints the phrases with their boxes. A model folder
+with ``calibration.json`` (``test.py --calibrate``) adds each phrase's calibrated box, drawn
+dotted, and flags the phrases it abstains on. Images:
 PNG/JPEG (8- or 16-bit, RGB or grayscale, any size) and DICOM (see ``utils/image_io.py``).
 Without ``--image`` it asks for an image path and a report, again and again (an empty image
 path or end of input stops it).
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 
 from model.grounding_model import UMedGround
-from utils.cli import PRECISIONS, add_inference_args, quantization_of
+from utils.cli import PRECISIONS, add_inference_args, quantization_of, set_uncertainty_signal
 from utils.image_io import read_image
 from utils.inference import Grounder, overlay, task_inputs
 
@@ -76,6 +78,7 @@ def load_grounder(args: argparse.Namespace) -> Grounder:
         model, processor = UMedGround.from_pretrained(
             args.version, args.device, PRECISIONS[args.precision], args.quantization,
             args.vision_pretrained)
+        set_uncertainty_signal(model, args.uncertainty)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     return Grounder(model, processor, args.model_max_length, args.max_new_tokens)
@@ -101,6 +104,12 @@ def ground_file(grounder: Grounder, args: argparse.Namespace, image_path: str, i
     for number, phrase in enumerate(result.phrases, start=1):
         box = ", ".join(f"{v:.1f}" for v in phrase.box)
         print(f"  {number}. {phrase.phrase}: box [{box}] u {phrase.u:.3g}")
+        if phrase.inflated_box is not None:
+            inflated = ", ".join(f"{v:.1f}" for v in phrase.inflated_box)
+            coverage = 1 - result.calibration["alpha"]
+            print(f"     {coverage:.0%} box [{inflated}]"
+                  + ("; ABSTAIN: u is not below the calibrated threshold, check this finding"
+                     if phrase.abstain else ""))
         if len(phrase.boxes) > 1:  # several boxes: the box above encloses them
             for part, each in enumerate(phrase.boxes, start=1):
                 values = ", ".join(f"{v:.1f}" for v in each.box)

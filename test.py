@@ -4,13 +4,21 @@
         --out runs/demo/eval [--vis 8] [--image_noise_std 0,10,25]
     python test.py --version pretrained/tiny/llava --weight runs/demo/fp32 …   # base + weights
     python test.py --baseline phrase_prior --dataset_dir ln_data/synthcxr --out runs/prior
+    python test.py --version runs/demo/hf --dataset_dir ln_data/synthcxr --split val \
+        --calibrate [--alpha 0.1] [--target_risk 0.2] --out runs/demo/calibration
 
-Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, and
-``grounding_given_phrase`` with the true answer teacher-forced, each also per ground-truth box
-in ``grounding_boxes`` / ``grounding_boxes_given_phrase``), ``OUT/predictions.jsonl``
-(one line per finding, with every box of its phrase), ``OUT/risk_coverage.png``,
-``OUT/iou_vs_u.png``, overlays under
+Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, matched at token F1
+>= ``--match_threshold``; ``grounding_strict``, the same with only pairs that name the same
+finding and side; and ``grounding_given_phrase`` with the true answer teacher-forced; the
+end-to-end and given-phrase paths also per ground-truth box in ``grounding_boxes`` /
+``grounding_boxes_given_phrase``), ``OUT/predictions.jsonl`` (one line per finding, with every
+box of its phrase), ``OUT/risk_coverage.png``, ``OUT/iou_vs_u.png``, overlays under
 ``OUT/vis/`` and, with ``--image_noise_std``, ``OUT/noise.json``; prints a summary table.
+``--calibrate`` also fits ``calibration.json`` into the ``--version`` folder on this split
+(conformal box margins and a selective u-threshold, :mod:`utils.evaluation.calibration`); it
+refuses the test split unless ``--allow_test_calibration``. A calibrated model's metrics gain
+the ``calibration`` block and its predictions an ``inflated_box`` and an ``abstain`` flag (of
+the phrase's box: with several boxes per phrase, the one enclosing them).
 """
 from __future__ import annotations
 
@@ -25,18 +33,24 @@ from typing import Any
 
 import torch
 
+from model.calibration import RISK_CONTROLS
 from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TASKS
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
 from utils.cli import (
     PRECISIONS,
     add_embedding_cache_args,
     add_image_input_args,
+    add_uncertainty_override_arg,
     attach_embedding_cache,
     non_negative_int,
+    open_unit_float,
     positive_int,
+    set_uncertainty_signal,
+    similarity_threshold,
     writable_folder,
 )
 from utils.dataset import PromptTooLongError
+from utils.evaluation.matching import DEFAULT_MATCH_THRESHOLD
 from utils.image_io import ImageReadError, read_image
 from utils.logs import setup_logging
 
@@ -79,13 +93,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_noise_std", default="",
                         help="comma-separated Gaussian noise levels (0..255 pixel units) for the "
                              "robustness table, e.g. 0,10,25")
+    parser.add_argument("--match_threshold", type=similarity_threshold,
+                        default=DEFAULT_MATCH_THRESHOLD,
+                        help="token F1 a generated phrase needs to take a finding's box end to "
+                             "end (grounding_strict always uses the strict rule)")
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
     parser.add_argument("--baseline_k", type=positive_int, default=5)
+    add_uncertainty_override_arg(parser)
+    calibration = parser.add_argument_group("calibration (fit on a validation split)")
+    calibration.add_argument("--calibrate", action="store_true",
+                             help="fit calibration.json into the --version folder from this "
+                                  "split: conformal box margins and a selective u-threshold")
+    calibration.add_argument("--alpha", type=open_unit_float, default=None,
+                             help="miscoverage of the inflated boxes (default 0.1)")
+    calibration.add_argument("--target_risk", type=open_unit_float, default=None,
+                             help="the selective risk (IoU < 0.5 among accepted boxes) to "
+                                  "guarantee (default 0.2)")
+    calibration.add_argument("--delta", type=open_unit_float, default=None,
+                             help="the allowed probability that the risk guarantee fails "
+                                  "(default 0.1)")
+    calibration.add_argument("--risk_control", choices=RISK_CONTROLS, default=None,
+                             help="Learn-then-Test procedure for the threshold: fixed_sequence "
+                                  "(default; assumes failures do not get rarer as u grows) or "
+                                  "bonferroni (no assumption, more conservative)")
+    calibration.add_argument("--allow_test_calibration", action="store_true",
+                             help="let --calibrate fit on --split test (it then scores the model "
+                                  "on the data that set its margins)")
     add_embedding_cache_args(parser, "memory only")
     args = parser.parse_args(argv)
+    check_calibration_args(parser, args)
     if args.baseline is None and args.version is None:
         parser.error("--version is required (unless --baseline)")
+    if args.baseline and args.uncertainty:
+        parser.error("--uncertainty picks a model's u; the baseline's u is its neighbours' spread")
     try:
         args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
     except ValueError:
@@ -94,6 +135,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--image_noise_std {args.image_noise_std}: each level must be finite and "
                      ">= 0")
     return args
+
+
+def check_calibration_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse calibration on the test split (unless allowed), of a baseline or of base +
+    weights, and calibration settings without ``--calibrate``; fill in their defaults."""
+    settings = {"alpha": 0.1, "target_risk": 0.2, "delta": 0.1, "risk_control": RISK_CONTROLS[0]}
+    if not args.calibrate:
+        given = [f"--{name}" for name in settings if getattr(args, name) is not None]
+        if given or args.allow_test_calibration:
+            parser.error(f"{' '.join(given) or '--allow_test_calibration'} only apply with "
+                         "--calibrate")
+        return
+    if args.split == "test" and not args.allow_test_calibration:
+        parser.error("--calibrate fits the margins and the threshold on the split it reads; "
+                     "fitting them on the test split would score the model on the data that set "
+                     "them. Calibrate on --split val (then run test.py on the test split), or "
+                     "pass --allow_test_calibration to do it anyway")
+    if args.baseline or args.weight:
+        parser.error("--calibrate writes calibration.json into an exported folder: give "
+                     "--version EXPORTED (no --weight, no --baseline)")
+    for name, default in settings.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def load_split(args: argparse.Namespace, split: str) -> list[Sample]:
@@ -169,7 +233,9 @@ def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
         findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
                      "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
                      "boxes": r["given_phrase"].get("boxes"),
-                     "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"]} for r in items]
+                     "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"],
+                     "inflated_box": r["given_phrase"].get("inflated_box"),
+                     "abstain": r["given_phrase"].get("abstain")} for r in items]
         picture = draw_grounding(read_image(image_path, window=window), findings)
         picture.save(out / "vis" / overlay_name(items[0]["id"], taken))
 
@@ -208,8 +274,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         model, processor = load_model(args)
+        set_uncertainty_signal(model, args.uncertainty)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
+    if args.calibrate:
+        model.calibration = None  # the calibration being fitted replaces any earlier one
     logger.info(attach_embedding_cache(model, args, None))
     try:
         dataset = build_eval_dataset(model, processor, samples, args.model_max_length,
@@ -217,9 +286,12 @@ def main(argv: list[str] | None = None) -> None:
                                      image_window=args.image_window,
                                      max_image_pixels=args.max_image_pixels)
         result = evaluate_model(model, processor, dataset, args.batch_size, args.max_new_tokens,
-                                args.test_dataset, args.split)
+                                args.test_dataset, args.split,
+                                match_threshold=args.match_threshold)
     except (PromptTooLongError, ImageReadError) as error:
         raise SystemExit(f"{error}\nno metrics written")
+    if args.calibrate:
+        calibrate(model, args, result)
     write_outputs(out, result.metrics, result.records)
     logger.info("\n%s", format_metrics_table(result.metrics))
     if args.vis:
@@ -229,9 +301,34 @@ def main(argv: list[str] | None = None) -> None:
         for level in args.noise_levels:
             dataset.image_noise_std = level
             rows.append(evaluate_model(model, processor, dataset, args.batch_size,
-                                       args.max_new_tokens, args.test_dataset, args.split).metrics)
+                                       args.max_new_tokens, args.test_dataset, args.split,
+                                       match_threshold=args.match_threshold).metrics)
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         logger.info("\n%s", format_noise_table(rows))
+
+
+def calibrate(model: Any, args: argparse.Namespace, result: Any) -> None:
+    """Fit the calibration on this split's records, write ``calibration.json`` into the model
+    folder and add the (in-sample) ``calibration`` block to ``result``."""
+    from utils.evaluation.calibration import apply_calibration, fit_calibration
+
+    try:
+        calibration = fit_calibration(result.records, args.alpha, args.target_risk, args.delta,
+                                      model.config.uncertainty, args.test_dataset, args.split,
+                                      args.risk_control)
+    except ValueError as error:
+        raise SystemExit(f"cannot calibrate: {error}")
+    path = calibration.save(args.version)
+    model.calibration = calibration
+    result.metrics["calibration"] = apply_calibration(result.records, calibration)
+    threshold = ("accepts every box" if calibration.threshold is None else
+                 f"u < {calibration.threshold:.4g}" if calibration.threshold > 0 else
+                 "abstains on every box (no coverage level certified)")
+    logger.info("wrote %s: %d findings of %s/%s; box margins %.3g x the hypotheses' std (alpha "
+                "%g); selective threshold on %s %s (target risk %g, delta %g, %s)", path,
+                calibration.n_findings, args.test_dataset, args.split, calibration.quantile,
+                calibration.alpha, calibration.signal, threshold, calibration.target_risk,
+                calibration.delta, calibration.risk_control)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
+    parser.add_argument("--box_decoder_init", default="sam", choices=["sam", "random"],
+                        help="initialise the box decoder's two-way transformer, positional "
+                             "encoding and hypothesis tokens from SAM's mask decoder (the "
+                             "default), or randomly (the ablation)")
     add_embedding_cache_args(parser, "<log_base_dir>/<exp_name>/embedding_cache")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="ln_data/synthcxr",
@@ -92,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="peak learning rate of the SAM encoder, phrase query and box decoder "
                           "(default: --lr)")
     run.add_argument("--weight_decay", type=float, default=0.0)
-    run.add_argument("--warmup_steps", type=non_negative_int, default=100)
+    run.add_argument("--warmup_steps", type=positive_int, default=100,
+                     help="linear warm-up steps (at least 1: DeepSpeed's schedule needs one)")
     run.add_argument("--gradient_clipping", type=float, default=1.0)
     run.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
     run.add_argument("--deepspeed_config", default=None,
@@ -129,6 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup_steps > args.epochs * args.steps_per_epoch:
         parser.error(f"--warmup_steps {args.warmup_steps} exceeds the run's "
                      f"{args.epochs * args.steps_per_epoch} steps (--epochs x --steps_per_epoch)")
+    if args.uncertainty != "spread" and not args.iou_head:
+        parser.error(f"--uncertainty {args.uncertainty} needs the IoU head: add --iou_head")
+    if args.iou_loss_weight < 0:
+        parser.error(f"--iou_loss_weight {args.iou_loss_weight} must not be negative")
     if args.precision != "fp32" and not torch.cuda.is_available():
         parser.error(f"--precision {args.precision} needs a GPU; use fp32 on a CPU")
     return args
@@ -179,8 +188,9 @@ def build_model(args: argparse.Namespace, device: torch.device, run_dir: Path
 
     config = grounding_config_from_args(args)
     try:
-        model, processor, load_report = build_umedground(config, device,
-                                                         PRECISIONS[args.precision])
+        model, processor, load_report = build_umedground(
+            config, device, PRECISIONS[args.precision],
+            init_decoder_from_sam=args.box_decoder_init == "sam")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"cannot build the model: {error}")
     total, trainable = count_parameters(model)

@@ -27,6 +27,18 @@ n is the box enclosing hypothesis n of every present slot (presence probability 
 ``PRESENCE_THRESHOLD``, or the most present slot when none is), and mean, variance and u
 follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
 parameters and its outputs are those of the single-box decoder.
+
+With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
+the IoU of the mean box with the target: an MLP (3 layers, sigmoid output) reads the
+transformer's output tokens of the query, the N hypothesis tokens and the ``[BOX]`` token
+(which no other head reads, so it plays SAM's IoU token), concatenated. It is trained on the
+detached IoU (:func:`model.box_losses.iou_prediction_loss`). With K > 1 slots the head
+reads, per slot, that slot's N output tokens and the ``[BOX]`` token (one head shared by the
+slots, so its input is the same (N+1) x C as with one box) and predicts the IoU of the slot's
+mean box with its ground-truth box; it is trained on the matched slots only
+(:mod:`model.box_set_losses`). The phrase's ``iou`` is then the predicted IoU of the box it
+reports: the presence-weighted mean of the present slots' predicted IoUs. With K = 1 there
+are no slots and ``iou`` is the single-box head's, unchanged.
 """
 from __future__ import annotations
 
@@ -73,6 +85,15 @@ class BoxSlots:
             present[torch.arange(presence.shape[0]), presence.argmax(dim=1)] = True
         return present
 
+    def reported_iou(self) -> torch.Tensor | None:
+        """(Q,) the predicted IoU of each query's reported box: the presence-weighted mean of
+        its present slots' predicted IoUs; None without the IoU head."""
+        if self.boxes.iou is None:
+            return None
+        weights = self.presence.detach() * self.present
+        slot_iou = self.boxes.iou.view_as(weights)
+        return (weights * slot_iou).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
+
     def reported(self) -> list[list[int]]:
         """Per query, its present slots (0..K-1), the most present first."""
         presence, present = self.presence.detach().float().cpu(), self.present.cpu()
@@ -85,22 +106,26 @@ class BoxPrediction:
     """Boxes for Q queries, all sigmoid cxcywh in the normalised frame of SAM's padded input.
 
     hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,), the
-    scale-relative u of the module docstring. ``slots``: the K boxes of each query when the
-    decoder has K > 1 slots (the Q rows are then their enclosing box), else None.
+    scale-relative u of the module docstring; iou: (Q,) the IoU head's predicted IoU of the mean
+    box with the target, in [0, 1] (``None`` without the head; with K > 1 slots the
+    presence-weighted mean over the present slots). ``slots``: the K boxes of each query when
+    the decoder has K > 1 slots (the Q rows are then their enclosing box), else None.
     """
 
     hypotheses: torch.Tensor
     box: torch.Tensor
     variance: torch.Tensor
     uncertainty: torch.Tensor
+    iou: torch.Tensor | None = None
     slots: BoxSlots | None = None
 
     @classmethod
-    def from_hypotheses(cls, hypotheses: torch.Tensor) -> "BoxPrediction":
+    def from_hypotheses(cls, hypotheses: torch.Tensor,
+                        iou: torch.Tensor | None = None) -> "BoxPrediction":
         mean = hypotheses.mean(dim=1)
         variance = (hypotheses - mean.unsqueeze(1)).pow(2).mean(dim=1)
         size = mean[:, [2, 3, 2, 3]].clamp_min(1e-6)
-        return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1))
+        return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1), iou)
 
 
 def enclosing_hypotheses(hypotheses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -142,10 +167,11 @@ class UncertainBoxDecoder(nn.Module):
       transformer: SAM's two-way transformer of width C.
       num_hypotheses: N.
       max_boxes: K, the box slots per query (1: the single-box decoder, no presence head).
+      iou_head: add the IoU-prediction head (see the module docstring).
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
-                 num_hypotheses: int = 3, max_boxes: int = 1):
+                 num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False):
         super().__init__()
         if max_boxes < 1:
             raise ValueError(f"max_boxes {max_boxes} must be at least 1")
@@ -161,6 +187,8 @@ class UncertainBoxDecoder(nn.Module):
         self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * tokens, 2)
         if max_boxes > 1:
             self.presence_head = MLP(transformer_dim, transformer_dim, 1, 2)
+        self.iou_prediction_head = MLP((num_hypotheses + 1) * transformer_dim, transformer_dim, 1,
+                                       3, sigmoid_output=True) if iou_head else None
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
                 batch_index: torch.Tensor) -> BoxPrediction:
@@ -195,17 +223,32 @@ class UncertainBoxDecoder(nn.Module):
         centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
         boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
         hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,K*N,4)
+        slot_iou = self._predict_iou(hidden)  # (Q*K,) or None
         if self.max_boxes == 1:
-            return BoxPrediction.from_hypotheses(hypotheses)
+            return BoxPrediction.from_hypotheses(hypotheses, slot_iou)
         slot_tokens = hidden[:, :tokens].reshape(queries, self.max_boxes, self.num_hypotheses,
                                                  channels).mean(dim=2)  # (Q,K,C)
         slots = BoxSlots(BoxPrediction.from_hypotheses(
-            hypotheses.reshape(queries * self.max_boxes, self.num_hypotheses, 4)),
+            hypotheses.reshape(queries * self.max_boxes, self.num_hypotheses, 4), slot_iou),
             self.presence_head(slot_tokens).squeeze(-1))
         per_slot = hypotheses.view(queries, self.max_boxes, self.num_hypotheses, 4)
-        prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present))
+        prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present),
+                                                   slots.reported_iou())
         prediction.slots = slots
         return prediction
+
+    def _predict_iou(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The IoU head on the transformer's output tokens ``hidden`` (Q,K*N+1,C): per slot,
+        its N tokens and the ``[BOX]`` token concatenated, (Q*K,) query-major; None without
+        the head. With K = 1 the input is ``hidden`` flattened, the single-box head's."""
+        if self.iou_prediction_head is None:
+            return None
+        queries, _, channels = hidden.shape
+        slot_tokens = hidden[:, :-1].reshape(queries, self.max_boxes,
+                                             self.num_hypotheses * channels)
+        box_token = hidden[:, -1:].expand(queries, self.max_boxes, channels)
+        head_input = torch.cat([slot_tokens, box_token], dim=-1).flatten(0, 1)  # (Q*K,(N+1)C)
+        return self.iou_prediction_head(head_input).squeeze(-1)
 
 
 def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
@@ -214,7 +257,7 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
     With K > 1 slots the mask tokens go to the first slot's N tokens, the other slots'
     tokens start random. Tensors whose shapes differ are skipped and reported; the centre
-    hypernetworks, the per-cell box head and the presence head are always new.
+    hypernetworks, the per-cell box head, the presence head and the IoU head are always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
@@ -243,15 +286,17 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
                       sam_state_dict: dict[str, torch.Tensor] | None = None,
-                      max_boxes: int = 1) -> tuple[UncertainBoxDecoder, LoadReport]:
+                      max_boxes: int = 1, iou_head: bool = False
+                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
     """A decoder sized like the SAM config's mask decoder (``max_boxes`` slots of
-    ``num_hypotheses`` boxes), initialised from it when given."""
+    ``num_hypotheses`` boxes), initialised from it when given; ``iou_head`` adds the
+    IoU-prediction head."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
     decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
-                                  max_boxes)
+                                  max_boxes, iou_head)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

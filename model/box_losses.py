@@ -25,6 +25,11 @@ never run; its hinge (``MarginRankingLoss(margin=m)`` on ``|h_i - h_j|``) sums t
 where this averages them (a factor N(N-1)/2 that ``hypothesis_weight`` absorbs); its
 mhp/umhp do not regress the mean box, which is the box this project reports.
 
+With the decoder's IoU head, :func:`iou_prediction_loss` adds ``box_iou``: ``iou_weight`` times
+the mean squared error between the predicted IoU and the IoU of the mean box with the target
+(detached: it is the head's target, not a quantity the boxes are trained to change), as SAM
+trains its ``iou_prediction_head``.
+
 Terms are returned weighted and separately: ``box_l1``, ``box_giou`` (the hypothesis
 aggregate above; for hinge the mean box), ``box_hyp`` (the mean-box or margin term) and
 ``box_total``. With no box in the batch (Q = 0) every term is ``0 * sum(hypotheses)``: the
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import torch
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 
 from model.box_decoder import BoxPrediction
 from model.constants import BOX_HEADS
@@ -55,6 +60,7 @@ class BoxLossConfig:
     umhp_temperature: float = 1.0
     hinge_margin: float = 0.01
     presence_weight: float = 1.0  # the presence BCE of several boxes per phrase (box_set_losses)
+    iou_weight: float = 1.0  # the IoU head's loss, when the decoder has one
 
     def __post_init__(self) -> None:
         if self.mode not in BOX_HEADS:
@@ -67,6 +73,8 @@ class BoxLossConfig:
             raise ValueError(f"hinge_margin {self.hinge_margin} must not be negative")
         if self.presence_weight < 0.0:
             raise ValueError(f"presence_weight {self.presence_weight} must not be negative")
+        if self.iou_weight < 0.0:
+            raise ValueError(f"iou_weight {self.iou_weight} must not be negative")
 
 
 def _parts(boxes_cxcywh: torch.Tensor, targets_xyxy: torch.Tensor
@@ -144,3 +152,24 @@ def compute_box_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
               "box_hyp": config.hypothesis_weight * hyp}
     losses["box_total"] = losses["box_l1"] + losses["box_giou"] + losses["box_hyp"]
     return losses
+
+
+def iou_prediction_loss(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
+                        config: BoxLossConfig) -> torch.Tensor:
+    """``iou_weight`` x MSE of the IoU head against the detached IoU of the mean box.
+
+    Arguments:
+      prediction: Q predictions with ``iou`` (Q,) set (a decoder with the IoU head).
+      targets_xyxy: (Q,4) targets, normalised xyxy in the same frame.
+      config: its ``iou_weight``.
+    Returns:
+      a scalar; with Q = 0, ``0 * sum(iou)`` (the head stays in the graph).
+    """
+    if prediction.iou is None:
+        raise ValueError("the box decoder has no IoU head (build it with iou_head=True)")
+    if prediction.iou.shape[0] == 0:
+        return 0.0 * prediction.iou.sum()
+    with torch.no_grad():
+        mean_xyxy = box_convert(prediction.box.detach(), "cxcywh", "xyxy")
+        actual = box_iou(mean_xyxy, targets_xyxy.to(mean_xyxy.dtype)).diagonal()
+    return config.iou_weight * (prediction.iou - actual).pow(2).mean()

@@ -6,7 +6,10 @@ head mode (:func:`model.box_losses.compute_box_losses`: every slot keeps its N h
 so ``umhp``, ``mhp``, ``hinge`` and ``single`` apply per box), averaged over the matched
 boxes. Every slot's presence logit takes a binary cross-entropy towards 1 when matched and 0
 otherwise, averaged over the Q*K slots and weighted by ``presence_weight``: the term
-``box_presence``, included in ``box_total``.
+``box_presence``, included in ``box_total``. With the decoder's IoU head, each matched slot's
+predicted IoU takes :func:`model.box_losses.iou_prediction_loss` against the detached IoU of
+its mean box with its ground-truth box (unmatched slots take none): the term ``box_iou``,
+kept out of ``box_total`` as for one box.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model.box_decoder import BoxPrediction
-from model.box_losses import BoxLossConfig, compute_box_losses
+from model.box_losses import BoxLossConfig, compute_box_losses, iou_prediction_loss
 from model.box_matching import match_slots
 
 
@@ -27,8 +30,8 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
       target_query: (G,) the query each box belongs to.
       config: the head mode and its weights.
     Returns:
-      ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_total`` (scalars,
-      weighted).
+      ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_total`` and, with the IoU
+      head, ``box_iou`` (scalars, weighted).
     """
     slots = prediction.slots
     if slots is None:
@@ -43,8 +46,10 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
     slot_rows, target_rows = match_slots(boxes.box.view(queries, count, 4), targets_xyxy,
                                          target_query, config.l1_weight, config.giou_weight)
     matched = BoxPrediction(boxes.hypotheses[slot_rows], boxes.box[slot_rows],
-                            boxes.variance[slot_rows], boxes.uncertainty[slot_rows])
-    losses = compute_box_losses(matched, targets_xyxy[target_rows], config)
+                            boxes.variance[slot_rows], boxes.uncertainty[slot_rows],
+                            None if boxes.iou is None else boxes.iou[slot_rows])
+    matched_targets = targets_xyxy[target_rows]
+    losses = compute_box_losses(matched, matched_targets, config)
     logits = slots.presence_logits.flatten()
     if logits.numel():
         wanted = torch.zeros_like(logits)
@@ -53,6 +58,9 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
     else:
         presence = 0.0 * logits.sum()
     weighted = config.presence_weight * presence
-    return {"box_l1": losses["box_l1"], "box_giou": losses["box_giou"],
-            "box_hyp": losses["box_hyp"], "box_presence": weighted,
-            "box_total": losses["box_total"] + weighted}
+    result = {"box_l1": losses["box_l1"], "box_giou": losses["box_giou"],
+              "box_hyp": losses["box_hyp"], "box_presence": weighted,
+              "box_total": losses["box_total"] + weighted}
+    if matched.iou is not None:
+        result["box_iou"] = iou_prediction_loss(matched, matched_targets, config)
+    return result

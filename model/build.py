@@ -43,8 +43,10 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
 
 
 def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> tuple[UMedGround, Any, list[str]]:
-    """A trainable model from the base checkpoints named in ``config``.
+                     dtype: torch.dtype = torch.float32, init_decoder_from_sam: bool = True
+                     ) -> tuple[UMedGround, Any, list[str]]:
+    """A trainable model from the base checkpoints named in ``config``; the box decoder starts
+    from SAM's mask decoder unless ``init_decoder_from_sam`` is false.
 
     Returns:
       the model, the processor (tokenizer with ``[BOX]``), and a load report (lines).
@@ -53,8 +55,8 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
     llava = load_llava(config.version, processor, dtype, device)
     sam, sam_config = load_sam_checkpoint(config.vision_pretrained, config.vision_model,
                                           device=device, dtype=dtype)
-    model, decoder_report = UMedGround.assemble(config, llava, processor, sam, sam_config, True,
-                                                device, dtype)
+    model, decoder_report = UMedGround.assemble(config, llava, processor, sam, sam_config,
+                                                init_decoder_from_sam, device, dtype)
     if config.lora_r > 0:
         model.llava = apply_lm_lora(model.llava, config.lora_r, config.lora_alpha,
                                     config.lora_dropout, config.lora_target_modules)

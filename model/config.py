@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model.box_losses import BoxLossConfig
+from model.constants import UNCERTAINTY_SIGNALS
 
 CONFIG_NAME = "grounding_config.json"
 BOX_HEADS = ("single", "mhp", "umhp", "hinge")
@@ -26,6 +27,9 @@ class GroundingConfig:
     decoder, :mod:`model.box_decoder`); 1 is the single-box model of the paper, and a config
     saved before this setting existed loads with 1. train.py's default is
     ``DEFAULT_MAX_BOXES_PER_PHRASE``.
+    ``iou_head`` adds the box decoder's IoU-prediction head; ``uncertainty`` is the signal a
+    box's ``u`` reports (one of ``UNCERTAINTY_SIGNALS``, see :mod:`model.uncertainty`; ``iou``
+    and ``combined`` need the head). Folders saved before these fields load with the defaults.
 
     In an exported folder (:meth:`model.grounding_model.UMedGround.save_pretrained`)
     ``version`` is ``"."`` (the folder itself) and ``vision_pretrained`` is
@@ -50,6 +54,8 @@ class GroundingConfig:
     ce_weight: float = 1.0
     box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
     sam: dict[str, Any] | None = None  # the SAM architecture, filled in when the model is built
+    iou_head: bool = False
+    uncertainty: str = "spread"
 
     def __post_init__(self) -> None:
         if self.box_head not in BOX_HEADS:
@@ -66,6 +72,11 @@ class GroundingConfig:
         self.box_loss.mode = self.box_head
         if not self.query_layers:
             raise ValueError("query_layers is empty: name at least one LM layer, e.g. -1")
+        if self.uncertainty not in UNCERTAINTY_SIGNALS:
+            raise ValueError(f"uncertainty {self.uncertainty!r} is not one of "
+                             f"{UNCERTAINTY_SIGNALS}")
+        if self.uncertainty != "spread" and not self.iou_head:
+            raise ValueError(f"uncertainty {self.uncertainty!r} needs the IoU head (--iou_head)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

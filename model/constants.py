@@ -8,6 +8,9 @@ from __future__ import annotations
 BOX_TOKEN = "[BOX]"  # the token that closes a diagnostic phrase; each one becomes a box
 TASKS = ("report", "vqa", "class")  # annotation tasks: report grounding, VQA, classification
 BOX_HEADS = ("single", "mhp", "umhp", "hinge")  # single = MedGround, umhp = uMedGround
+# what a box's scalar u reports (model/uncertainty.py): the hypotheses' relative spread, one
+# minus the IoU head's predicted IoU, or the fixed rule combining both
+UNCERTAINTY_SIGNALS = ("spread", "iou", "combined")
 VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")  # SAM / MedSAM encoder types
 REFERENCE_BOX_FRAME = 640  # the reference code's boxes are pixels of the image resized to 640²
 DEFAULT_MODEL_MAX_LENGTH = 512  # tokens of prompt + answer

@@ -20,7 +20,9 @@ states of the very generation steps that read the same tokens (``output_hidden_s
 Saved (:meth:`UMedGround.save_pretrained`), a model is a llava-hf folder whose
 ``config.json`` carries the :class:`GroundingConfig` as its ``grounding_config`` sub-config,
 plus ``grounding.safetensors`` (phrase query, box decoder and, unless the SAM is linked, the
-SAM encoder). Everything is safetensors; nothing is unpickled on the load path.
+SAM encoder). Everything is safetensors; nothing is unpickled on the load path. A folder that
+``test.py --calibrate`` calibrated also holds ``calibration.json`` (:mod:`model.calibration`),
+loaded into :attr:`UMedGround.calibration` and written back by :meth:`save_pretrained`.
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
-from model.box_losses import compute_box_losses
+from model.box_losses import compute_box_losses, iou_prediction_loss
 from model.box_set_losses import compute_box_set_losses
+from model.calibration import CALIBRATION_NAME, BoxCalibration
 from model.config import GroundingConfig
 from model.constants import BOX_TOKEN
 from model.embedding_cache import EmbeddingCache, encoder_fingerprint
@@ -58,7 +61,9 @@ HF_CONFIG = "config.json"
 class GroundingOutput:
     """Teacher-forced forward result: weighted loss terms and the box predictions.
 
-    ``losses`` holds ``"ce"``, the box terms of :func:`compute_box_losses` and ``"total"``.
+    ``losses`` holds ``"ce"``, the box terms of :func:`compute_box_losses` (with several box
+    slots, of :func:`compute_box_set_losses`), ``"box_iou"`` with the decoder's IoU head
+    (:func:`iou_prediction_loss`) and ``"total"``.
     ``prediction`` covers every ``[BOX]`` of the batch in batch-then-answer order, and
     ``box_batch_index`` (Q,) gives each one's sample.
     """
@@ -107,10 +112,12 @@ class UMedGround(nn.Module):
       config: the model and head configuration (loss weights included).
 
     ``embedding_cache`` (an :class:`EmbeddingCache`, set by train.py / test.py) serves the SAM
-    features while the encoder is frozen; it is not part of the weights.
+    features while the encoder is frozen; it is not part of the weights. ``calibration`` (a
+    :class:`model.calibration.BoxCalibration`) is the folder's ``calibration.json``, if any.
     """
 
     embedding_cache: EmbeddingCache | None = None
+    calibration: BoxCalibration | None = None
 
     def __init__(self, llava: nn.Module, sam_encoder: nn.Module, phrase_query: nn.Module,
                  box_decoder: UncertainBoxDecoder, box_token_id: int, config: GroundingConfig):
@@ -153,7 +160,7 @@ class UMedGround(nn.Module):
         config.sam = asdict(sam_config)
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
                                             sam.state_dict() if init_decoder_from_sam else None,
-                                            config.max_boxes_per_phrase)
+                                            config.max_boxes_per_phrase, config.iou_head)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
                                           len(config.query_layers), sam_config.prompt_embed_dim)
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
@@ -187,7 +194,9 @@ class UMedGround(nn.Module):
         LoRA adapters are merged first (in place, :meth:`merge_adapters`). The folder holds
         the SAM encoder weights unless ``link_sam``: then it records the absolute path of the
         SAM checkpoint named by ``config.vision_pretrained``, which must hold the very weights
-        in use (a frozen SAM).
+        in use (a frozen SAM). :attr:`calibration`, when set, is written as
+        ``calibration.json``; otherwise a ``calibration.json`` left in the folder by an earlier
+        model is removed (it would describe other weights).
 
         Arguments:
           folder: the output folder (created).
@@ -216,6 +225,10 @@ class UMedGround(nn.Module):
             del self.llava.config.grounding_config
         processor.save_pretrained(folder)
         save_file(self.grounding_state_dict(with_sam=not link_sam), folder / GROUNDING_WEIGHTS)
+        if self.calibration is not None:
+            self.calibration.save(folder)
+        else:
+            (folder / CALIBRATION_NAME).unlink(missing_ok=True)
         return folder
 
     @classmethod
@@ -271,9 +284,11 @@ class UMedGround(nn.Module):
             except RuntimeError as error:
                 raise ValueError(f"{folder / GROUNDING_WEIGHTS}: {prefix} does not match the "
                                  f"config: {' '.join(str(error).split())[:300]}") from None
+        model.calibration = BoxCalibration.load(folder)
         model.config.version = str(folder)
         model.eval().requires_grad_(False)
-        logger.info("loaded %s (SAM %s)", folder, "embedded" if embedded else sam_config.name)
+        logger.info("loaded %s (SAM %s%s)", folder, "embedded" if embedded else sam_config.name,
+                    ", calibrated" if model.calibration is not None else "")
         return model, processor
 
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
@@ -363,8 +378,11 @@ class UMedGround(nn.Module):
                 raise ValueError(f"{rows.numel()} [BOX] tokens in the labels but "
                                  f"{box_targets.shape[0]} box targets")
             if prediction.slots is None:
-                box_losses = compute_box_losses(prediction, box_targets.to(prediction.box.dtype),
-                                                self.config.box_loss)
+                targets = box_targets.to(prediction.box.dtype)
+                box_losses = compute_box_losses(prediction, targets, self.config.box_loss)
+                if prediction.iou is not None:
+                    box_losses["box_iou"] = iou_prediction_loss(prediction, targets,
+                                                                self.config.box_loss)
             else:
                 if box_set_targets is None:
                     box_set_targets, box_set_index = box_targets, torch.arange(
@@ -373,7 +391,10 @@ class UMedGround(nn.Module):
                     prediction, box_set_targets.to(prediction.box.dtype), box_set_index,
                     self.config.box_loss)
             losses.update(box_losses)
-            losses["total"] = ce + box_losses["box_total"]
+            total = ce + box_losses["box_total"]
+            if "box_iou" in box_losses:
+                total = total + box_losses["box_iou"]
+            losses["total"] = total
         else:
             losses["total"] = ce
         return GroundingOutput(losses, prediction, rows)

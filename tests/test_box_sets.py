@@ -16,6 +16,7 @@ from model.box_matching import match_slots, matching_cost
 from model.box_set_losses import compute_box_set_losses
 from model.config import GroundingConfig
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam
+from model.uncertainty import uncertainty_signals
 
 REFERENCE = Path(__file__).parent / "fixtures" / "single_box_reference.json"
 SMALL = dataclasses.replace(SAM_TINY_CONFIG, prompt_embed_dim=16, decoder_depth=1,
@@ -168,14 +169,57 @@ def test_set_loss_is_the_box_loss_of_the_matched_slots_plus_presence_bce():
         assert float(one[key].detach()) == pytest.approx(float(direct[key]), rel=1e-6), key
 
 
-def test_set_loss_with_no_box_keeps_every_parameter_in_the_graph():
-    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=3)
+def test_set_loss_trains_the_iou_head_on_the_matched_slots_only():
+    # slots 0 and 1 are matched (to t1 and t0), slot 2 is not
+    slots_xyxy = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1]]])
+    targets = boxes_xyxy([0.1, 0.1, 0.3, 0.4], [0.6, 0.6, 0.8, 0.8])
+    prediction = slot_prediction(slots_xyxy, torch.tensor([[1.0, 0.0, -1.0]]))
+    slot_iou = torch.tensor([0.9, 0.2, 0.7], requires_grad=True)
+    prediction.slots.boxes.iou = slot_iou
+    losses = compute_box_set_losses(prediction, targets, torch.tensor([0, 0]),
+                                    BoxLossConfig(mode="single", iou_weight=3.0))
+    # actual IoUs: slot 0 with t1 = 1, slot 1 with t0 = 0.04 / 0.06
+    expected = 3.0 * ((0.9 - 1.0) ** 2 + (0.2 - 0.04 / 0.06) ** 2) / 2
+    assert float(losses["box_iou"].detach()) == pytest.approx(expected, rel=1e-5)
+    total = float(losses["box_total"].detach())
+    without = compute_box_set_losses(slot_prediction(slots_xyxy, torch.tensor([[1.0, 0.0, -1.0]])),
+                                     targets, torch.tensor([0, 0]), BoxLossConfig(mode="single"))
+    assert "box_iou" not in without  # no head, no term; and the term stays out of box_total
+    assert total == pytest.approx(float(without["box_total"].detach()), rel=1e-6)
+    losses["box_iou"].backward()
+    assert slot_iou.grad[2] == 0 and (slot_iou.grad[:2] != 0).all()
+    assert prediction.slots.boxes.hypotheses.grad is None  # the IoU target is detached
+
+
+def test_slot_decoder_with_the_iou_head_reports_the_presence_weighted_slot_iou():
+    torch.manual_seed(0)
+    single, _ = build_box_decoder(SAM_TINY_CONFIG, 3, iou_head=True)
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=4, iou_head=True)
+    shapes = {k: v.shape for k, v in single.state_dict().items() if k.startswith("iou_")}
+    assert shapes == {k: v.shape for k, v in decoder.state_dict().items()
+                      if k.startswith("iou_")}  # one head, shared by the slots
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(5, 64), torch.arange(5) % 2)
+    slots = prediction.slots
+    assert slots.boxes.iou.shape == (20,) and prediction.iou.shape == (5,)
+    weights = slots.presence * slots.present
+    expected = (weights * slots.boxes.iou.view(5, 4)).sum(dim=1) / weights.sum(dim=1)
+    torch.testing.assert_close(prediction.iou, expected)
+    assert set(uncertainty_signals(slots.boxes)) == {"spread", "iou", "combined"}
+    empty = decoder(torch.randn(1, 64, 16, 16), torch.randn(0, 64),
+                    torch.zeros(0, dtype=torch.long))
+    assert empty.iou.shape == (0,) and empty.slots.boxes.iou.shape == (0,)
+
+
+@pytest.mark.parametrize("iou_head", [False, True])
+def test_set_loss_with_no_box_keeps_every_parameter_in_the_graph(iou_head):
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=3, iou_head=iou_head)
     prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(0, 64),
                          torch.zeros(0, dtype=torch.long))
     losses = compute_box_set_losses(prediction, torch.zeros(0, 4),
                                     torch.zeros(0, dtype=torch.long), BoxLossConfig())
     assert all(float(value.detach()) == 0.0 for value in losses.values())
-    losses["box_total"].backward()
+    assert ("box_iou" in losses) == iou_head
+    (losses["box_total"] + losses.get("box_iou", 0.0)).backward()
     for name, parameter in decoder.named_parameters():
         assert parameter.grad is not None and not parameter.grad.any(), name
     with pytest.raises(ValueError, match="several box slots"):

@@ -89,6 +89,9 @@ def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     (["--image_noise_std", "5,x"], "give comma-separated numbers"),
     (["--image_noise_std", "-3"], "must be finite and >= 0"),
     (["--out", "/proc/forbidden/out"], "cannot be written to"),
+    (["--match_threshold", "0"], "--match_threshold: must be a number in (0, 1], not 0.0"),
+    (["--match_threshold", "1.5"], "--match_threshold: must be a number in (0, 1], not 1.5"),
+    (["--match_threshold", "high"], "--match_threshold: must be a number in (0, 1], not 'high'"),
 ])
 def test_test_py_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
     out = [] if "--out" in flags else ["--out", str(tmp_path / "eval")]

@@ -91,7 +91,14 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
     for block in ("grounding_boxes", "grounding_boxes_given_phrase"):
         assert set(runs[0][block]) == box_keys | {"multi_box", "single_box"}
         assert set(runs[0][block]["multi_box"]) == box_keys
-    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou"}
+    assert set(runs[0]["grounding_strict"]) == set(runs[0]["grounding"])
+    assert all(runs[0]["grounding_strict"][k] <= runs[0]["grounding"][k]
+               for k in runs[0]["grounding"])
+    assert runs[0]["match_threshold"] == 0.5
+    assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou", "spread"}
+    assert set(runs[0]["uncertainty"]["spread"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou",
+                                                     "n"}
+    assert "calibration" not in runs[0]  # the model has no calibration.json
     assert set(runs[0]["phrase"]) == {
         "exact_match",
         "bleu_1",
@@ -241,13 +248,11 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
     (similarity >= 0) and the generated boxes are compared too."""
     from functools import partial
 
-    import utils.evaluate
     import utils.evaluation.matching
     from tests.test_grounding_model import BoxEveryThirdStep
     from utils.evaluate import build_eval_dataset, evaluate_model
 
     keep_all = partial(utils.evaluation.matching.match_phrases, min_similarity=0.0)
-    monkeypatch.setattr(utils.evaluate, "match_phrases", keep_all)
     monkeypatch.setattr(utils.evaluation.matching, "match_phrases", keep_all)
 
     torch.manual_seed(0)
@@ -276,6 +281,7 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
                     max_new_tokens=12,
                     progress=False,
                     meteor=False,
+                    match_threshold=0.0,
                 ).records
         finally:
             hook.remove()

@@ -6,7 +6,13 @@ import torch
 
 from utils.annotations import Finding
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
-from utils.evaluation.matching import generated_phrases, match_phrases, token_f1, words
+from utils.evaluation.matching import (
+    generated_phrases,
+    match_phrases,
+    strict_match,
+    token_f1,
+    words,
+)
 from utils.evaluation.report import format_metrics_table, format_noise_table
 
 
@@ -107,6 +113,25 @@ def test_matching_is_one_to_one_and_drops_weak_pairs():
     assert match_phrases(["left effusion"], ["left effusion", "left effusion"]) == [(0, 0)]
     assert match_phrases(["a b"], ["a c"], min_similarity=0.5) == [(0, 0)]
     assert match_phrases(["a b"], ["a c"], min_similarity=0.51) == []
+
+
+@pytest.mark.parametrize("predicted, truth, strict", [
+    ("Left midlung field atelectasis", "Left midlung field mass", False),  # another finding
+    ("Lobulated mass in the right midlung field", "Lobulated mass in the left midlung field",
+     False),  # another side, token F1 0.86
+    ("Dense airspace opacity in the left mid zone",
+     "Dense airspace consolidation in the left mid zone", False),  # F1 0.875, another finding
+    ("small left pneumothorax", "small right pneumothorax", False),
+    ("small left pneumothorax", "small left apical pneumothorax", True),  # F1 0.86
+    ("bilateral pleural effusions", "Bilateral pleural effusion", True),  # plural folded
+    ("Right-sided pneumothorax", "right-sided pneumothorax", True),
+    ("multiple nodules", "multiple masses", False),
+    ("large opacities at the bases", "large opacity at the bases", True),
+    ("left effusion", "left effusion with adjacent opacity", False),  # F1 0.67
+])
+def test_strict_matching_needs_the_same_findings_and_sides(predicted, truth, strict):
+    assert strict_match(predicted, truth) is strict
+    assert strict_match(truth, predicted) is strict
 
 
 def _metrics() -> dict:

@@ -46,10 +46,12 @@ def enclosing_box(boxes: Iterable[Sequence[float]]) -> Box:
 
 @dataclass(frozen=True)
 class Finding:
-    """One diagnostic phrase and its ground-truth boxes (normalised xyxy, at least one)."""
+    """One diagnostic phrase and its ground-truth boxes (normalised xyxy, at least one);
+    ``finding_type`` is the row's optional ``type`` (else ``category``), "" when absent."""
 
     phrase: str
     boxes: tuple[Box, ...]
+    finding_type: str = ""
 
     def target_box(self) -> Box:
         """The phrase's target: the smallest box enclosing all of its boxes."""
@@ -320,7 +322,9 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
                 elif width:
                     boxes.append(box)
             if width and len(boxes) == len(boxes_raw):
-                findings.append(Finding(raw["phrase"].strip(), tuple(boxes)))
+                kind = raw.get("type", raw.get("category", ""))
+                findings.append(Finding(raw["phrase"].strip(), tuple(boxes),
+                                        kind if isinstance(kind, str) else ""))
     if problems:
         return None, problems
     extra = {k: row[k] for k in ("templated", "source", "category") if k in row}

@@ -18,6 +18,7 @@ from model.constants import (
     DEFAULT_MAX_BOXES_PER_PHRASE,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL_MAX_LENGTH,
+    UNCERTAINTY_SIGNALS,
     VISION_MODELS,
 )
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS
@@ -42,6 +43,27 @@ def _bounded_int(text: str, least: int) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {text!r}")
     if value < least:
         raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {value}")
+    return value
+
+
+def similarity_threshold(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    return _unit_float(text, include_one=True)
+
+
+def open_unit_float(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    return _unit_float(text, include_one=False)
+
+
+def _unit_float(text: str, include_one: bool) -> float:
+    interval = "(0, 1]" if include_one else "(0, 1)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in {interval}, not {text!r}")
+    if not (0.0 < value <= 1.0 if include_one else 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in {interval}, not {value}")
     return value
 
 
@@ -126,6 +148,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
     group.add_argument("--presence_loss_weight", type=float, default=defaults.presence_weight,
                        help="weight of the box-presence BCE (--max_boxes_per_phrase > 1)")
+    group.add_argument("--iou_head", action="store_true",
+                       help="add the box decoder's IoU-prediction head (SAM's "
+                            "iou_prediction_head), trained on the IoU of the mean box")
+    group.add_argument("--iou_loss_weight", type=float, default=defaults.iou_weight,
+                       help="weight of the IoU head's MSE loss (with --iou_head)")
+    group.add_argument("--uncertainty", default="spread", choices=UNCERTAINTY_SIGNALS,
+                       help="what a box's u reports, saved with the model: the hypotheses' "
+                            "spread, 1 - the IoU head's IoU, or both combined (iou and "
+                            "combined need --iou_head)")
+
+
+def add_uncertainty_override_arg(parser: argparse.ArgumentParser | Any) -> None:
+    """``--uncertainty`` for test.py, chat.py and app.py: the signal u reports (default: the one
+    saved with the model)."""
+    parser.add_argument("--uncertainty", default=None, choices=UNCERTAINTY_SIGNALS,
+                        help="what a box's u reports: spread, iou or combined (the last two "
+                             "need a model trained with --iou_head; default: as saved)")
 
 
 def add_image_reading_args(parser: argparse.ArgumentParser | Any) -> None:
@@ -162,7 +201,19 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--model_max_length", type=positive_int,
                         default=DEFAULT_MODEL_MAX_LENGTH)
+    add_uncertainty_override_arg(parser)
     add_image_reading_args(parser)
+
+
+def set_uncertainty_signal(model: Any, signal: str | None) -> None:
+    """Make ``model``'s boxes report ``signal`` as u (``--uncertainty``; ``None`` keeps the saved
+    one). A ValueError when the signal needs the IoU head and the model has none."""
+    if signal is None:
+        return
+    if signal != "spread" and not model.config.iou_head:
+        raise ValueError(f"--uncertainty {signal} needs the IoU head, and {model.config.version} "
+                         "was trained without it (--iou_head); use --uncertainty spread")
+    model.config.uncertainty = signal
 
 
 def quantization_of(args: argparse.Namespace) -> str | None:
@@ -208,11 +259,12 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
         query_layers=list(args.query_layers),
         gradient_checkpointing=args.gradient_checkpointing,
-        ce_weight=args.ce_loss_weight,
+        ce_weight=args.ce_loss_weight, iou_head=args.iou_head, uncertainty=args.uncertainty,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
                                giou_weight=args.giou_loss_weight,
                                hypothesis_weight=args.hyp_loss_weight,
                                mhp_epsilon=args.mhp_epsilon,
                                umhp_temperature=args.umhp_temperature,
                                hinge_margin=args.hinge_margin,
-                               presence_weight=args.presence_loss_weight))
+                               presence_weight=args.presence_loss_weight,
+                               iou_weight=args.iou_loss_weight))

@@ -6,6 +6,9 @@ Two measurements, labelled for what they are:
   matching on text similarity, see :mod:`utils.evaluation.matching`) and its box is scored
   against that finding's target box. A ground-truth finding left unmatched scores IoU 0;
   extra generated phrases are counted (``n_extra_predictions``).
+- ``grounding_strict``: the same end-to-end boxes, with only the strict phrase pairs counted
+  (same finding and side words, token F1 >= 0.8), so a phrase naming another finding or side
+  never takes a box.
 - ``grounding_given_phrase``: the true answer is teacher-forced and the boxes are read at its
   ``[BOX]`` positions (what the reference code reported).
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
@@ -16,6 +19,13 @@ a box and a u, so they measure the box uncertainty independently of phrase error
   the phrase: with several boxes per phrase the present slots, else its one box. The
   phrase's ``box`` of the rules above is then the box enclosing them
   (:mod:`model.box_decoder`).
+
+``u`` is the signal ``model.config.uncertainty`` names (:mod:`model.uncertainty`); every
+available signal is recorded per box (``u_signals``) and scored under
+``uncertainty.<signal>``, and ``uncertainty_end_to_end`` scores them on the boxes of matched
+generated phrases. A model with a ``calibration`` (``calibration.json``) also gets each box's
+``inflated_box`` and ``abstain`` flag and the ``calibration`` block
+(:func:`utils.evaluation.calibration.apply_calibration`).
 """
 from __future__ import annotations
 
@@ -30,13 +40,20 @@ from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from model.box_decoder import BoxPrediction
+from model.uncertainty import reported_uncertainty, uncertainty_signals
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
 from utils.evaluation.boxes import BoxSetScore, box_set_metrics, score_box_set
+from utils.evaluation.calibration import apply_calibration
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
-from utils.evaluation.matching import generated_phrases, match_phrases
+from utils.evaluation.matching import (
+    DEFAULT_MATCH_THRESHOLD,
+    generated_phrases,
+    match_phrases,
+    strict_match,
+)
 from utils.evaluation.phrase import phrase_metrics
-from utils.evaluation.uncertainty import uncertainty_metrics
+from utils.evaluation.uncertainty import signal_metrics, uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.sam_transforms import padded_to_image_boxes
 
@@ -96,13 +113,16 @@ def build_eval_dataset(model, processor, samples: Sequence[Sample], model_max_le
 @torch.no_grad()
 def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int = 8,
                    max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
-                   progress: bool = True, meteor: bool = True) -> EvaluationResult:
+                   progress: bool = True, meteor: bool = True,
+                   match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
     One pass over ``dataset``: each batch is read and preprocessed once, the SAM encoder runs
     once (or the embedding cache serves it) and both generation and the teacher-forced pass
     use those features. ``dataset.image_noise_std`` sets the noise level. ``meteor=False``
-    skips METEOR (a Java process), as per-epoch validation does.
+    skips METEOR (a Java process), as per-epoch validation does. ``match_threshold`` is the
+    token F1 a generated phrase needs to take a finding's box; ``grounding_strict`` scores
+    the same boxes counting only strict pairs (``utils.evaluation.matching.strict_match``).
     """
     started = time.time()
     model.eval()
@@ -115,6 +135,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=lambda items: (generate_collate(items), forced_collate(items)))
     decode = partial(tokenizer.decode, skip_special_tokens=True)
+    signal = model.config.uncertainty
     for generate_batch, forced_batch in tqdm(loader, disable=not progress, dynamic_ncols=True,
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
@@ -127,17 +148,20 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                           ("sam_images", "pixel_values", "input_ids", "attention_mask",
                            "labels")}, image_embeddings=embeddings)
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
-                                          generate_batch)
-        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch)
+                                          generate_batch, signal)
+        forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch,
+                                       signal)
         generated_sets = pixel_box_sets(generated.prediction, generated.box_batch_index,
-                                        generate_batch)
-        forced_sets = pixel_box_sets(forced.prediction, forced.box_batch_index, forced_batch)
+                                        generate_batch, signal)
+        forced_sets = pixel_box_sets(forced.prediction, forced.box_batch_index, forced_batch,
+                                     signal)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
             phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
                                         decode)
             gen_idx = (generated_px.rows == row).nonzero(as_tuple=True)[0].tolist()
-            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings]))
+            matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings],
+                                                            match_threshold))
             n_extra += len(phrases) - len(matches)
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
@@ -150,12 +174,16 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                               torch.tensor(b), torch.tensor(float(sample.width)),
                               torch.tensor(float(sample.height))).tolist()] for b in finding.boxes],
                           "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
-                          "iou": 0.0, **_box_set_fields(None, truth)}
+                          "iou": 0.0, "strict_match": False,
+                          "width": sample.width, "height": sample.height,
+                          "finding_type": finding.finding_type or None,
+                          **_box_set_fields(None, truth)}
                 if index in matches:
                     q = gen_idx[matches[index]]
                     record.update(_box_fields(generated_px, q, target))
                     record.update(_box_set_fields(generated_sets[q], truth))
                     record["pred_phrase"] = phrases[matches[index]]
+                    record["strict_match"] = strict_match(record["pred_phrase"], finding.phrase)
                 q = forced_idx[index]
                 record["given_phrase"] = _box_fields(forced_px, q, target)
                 record["given_phrase"].update(_box_set_fields(forced_sets[q], truth))
@@ -168,37 +196,53 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "dataset": dataset_name, "split": split, "n_samples": len(dataset),
         "n_findings": len(records),
         "grounding": grounding_metrics(end_to_end),
+        "grounding_strict": grounding_metrics(
+            [r["iou"] if r["strict_match"] else 0.0 for r in records]),
+        "match_threshold": match_threshold,
         "grounding_given_phrase": grounding_metrics(given),
         "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
         "grounding_boxes_given_phrase": box_set_metrics(
             [box_set_score(r["given_phrase"]) for r in records]),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
                                  [r["phrase"] for r in records], meteor=meteor),
-        "uncertainty": uncertainty_metrics(u, given),
+        "uncertainty": {**uncertainty_metrics(u, given),
+                        **signal_metrics([r["given_phrase"]["u_signals"] for r in records],
+                                         given)},
+        "uncertainty_end_to_end": signal_metrics(
+            [r["u_signals"] for r in records if r["box"] is not None],
+            [r["iou"] for r in records if r["box"] is not None]),
+        "uncertainty_signal": signal,
         "n_extra_predictions": n_extra,
         "image_noise_std": dataset.image_noise_std,
         "mean_u": float(sum(u) / len(u)) if u else 0.0,
         "seconds": time.time() - started,
     }
+    if getattr(model, "calibration", None) is not None:
+        metrics["calibration"] = apply_calibration(records, model.calibration)
     return EvaluationResult(metrics, records)
 
 
 @dataclass
 class PixelPredictions:
-    """Per-query sample rows (Q,), pixel boxes (Q,4), pixel hypotheses (Q,N,4) and u (Q,)."""
+    """Per-query sample rows (Q,), pixel boxes (Q,4), pixel hypotheses (Q,N,4) and u (Q,);
+    ``signals``: every available uncertainty signal, name → (Q,)."""
 
     rows: torch.Tensor
     boxes: torch.Tensor
     hypotheses: torch.Tensor
     uncertainty: torch.Tensor
+    signals: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _pixel_predictions(prediction: BoxPrediction, box_batch_index: torch.Tensor,
-                       batch: dict[str, Any]) -> PixelPredictions:
+                       batch: dict[str, Any], signal: str = "spread") -> PixelPredictions:
+    """The predictions in pixels, with u of ``signal`` (see :mod:`model.uncertainty`)."""
     rows = box_batch_index.cpu()
     sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
     boxes, hypotheses = prediction_to_pixels(prediction, batch["content_scale"][rows], sizes)
-    return PixelPredictions(rows, boxes, hypotheses, prediction.uncertainty.float().cpu())
+    signals = {name: value.float().cpu() for name, value in uncertainty_signals(prediction).items()}
+    return PixelPredictions(rows, boxes, hypotheses,
+                            reported_uncertainty(prediction, signal).float().cpu(), signals)
 
 
 def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor) -> dict[str, Any]:
@@ -207,7 +251,8 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
     return {"box": [round(v, 2) for v in box.tolist()],
             "hypotheses": [[round(v, 2) for v in h]
                            for h in predictions.hypotheses[query].tolist()],
-            "u": float(predictions.uncertainty[query]), "iou": iou}
+            "u": float(predictions.uncertainty[query]), "iou": iou,
+            "u_signals": {name: float(value[query]) for name, value in predictions.signals.items()}}
 
 
 @dataclass
@@ -222,23 +267,23 @@ class PixelBoxSet:
 
 
 def pixel_box_sets(prediction: BoxPrediction, box_batch_index: torch.Tensor,
-                   batch: dict[str, Any]) -> list[PixelBoxSet]:
+                   batch: dict[str, Any], signal: str = "spread") -> list[PixelBoxSet]:
     """Per query, the boxes its phrase reports in pixels of its image: its one box, or with
     several box slots the present ones (:attr:`model.box_decoder.BoxSlots.present`), the most
-    present first."""
+    present first; each box's u is that of ``signal`` (:mod:`model.uncertainty`)."""
     rows = box_batch_index.cpu()
     sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
     scale = batch["content_scale"][rows]
     slots = prediction.slots
     if slots is None:
         boxes, hypotheses = prediction_to_pixels(prediction, scale, sizes)
-        u = prediction.uncertainty.float().cpu()
+        u = reported_uncertainty(prediction, signal).float().cpu()
         return [PixelBoxSet(boxes[q:q + 1], hypotheses[q:q + 1], u[q:q + 1], None)
                 for q in range(len(sizes))]
     count = slots.max_boxes
     boxes, hypotheses = prediction_to_pixels(slots.boxes, scale.repeat_interleave(count, dim=0),
                                              [size for size in sizes for _ in range(count)])
-    u = slots.boxes.uncertainty.float().cpu().view(-1, count)
+    u = reported_uncertainty(slots.boxes, signal).float().cpu().view(-1, count)
     presence = slots.presence.float().cpu()
     sets = []
     for q, order in enumerate(slots.reported()):

@@ -8,7 +8,12 @@ boxes, their mean, the per-coordinate variance and the scale-relative u
 of a phrase's present boxes in ``boxes`` (with its own hypotheses, variance, u and presence);
 the phrase's ``box`` is then the box enclosing them. Boxes come back in the pixel frame of the
 image as given (xyxy, origin top-left, x to the right); the variance is that of the
-hypotheses' (cx, cy, w, h), in squared pixels.
+hypotheses' (cx, cy, w, h), in squared pixels. ``u`` is the signal the model's config names
+(:mod:`model.uncertainty`). When the model folder holds ``calibration.json``, each phrase also
+gets its calibrated box (``inflated_box``, containing the lesion for 1 - alpha of findings on
+data like the calibration split) and an ``abstain`` flag (its u is not below the calibrated
+threshold: the selective risk guarantee does not cover this box). Both are of the phrase's
+``box`` (with several boxes, the enclosing one), not of each of its ``boxes``.
 
 A report longer than the model's context is cut from its end, as training cuts it, so that the
 prompt, the image tokens and ``max_new_tokens`` fit in ``model_max_length``; the cut is logged
@@ -27,8 +32,10 @@ import torch
 from PIL import Image
 
 from model.constants import TASKS
+from model.uncertainty import reported_uncertainty, uncertainty_signals
 from utils.annotations import Sample
 from utils.evaluate import prediction_to_pixels
+from utils.evaluation.calibration import inflate_boxes
 from utils.evaluation.matching import generated_phrases
 from utils.prompts import prompt_text, question_text
 from utils.sam_transforms import preprocess_for_sam
@@ -59,10 +66,11 @@ class GroundedPhrase:
     """One generated phrase and its box.
 
     ``box``: the mean box, pixel xyxy; ``hypotheses``: N pixel xyxy boxes; ``variance``: the
-    variance over the hypotheses of (cx, cy, w, h), pixels²; ``u``: the scale-relative
-    uncertainty (higher = less sure). ``boxes``: every box the phrase reports, the most
-    present first (one, equal to the above, for a single-box model; with several, the
-    phrase's ``box`` and hypotheses enclose them).
+    variance over the hypotheses of (cx, cy, w, h), pixels²; ``u``: the uncertainty (higher =
+    less sure). ``boxes``: every box the phrase reports, the most present first (one, equal to
+    the above, for a single-box model; with several, the phrase's ``box`` and hypotheses
+    enclose them). With a calibrated model, ``inflated_box`` (pixel xyxy) and ``abstain`` of
+    the phrase's ``box``; both ``None`` otherwise (and left out of the JSON).
     """
 
     phrase: str
@@ -71,6 +79,8 @@ class GroundedPhrase:
     variance: list[float]
     u: float
     boxes: list[PhraseBox] = field(default_factory=list)
+    inflated_box: list[float] | None = None
+    abstain: bool | None = None
 
 
 @dataclass
@@ -88,14 +98,23 @@ class GroundingResult:
     truncated: bool
     generated_text: str
     phrases: list[GroundedPhrase] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
 
     def to_json(self, image: str) -> dict[str, Any]:
-        """The JSON document ``chat.py`` writes and ``app.py`` shows (see the README)."""
-        return {"schema_version": SCHEMA_VERSION, "image": image, "width": self.width,
-                "height": self.height, "task": self.task, "inputs": dict(self.inputs),
-                "truncated": self.truncated, "generated_text": self.generated_text,
-                "box_format": "xyxy, pixels of the input image",
-                "phrases": [asdict(phrase) for phrase in self.phrases]}
+        """The JSON document ``chat.py`` writes and ``app.py`` shows (see the README); a
+        calibrated model adds ``calibration`` and each phrase's ``inflated_box`` and
+        ``abstain``."""
+        document = {"schema_version": SCHEMA_VERSION, "image": image, "width": self.width,
+                    "height": self.height, "task": self.task, "inputs": dict(self.inputs),
+                    "truncated": self.truncated, "generated_text": self.generated_text,
+                    "box_format": "xyxy, pixels of the input image",
+                    "phrases": [{key: value for key, value in asdict(phrase).items()
+                                 if self.calibration is not None
+                                 or key not in ("inflated_box", "abstain")}
+                                for phrase in self.phrases]}
+        if self.calibration is not None:
+            document["calibration"] = dict(self.calibration)
+        return document
 
 
 def task_inputs(task: str, report: str = "", question: str = "", answer: str = "",
@@ -201,24 +220,50 @@ class Grounder:
         to_pixels = torch.tensor([width / content_scale[0], height / content_scale[1]] * 2)
         variance = prediction.variance.float().cpu() * to_pixels.pow(2)
         text = generated.texts[0]
+        u = reported_uncertainty(prediction, self.model.config.uncertainty).float().cpu()
         phrases = [GroundedPhrase(
             phrase=phrase, box=[round(v, BOX_DECIMALS) for v in boxes[q].tolist()],
             hypotheses=[[round(v, BOX_DECIMALS) for v in h] for h in hypotheses[q].tolist()],
             variance=[round(v, VARIANCE_DECIMALS) for v in variance[q].tolist()],
-            u=float(prediction.uncertainty[q]))
+            u=float(u[q]))
             for q, phrase in enumerate(generated_phrases(
                 generated.token_ids[0].tolist(), self.model.box_token_id,
                 partial(self.tokenizer.decode, skip_special_tokens=True)))]
-        for phrase, boxes_of_phrase in zip(phrases, phrase_boxes(prediction, scale, width,
-                                                                 height, to_pixels)):
+        for phrase, boxes_of_phrase in zip(phrases, phrase_boxes(
+                prediction, scale, width, height, to_pixels, self.model.config.uncertainty)):
             phrase.boxes = boxes_of_phrase
-        return GroundingResult(width, height, task, used, truncated, text, phrases)
+        result = GroundingResult(width, height, task, used, truncated, text, phrases)
+        if self.model.calibration is not None:
+            self._calibrate(result, prediction, boxes, hypotheses)
+        return result
+
+    def _calibrate(self, result: GroundingResult, prediction: Any, boxes: torch.Tensor,
+                   hypotheses: torch.Tensor) -> None:
+        """Give every phrase of ``result`` its inflated box and abstain flag (in place).
+
+        ``boxes`` (Q,4) and ``hypotheses`` (Q,N,4) are the pixel predictions of ``prediction``,
+        the decoder output behind ``result.phrases``.
+        """
+        calibration = self.model.calibration
+        signal = uncertainty_signals(prediction)[calibration.signal].float().cpu()
+        count = len(result.phrases)
+        sizes = np.tile([result.width, result.height], (count, 1))
+        inflated = inflate_boxes(boxes[:count].numpy(), hypotheses[:count].numpy(), sizes,
+                                 calibration.quantile, calibration.scale_floor)
+        for q, phrase in enumerate(result.phrases):
+            phrase.inflated_box = [round(v, BOX_DECIMALS) for v in inflated[q].tolist()]
+            phrase.abstain = calibration.abstains(float(signal[q]))
+        result.calibration = {"alpha": calibration.alpha, "signal": calibration.signal,
+                              "threshold": calibration.threshold,
+                              "target_risk": calibration.target_risk,
+                              "delta": calibration.delta}
 
 
 def phrase_boxes(prediction: Any, scale: torch.Tensor, width: int, height: int,
-                 variance_scale: torch.Tensor) -> list[list[PhraseBox]]:
+                 variance_scale: torch.Tensor, signal: str = "spread") -> list[list[PhraseBox]]:
     """The boxes each query of ``prediction`` (one image) reports, in pixels: its one box, or
-    its present slots, the most present first.
+    its present slots, the most present first; each box's u is that of ``signal``
+    (:mod:`model.uncertainty`).
 
     Arguments:
       prediction: a :class:`model.box_decoder.BoxPrediction` of Q queries.
@@ -232,6 +277,7 @@ def phrase_boxes(prediction: Any, scale: torch.Tensor, width: int, height: int,
     boxes, hypotheses = prediction_to_pixels(source, scale.repeat_interleave(count, dim=0),
                                              [(width, height)] * rows)
     variance = source.variance.float().cpu() * variance_scale.pow(2)
+    u = reported_uncertainty(source, signal).float().cpu()
     presence = None if slots is None else slots.presence.float().cpu().flatten()
     order = [[0] for _ in range(rows)] if slots is None else slots.reported()
     return [[PhraseBox(box=[round(v, BOX_DECIMALS) for v in boxes[q * count + k].tolist()],
@@ -239,7 +285,7 @@ def phrase_boxes(prediction: Any, scale: torch.Tensor, width: int, height: int,
                                    for h in hypotheses[q * count + k].tolist()],
                        variance=[round(v, VARIANCE_DECIMALS)
                                  for v in variance[q * count + k].tolist()],
-                       u=float(source.uncertainty[q * count + k]),
+                       u=float(u[q * count + k]),
                        presence=None if presence is None else float(presence[q * count + k]))
              for k in slots_of_query] for q, slots_of_query in enumerate(order)]
 
@@ -252,7 +298,9 @@ def overlay(image: np.ndarray, result: GroundingResult, max_u: float | None = No
     ``max_u`` hides the boxes (and caption lines) of phrases whose u is above it.
     """
     findings = [{"phrase": p.phrase, "gt_boxes": [], "box": p.box, "hypotheses": p.hypotheses,
-                 "boxes": [asdict(b) for b in p.boxes], "u": p.u} for p in shown(result, max_u)]
+                 "boxes": [asdict(b) for b in p.boxes], "u": p.u,
+                 "inflated_box": p.inflated_box, "abstain": p.abstain}
+                for p in shown(result, max_u)]
     return draw_grounding(image, findings)
 
 

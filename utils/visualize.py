@@ -1,8 +1,10 @@
 """Overlay pictures: ground truth, mean box, hypotheses, phrase, u and IoU on the radiograph.
 
 Colours: ground truth green, the mean box red (thick), the N hypothesis boxes orange (thin,
-dashed, semi-transparent). A phrase with several boxes has each drawn so, with its
-hypotheses. Each box carries its finding's number; the phrases, u and IoU (when
+dashed, semi-transparent), the calibrated (inflated) box, when there is one, cyan and dotted.
+A phrase with several boxes has each drawn so, with its hypotheses (the calibrated box is the
+phrase's one, around its enclosing box). Each box carries its finding's number; the phrases,
+u and IoU (when
 the finding has one: not for a new image without ground truth) are written in a caption band
 added below the image, with a colour legend. Line widths and text size
 scale with the image, so one call reads well on a 256-px SynthCXR image and on a 2500-px
@@ -20,6 +22,7 @@ GT_COLOUR = (40, 220, 80)
 BOX_COLOUR = (255, 40, 40)
 HYPOTHESIS_COLOUR = (255, 165, 0)
 HYPOTHESIS_ALPHA = 170
+INFLATED_COLOUR = (0, 200, 255)
 TEXT_COLOUR = (240, 240, 240)
 BAND_COLOUR = (20, 20, 20)
 LINE_WIDTH_BASE_PX = 512  # line widths are given for a 512-px image and scaled from there
@@ -27,7 +30,9 @@ MIN_FONT_SIZE = 12
 LEGEND = (("legend:", TEXT_COLOUR), ("ground truth", GT_COLOUR), ("mean box", BOX_COLOUR),
           ("hypotheses", HYPOTHESIS_COLOUR))
 LEGEND_GAP = "   "
+INFLATED_LEGEND = ("calibrated box", INFLATED_COLOUR)
 DASH = 4  # hypothesis dash and gap lengths, in line widths
+DOT = 1  # calibrated-box dot and gap lengths, in line widths
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -63,10 +68,10 @@ def _box(values: Sequence[float] | None) -> tuple[float, float, float, float] | 
 
 
 def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
-                      colour, width: int) -> None:
-    """A rectangle outline drawn in dashes of ``DASH * width`` pixels."""
+                      colour, width: int, dash: int = DASH) -> None:
+    """A rectangle outline drawn in dashes of ``dash * width`` pixels."""
     x0, y0, x1, y1 = box
-    step = DASH * width
+    step = dash * width
     for (ax, ay), (bx, by) in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)),
                                ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
         length = math.hypot(bx - ax, by - ay)
@@ -124,9 +129,11 @@ def _predicted(finding: dict[str, Any]) -> list[dict[str, Any]]:
 def _caption(finding: dict[str, Any], number: int) -> str:
     u = "n/a" if finding.get("u") is None else f"{finding['u']:.3g}"
     if "iou" not in finding:
-        return f"{number}. {finding['phrase']} (u {u})"
+        abstain = ", abstain" if finding.get("abstain") else ""
+        return f"{number}. {finding['phrase']} (u {u}{abstain})"
     iou = "n/a" if finding["iou"] is None else f"{finding['iou']:.2f}"
-    return f"{number}. {finding['phrase']} (u {u}, IoU {iou})"
+    abstain = ", abstain" if finding.get("abstain") else ""
+    return f"{number}. {finding['phrase']} (u {u}, IoU {iou}{abstain})"
 
 
 def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any]]) -> Image.Image:
@@ -138,7 +145,9 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
         ``box`` (pixel xyxy mean box, or None), ``hypotheses`` (list of pixel xyxy, may be
         empty or None), ``u`` (float or None) and ``iou`` (float or None; leave the key out
         when there is no ground truth to score against); optionally ``boxes``, the phrase's
-        several boxes (dicts with ``box`` and ``hypotheses``), drawn instead of ``box``.
+        several boxes (dicts with ``box`` and ``hypotheses``), drawn instead of ``box``,
+        ``inflated_box`` (pixel xyxy, the calibrated box, drawn dotted) and ``abstain`` (True
+        adds "abstain" to the caption).
 
     Returns:
       RGB image of width W and height H + caption band.
@@ -170,12 +179,17 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
             if box is not None:
                 draw.rectangle(box, outline=BOX_COLOUR, width=box_width)
                 _label(draw, box, str(number), BOX_COLOUR, font, outside=False)
+        inflated = _box(finding.get("inflated_box"))
+        if inflated is not None:
+            _dashed_rectangle(draw, inflated, INFLATED_COLOUR, gt_width, dash=DOT)
 
     margin = font.size // 2
     rows = [[(line, TEXT_COLOUR)] for number, finding in enumerate(findings, start=1)
             for line in _wrap(_caption(finding, number), font, width - 2 * margin)]
     with_truth = any(finding.get("gt_boxes") for finding in findings)
     legend = [entry for entry in LEGEND if with_truth or entry[1] != GT_COLOUR]
+    if any(_box(finding.get("inflated_box")) is not None for finding in findings):
+        legend.append(INFLATED_LEGEND)
     rows += _pack(legend, font, width - 2 * margin)
     line_height = round(font.size * 1.3)
     band = Image.new("RGB", (width, line_height * len(rows) + 2 * margin), BAND_COLOUR)

@@ -12,6 +12,7 @@ import torch
 from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, build_sam
 from utils.annotations import load_annotations
+from utils.bench.timing import device_sync
 from utils.image_io import read_image
 from utils.sam_transforms import preprocess_for_sam
 
@@ -30,11 +31,15 @@ def encoder_case(data_dir: Path, device: torch.device, n_images: int,
                           for s in samples]).to(device)
     batches = [images[i:i + BATCH] for i in range(0, len(images), BATCH)]
 
+    sync = device_sync(device)
+
     def epoch(encode) -> float:
+        sync()
         started = time.perf_counter()
         with torch.no_grad():
             for batch in batches:
                 encode(batch)
+        sync()
         return time.perf_counter() - started
 
     with tempfile.TemporaryDirectory() as folder:

@@ -11,7 +11,7 @@ import torch
 from model.grounding_model import UMedGround
 from utils.annotations import load_annotations
 from utils.bench.models import build_model
-from utils.bench.timing import fit_exponent, interleaved
+from utils.bench.timing import device_sync, fit_exponent, interleaved
 from utils.dataset import GroundingCollator, GroundingDataset
 from utils.evaluate import build_eval_dataset, evaluate_model
 
@@ -61,7 +61,7 @@ def evaluation_case(tiny_dir: Path, data_dir: Path, device: torch.device, repeat
     variants = {f"single_pass_batch_{b}": ours(b) for b in batch_sizes}
     variants["reference_batch_1"] = lambda: reference_way(model, processor, dataset,
                                                           MAX_NEW_TOKENS)
-    timed = interleaved(variants, repeats, warmup=1)
+    timed = interleaved(variants, repeats, warmup=1, sync=device_sync(device))
     rates = {name: findings / value["median"] for name, value in timed.items()}
     return {"n_samples": len(samples), "n_findings": findings, "runs": timed,
             "findings_per_second": rates,
@@ -75,12 +75,15 @@ def evaluation_scaling_case(tiny_dir: Path, data_dir: Path, device: torch.device
     model, processor = build_model(tiny_dir, "tiny", device)
     model.eval()
     samples = load_annotations(data_dir / "report_test.jsonl")
+    sync = device_sync(device)
     seconds = []
     for count in counts:
         dataset = build_eval_dataset(model, processor, samples[:count])
+        sync()
         started = time.perf_counter()
         evaluate_model(model, processor, dataset, batch_size=batch_size,
                        max_new_tokens=MAX_NEW_TOKENS, progress=False, meteor=False)
+        sync()
         seconds.append(time.perf_counter() - started)
     return {"eval_vs_samples": {"x": counts, "seconds": seconds,
                                 "exponent": fit_exponent(counts, seconds)}}

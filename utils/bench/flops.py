@@ -7,25 +7,13 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import (
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlavaConfig,
-)
+from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from model.box_decoder import build_box_decoder
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import OFFICIAL_CONFIGS, build_sam
+from utils.bench.shapes import LLAVA_7B
 
-LLAVA_7B = LlavaConfig(
-    vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                   num_attention_heads=16, image_size=336, patch_size=14,
-                                   projection_dim=768),
-    text_config=LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=32, vocab_size=32064),
-    image_token_index=32000, image_seq_length=576)
 TEXT_TOKENS = 200  # report prompt + answer, beside the 576 image tokens
 PHRASES = 3  # [BOX] queries per report
 

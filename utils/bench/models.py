@@ -1,5 +1,9 @@
 """The models the benchmark measures: the tiny demo model and a "small-real" one.
 
+``build_shaped_model`` builds a model of a :mod:`utils.bench.shapes` shape (llava-1.5-7b with
+SAM ViT-H for the GPU mode) straight on its device and in its dtype, the way ``train.py``
+assembles one, with random weights.
+
 The small-real model is what makes the step ratio meaningful for 7B: a randomly initialised
 Llama of about 300 M parameters (built from a config, nothing downloaded) whose language model
 dwarfs the grounding head, and the box decoder at real SAM width (256 channels) reading 64 x 64
@@ -13,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 from model.box_decoder import build_box_decoder
 from model.config import GroundingConfig
@@ -22,6 +31,7 @@ from model.grounding_model import UMedGround
 from model.llava_builder import apply_lm_lora, load_processor
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import OFFICIAL_CONFIGS, SAM_TINY_CONFIG, SamConfig, build_sam
+from utils.bench.shapes import SHAPES, llava_config_for, shape_processor
 
 SMALL_REAL_TEXT = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
                        num_attention_heads=16, num_key_value_heads=16)
@@ -64,6 +74,29 @@ def build_model(tiny_dir: Path, size: str, device: torch.device) -> tuple[UMedGr
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), grounding)
     set_trainable(model)
     return model.to(device), processor
+
+
+def build_shaped_model(shape_name: str, tokenizer_dir: Path, grounding: GroundingConfig,
+                       device: torch.device | str, dtype: torch.dtype
+                       ) -> tuple[UMedGround, Any]:
+    """A randomly initialised uMedGround of ``SHAPES[shape_name]``, allocated on ``device``
+    (``"meta"`` allocates nothing) in ``dtype``, with the LoRA and trainable set of
+    ``grounding`` (the config train.py derives from its flags) and the box decoder initialised
+    from the SAM mask decoder, as in training. The tokenizer comes from ``tokenizer_dir``."""
+    shape = SHAPES[shape_name]
+    processor = shape_processor(tokenizer_dir, shape.llava.vision_config)
+    config = llava_config_for(shape, processor)
+    torch.manual_seed(0)
+    with torch.device(device):
+        llava = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        sam = build_sam(shape.sam)
+        model, _ = UMedGround.assemble(grounding, llava, processor, sam, shape.sam, True,
+                                       device, dtype)
+        model.llava = apply_lm_lora(model.llava, grounding.lora_r, grounding.lora_alpha,
+                                    grounding.lora_dropout, grounding.lora_target_modules)
+    model.llava.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    set_trainable(model)
+    return model, processor
 
 
 def parameter_counts(model: UMedGround) -> dict[str, int]:

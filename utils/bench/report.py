@@ -1,4 +1,4 @@
-"""The Markdown table of a benchmark run (what the README's Performance section shows)."""
+"""The Markdown tables of a benchmark run (what the README's Performance section shows)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +6,37 @@ from typing import Any
 
 def _spread(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.3f} s ({summary['min']:.3f}–{summary['max']:.3f})"
+
+
+def _mib(value: float | None) -> str:
+    return "n/a (CPU)" if value is None else f"{value:,.0f} MiB"
+
+
+def gpu_table(gpu: dict[str, Any]) -> str:
+    """The GPU mode's block as two tables: training steps, then evaluation."""
+    lines = [f"GPU mode: {gpu['shape']} on {gpu['device']}, {gpu['precision']}, ZeRO-"
+             f"{gpu['zero_stage']} under the {gpu['launcher']} launcher ({gpu['world_size']} "
+             f"rank), {gpu['wall_seconds']:.0f} s", "",
+             "| training step | gradient checkpointing | batch (tokens) | median (min–max) | "
+             "ratio | tokens/s | peak memory |", "|---|---|---:|---:|---:|---:|---:|"]
+    for setting in gpu["train"].values():
+        checkpointing = "on" if setting["activation_checkpointing"] else "off"
+        for result in setting["batches"].values():
+            for name, summary in result["steps"].items():
+                lines.append(f"| {name} | {checkpointing} | {result['batch_size']} "
+                             f"({result['tokens']}) | {_spread(summary)} | "
+                             f"{result['ratio_vs_bare'][name]:.3f}x bare | "
+                             f"{result['tokens_per_second'][name]:,.0f} | "
+                             f"{_mib(result['peak_memory_mb'][name])} |")
+    evaluation = gpu["eval"]
+    lines += ["", f"| evaluation ({evaluation['n_samples']} samples, {evaluation['n_findings']} "
+                  f"findings, {evaluation['max_new_tokens']} new tokens) | median (min–max) | "
+                  "findings/s | peak memory |", "|---|---:|---:|---:|"]
+    for name, summary in evaluation["runs"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {_spread(summary)} | "
+                     f"{evaluation['findings_per_second'][name]:.2f} | "
+                     f"{_mib(evaluation['peak_memory_mb'][name])} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(bench: dict[str, Any]) -> str:
@@ -42,4 +73,5 @@ def markdown_table(bench: dict[str, Any]) -> str:
     lines.append(f"| 7B + ViT-H FLOPs: head + SAM share of an uncached step | "
                  f"+{flops['sam_vit_h_forward_tflop']:.2f} TFLOP SAM | "
                  f"{100 * flops['head_and_sam_share_uncached']:.1f} % |")
-    return "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n"
+    return (table + "\n" + gpu_table(bench["gpu"])) if "gpu" in bench else table

@@ -12,7 +12,7 @@ from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from model.grounding_model import UMedGround
 from utils.annotations import Sample, load_annotations
 from utils.bench.models import build_model, parameter_counts, set_trainable
-from utils.bench.timing import fit_exponent, interleaved, ratio
+from utils.bench.timing import device_sync, fit_exponent, interleaved, ratio
 from utils.dataset import GroundingCollator, GroundingDataset
 
 
@@ -101,7 +101,7 @@ def train_step_case(tiny_dir: Path, data_dir: Path, device: torch.device, repeat
                 set_trainable(model)
 
             variants["umedground_train_vision_encoder"] = train_encoder
-        timed = interleaved(variants, repeats, warmup=1)
+        timed = interleaved(variants, repeats, warmup=1, sync=device_sync(device))
         tokens = int(batch["attention_mask"].sum())
         result[size] = {"steps": timed, "batch_size": batch_size, "tokens": tokens,
                         "parameters": parameter_counts(model),
@@ -122,7 +122,7 @@ def scaling_case(tiny_dir: Path, data_dir: Path, device: torch.device, repeats: 
     for size in batch_sizes:
         batch = training_batch(model, processor, samples[:size], device)
         by_batch[size] = interleaved({"step": step_functions(model, batch)["umedground"]},
-                                     repeats)["step"]
+                                     repeats, sync=device_sync(device))["step"]
     by_length = {}
     base = samples[0]
     for repeats_of_report in report_repeats:
@@ -131,7 +131,7 @@ def scaling_case(tiny_dir: Path, data_dir: Path, device: torch.device, repeats: 
         batch = training_batch(model, processor, long_samples, device, model_max_length=4096)
         length = int(batch["attention_mask"][0].sum())
         by_length[length] = interleaved({"step": step_functions(model, batch)["umedground"]},
-                                        repeats)["step"]
+                                        repeats, sync=device_sync(device))["step"]
     return {
         "step_vs_batch_size": {"x": batch_sizes,
                                "median_s": [by_batch[b]["median"] for b in batch_sizes],

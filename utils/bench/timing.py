@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import torch
 
 
 def summary(seconds: list[float]) -> dict[str, float | list[float]]:
@@ -33,6 +34,14 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int, warmup: i
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - started)
     return {name: summary(values) for name, values in times.items()}
+
+
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """Waits for the work queued on ``device`` (CUDA kernels run asynchronously, so a timer
+    must wait for them); a no-op on a CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def ratio(numerator: dict, denominator: dict) -> float:

@@ -9,6 +9,12 @@ empty phrase. Matching is the one-to-one assignment that maximises the summed si
 dropped, so a generated phrase about another finding does not take that finding's box. A
 ground-truth finding left unmatched scores IoU 0; generated phrases left unmatched are extra
 predictions, counted by the caller.
+
+Strict matching (``grounding_strict`` in metrics.json) keeps a pair only when its token F1 is
+at least ``STRICT_MIN_SIMILARITY`` (0.8) *and* the two phrases name the same findings and the
+same sides: the sets of their ``FINDING_WORDS`` and of their ``SIDE_WORDS`` (plurals folded)
+are equal. Token F1 alone rewards "left midlung field atelectasis" for "left midlung field
+mass" (F1 0.75) and "lobulated mass in the right midlung field" for the left one (0.86).
 """
 from __future__ import annotations
 
@@ -20,6 +26,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 WORD = re.compile(r"[^\W_]+")
+DEFAULT_MATCH_THRESHOLD = 0.5
+STRICT_MIN_SIMILARITY = 0.8
+SIDE_WORDS = frozenset({"left", "right", "bilateral", "both"})
+FINDING_WORDS = frozenset({
+    "atelectasis", "cardiomegaly", "consolidation", "edema", "effusion", "emphysema",
+    "enlarged", "enlargement", "fibrosis", "fracture", "granuloma", "infiltrate", "lesion",
+    "mass", "nodule", "opacity", "pneumonia", "pneumothorax", "scarring", "thickening",
+    "tube", "catheter", "device", "hernia", "calcification", "collapse", "abscess", "cavity"})
 SEPARATORS = r"[\s.,;:]"
 LEADING = re.compile(rf"^{SEPARATORS}+")
 TRAILING = re.compile(rf"(?:{SEPARATORS}*\bit\s+is)?{SEPARATORS}*$", re.IGNORECASE)
@@ -32,9 +46,31 @@ def words(text: str) -> list[str]:
 
 def token_f1(a: str, b: str) -> float:
     """Token-level F1 of two phrases in [0, 1]; 0.0 when either has no word."""
-    left, right = words(a), words(b)
+    return _word_f1(words(a), words(b))
+
+
+def _word_f1(left: list[str], right: list[str]) -> float:
     common = sum((Counter(left) & Counter(right)).values())
     return 2 * common / (len(left) + len(right)) if common else 0.0
+
+
+def _folded(word: str) -> str:
+    """A finding word without its plural ending ("effusions", "masses", "opacities")."""
+    for ending, replacement in (("ies", "y"), ("es", ""), ("s", "")):
+        if word.endswith(ending) and word[:-len(ending)] + replacement in FINDING_WORDS:
+            return word[:-len(ending)] + replacement
+    return word
+
+
+def strict_match(predicted: str, ground_truth: str) -> bool:
+    """Whether a matched pair counts under strict matching (see the module docstring): token
+    F1 of the plural-folded words >= ``STRICT_MIN_SIMILARITY`` and the same finding and side
+    words."""
+    left = [_folded(word) for word in words(predicted)]
+    right = [_folded(word) for word in words(ground_truth)]
+    return (_word_f1(left, right) >= STRICT_MIN_SIMILARITY
+            and set(left) & FINDING_WORDS == set(right) & FINDING_WORDS
+            and set(left) & SIDE_WORDS == set(right) & SIDE_WORDS)
 
 
 def generated_phrases(token_ids: Sequence[int], box_token_id: int,
@@ -65,7 +101,8 @@ def generated_phrases(token_ids: Sequence[int], box_token_id: int,
     return phrases
 
 
-def match_phrases(predicted: list[str], ground_truth: list[str], min_similarity: float = 0.5
+def match_phrases(predicted: list[str], ground_truth: list[str],
+                  min_similarity: float = DEFAULT_MATCH_THRESHOLD
                   ) -> list[tuple[int, int]]:
     """The best one-to-one matching of generated phrases to ground-truth phrases.
 

@@ -22,6 +22,8 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+FAILURE_IOU = 0.5  # a box fails when its IoU is below this
+
 
 def _arrays(u: Sequence[float], iou: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     u, iou = np.asarray(u, dtype=np.float64), np.asarray(iou, dtype=np.float64)
@@ -34,7 +36,7 @@ def _arrays(u: Sequence[float], iou: Sequence[float]) -> tuple[np.ndarray, np.nd
     return u, iou
 
 
-def risk_coverage_curve(u: Sequence[float], iou: Sequence[float], threshold: float = 0.5
+def risk_coverage_curve(u: Sequence[float], iou: Sequence[float], threshold: float = FAILURE_IOU
                         ) -> tuple[np.ndarray, np.ndarray]:
     """The risk-coverage curve of u.
 
@@ -52,13 +54,14 @@ def risk_coverage_curve(u: Sequence[float], iou: Sequence[float], threshold: flo
     return kept / max(len(u), 1), np.cumsum(failures) / kept
 
 
-def aurc(u: Sequence[float], iou: Sequence[float], threshold: float = 0.5) -> float:
+def aurc(u: Sequence[float], iou: Sequence[float], threshold: float = FAILURE_IOU) -> float:
     """Area under the risk-coverage curve: the mean selective risk over k = 1..n (0.0 for n = 0)."""
     _, risk = risk_coverage_curve(u, iou, threshold)
     return float(risk.mean()) if len(risk) else 0.0
 
 
-def auroc_failure(u: Sequence[float], iou: Sequence[float], threshold: float = 0.5) -> float:
+def auroc_failure(u: Sequence[float], iou: Sequence[float], threshold: float = FAILURE_IOU
+                  ) -> float:
     """AUROC of u for telling failed boxes (IoU < threshold) from the others.
 
     It is the probability that a random failed box has a higher u than a random good one,
@@ -79,7 +82,7 @@ def spearman_u_iou(u: Sequence[float], iou: Sequence[float]) -> float:
     return float(spearmanr(u, iou).statistic)
 
 
-def uncertainty_metrics(u: Sequence[float], iou: Sequence[float], threshold: float = 0.5
+def uncertainty_metrics(u: Sequence[float], iou: Sequence[float], threshold: float = FAILURE_IOU
                         ) -> dict[str, float]:
     """The ``uncertainty`` block of metrics.json.
 
@@ -91,3 +94,18 @@ def uncertainty_metrics(u: Sequence[float], iou: Sequence[float], threshold: flo
     return {"aurc": aurc(u, iou, threshold),
             f"auroc_failure@{threshold}": auroc_failure(u, iou, threshold),
             "spearman_u_iou": spearman_u_iou(u, iou)}
+
+
+def signal_metrics(signals: Sequence[dict[str, float]], iou: Sequence[float],
+                   threshold: float = FAILURE_IOU) -> dict[str, dict[str, float]]:
+    """:func:`uncertainty_metrics` of each uncertainty signal present in every box.
+
+    Arguments:
+      signals: (n,) per box, signal name → u (``u_signals`` of the predictions).
+      iou: (n,) IoU per box, same boxes.
+    Returns:
+      signal name → its metrics, plus ``n`` (the box count); ``{}`` for no box.
+    """
+    names = set.intersection(*(set(s) for s in signals)) if signals else set()
+    return {name: {**uncertainty_metrics([s[name] for s in signals], iou, threshold),
+                   "n": len(iou)} for name in sorted(names)}
