@@ -33,7 +33,7 @@ def built(tiny_dir):
 
 @pytest.fixture(scope="module")
 def several(tiny_dir):
-    """The model of ``built`` with 3 box slots per phrase."""
+    """The model of ``built`` with 3 box slots per phrase and the IoU head."""
     torch.manual_seed(0)
     config = GroundingConfig(
         version=str(tiny_dir / "llava"),
@@ -41,6 +41,7 @@ def several(tiny_dir):
         lora_r=8,
         lora_target_modules=["q_proj", "v_proj"],
         max_boxes_per_phrase=3,
+        iou_head=True,
     )
     model, processor, _ = build_umedground(config)
     return model, processor
@@ -180,10 +181,16 @@ def test_several_boxes_per_phrase_train_every_slot_and_the_presence(several, sam
     assert output.prediction.hypotheses.shape == (queries, 3, 4)
     assert output.prediction.slots.presence_logits.shape == (queries, 3)
     assert float(output.losses["box_presence"]) > 0
+    assert output.prediction.iou.shape == (queries,)
+    losses = {k: float(v.detach()) for k, v in output.losses.items()}
+    assert losses["box_iou"] > 0
+    assert losses["total"] == pytest.approx(losses["ce"] + losses["box_total"]
+                                            + losses["box_iou"], rel=1e-5)
     output.losses["total"].backward()
     for name, parameter in model.box_decoder.named_parameters():
         assert parameter.grad is not None, name  # a slot matched to no box gets zeros
-        if name.startswith(("presence_head.", "hypothesis_tokens.", "cell_box_head.")):
+        if name.startswith(("presence_head.", "hypothesis_tokens.", "cell_box_head.",
+                            "iou_prediction_head.")):
             assert parameter.grad.abs().sum() > 0, name
     model.zero_grad(set_to_none=True)
 
