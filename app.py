@@ -82,11 +82,13 @@ def load_examples(folder: Path, count: int = EXAMPLE_COUNT) -> list[list[str]]:
 
 
 def table_rows(result: GroundingResult) -> list[list[Any]]:
-    """One row per phrase; a calibrated model's rows add the calibrated box and the abstain
-    flag (the columns of ``CALIBRATED_HEADERS``)."""
+    """One row per phrase; a phrase with several boxes lists each (``; `` between them). A
+    calibrated model's rows add the calibrated box (of the phrase's box, with several the one
+    enclosing them) and the abstain flag (the columns of ``CALIBRATED_HEADERS``)."""
     rows = []
     for number, p in enumerate(result.phrases, start=1):
-        row = [number, p.phrase, round(p.u, 4), ", ".join(f"{v:.1f}" for v in p.box)]
+        row = [number, p.phrase, round(p.u, 4),
+               "; ".join(", ".join(f"{v:.1f}" for v in b.box) for b in p.boxes or [p])]
         if p.inflated_box is not None:
             row += [", ".join(f"{v:.1f}" for v in p.inflated_box), "yes" if p.abstain else "no"]
         rows.append(row)

@@ -8,7 +8,8 @@
     python chat.py --version runs/demo/hf                                     # interactive
 
 Writes ``OUT/<image stem>.json`` (each phrase with its mean box in pixels of the input image,
-xyxy, the N hypotheses, the per-coordinate variance and u; schema in the README) and
+xyxy, the N hypotheses, the per-coordinate variance and u, and each of its boxes when the model
+gives several per phrase; schema in the README) and
 ``OUT/<image stem>.png`` (the overlay), and prints the phrases with their boxes. A model folder
 with ``calibration.json`` (``test.py --calibrate``) adds each phrase's calibrated box, drawn
 dotted, and flags the phrases it abstains on. Images:
@@ -109,6 +110,11 @@ def ground_file(grounder: Grounder, args: argparse.Namespace, image_path: str, i
             print(f"     {coverage:.0%} box [{inflated}]"
                   + ("; ABSTAIN: u is not below the calibrated threshold, check this finding"
                      if phrase.abstain else ""))
+        if len(phrase.boxes) > 1:  # several boxes: the box above encloses them
+            for part, each in enumerate(phrase.boxes, start=1):
+                values = ", ".join(f"{v:.1f}" for v in each.box)
+                print(f"     {number}.{part} box [{values}] u {each.u:.3g} "
+                      f"presence {each.presence:.2f}")
     if not result.phrases:
         print(f"  no [BOX] in the answer: {result.generated_text!r}")
     print(f"  wrote {out / stem}.json and .png")

@@ -9,14 +9,16 @@
 
 Writes ``OUT/metrics.json`` (end-to-end ``grounding`` from generated text, matched at token F1
 >= ``--match_threshold``; ``grounding_strict``, the same with only pairs that name the same
-finding and side; and ``grounding_given_phrase`` with the true answer teacher-forced),
-``OUT/predictions.jsonl`` (one line per finding), ``OUT/risk_coverage.png``,
-``OUT/iou_vs_u.png``, overlays under ``OUT/vis/`` and, with ``--image_noise_std``,
-``OUT/noise.json``; prints a summary table.
+finding and side; and ``grounding_given_phrase`` with the true answer teacher-forced; the
+end-to-end and given-phrase paths also per ground-truth box in ``grounding_boxes`` /
+``grounding_boxes_given_phrase``), ``OUT/predictions.jsonl`` (one line per finding, with every
+box of its phrase), ``OUT/risk_coverage.png``, ``OUT/iou_vs_u.png``, overlays under
+``OUT/vis/`` and, with ``--image_noise_std``, ``OUT/noise.json``; prints a summary table.
 ``--calibrate`` also fits ``calibration.json`` into the ``--version`` folder on this split
 (conformal box margins and a selective u-threshold, :mod:`utils.evaluation.calibration`); it
 refuses the test split unless ``--allow_test_calibration``. A calibrated model's metrics gain
-the ``calibration`` block and its predictions an ``inflated_box`` and an ``abstain`` flag.
+the ``calibration`` block and its predictions an ``inflated_box`` and an ``abstain`` flag (of
+the phrase's box: with several boxes per phrase, the one enclosing them).
 """
 from __future__ import annotations
 
@@ -218,7 +220,8 @@ def overlay_name(sample_id: str, taken: set[str]) -> str:
 
 def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
                   window: str = "full") -> None:
-    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU."""
+    """Overlays of the first ``count`` images: GT, mean box, hypotheses, phrase, u and IoU
+    (given the phrase; every box of a phrase with several)."""
     from utils.visualize import draw_grounding
 
     by_image: dict[str, list[dict[str, Any]]] = {}
@@ -229,6 +232,7 @@ def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
     for image_path, items in list(by_image.items())[:count]:
         findings = [{"phrase": r["phrase"], "gt_boxes": r["gt_boxes"],
                      "box": r["given_phrase"]["box"], "hypotheses": r["given_phrase"]["hypotheses"],
+                     "boxes": r["given_phrase"].get("boxes"),
                      "u": r["given_phrase"]["u"], "iou": r["given_phrase"]["iou"],
                      "inflated_box": r["given_phrase"].get("inflated_box"),
                      "abstain": r["given_phrase"].get("abstain")} for r in items]

@@ -17,11 +17,28 @@ with size = (w, h, w, h) of the mean box, the squared coefficient of variation, 
 spread counts for more on a nodule than on the heart (0 when N = 1): relative spread is what
 IoU responds to (docs/experiments.md, 2026-11-28).
 
+Several boxes per phrase (``max_boxes`` K > 1): the decoder holds K slots of N hypothesis
+tokens each (K x N tokens, with their centre hypernetworks and per-cell boxes), so every slot
+is a box with its own N hypotheses, mean, variance and u, and a presence logit read by an MLP
+from the mean of its N output tokens. Training matches slots to ground-truth boxes
+(:mod:`model.box_set_losses`). The slots are returned in :class:`BoxSlots`; the Q rows of the
+:class:`BoxPrediction` then describe each phrase as the enclosing-box rule sees it: hypothesis
+n is the box enclosing hypothesis n of every present slot (presence probability above
+``PRESENCE_THRESHOLD``, or the most present slot when none is), and mean, variance and u
+follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
+parameters and its outputs are those of the single-box decoder.
+
 With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
 the IoU of the mean box with the target: an MLP (3 layers, sigmoid output) reads the
 transformer's output tokens of the query, the N hypothesis tokens and the ``[BOX]`` token
 (which no other head reads, so it plays SAM's IoU token), concatenated. It is trained on the
-detached IoU (:func:`model.box_losses.iou_prediction_loss`).
+detached IoU (:func:`model.box_losses.iou_prediction_loss`). With K > 1 slots the head
+reads, per slot, that slot's N output tokens and the ``[BOX]`` token (one head shared by the
+slots, so its input is the same (N+1) x C as with one box) and predicts the IoU of the slot's
+mean box with its ground-truth box; it is trained on the matched slots only
+(:mod:`model.box_set_losses`). The phrase's ``iou`` is then the predicted IoU of the box it
+reports: the presence-weighted mean of the present slots' predicted IoUs. With K = 1 there
+are no slots and ``iou`` is the single-box head's, unchanged.
 """
 from __future__ import annotations
 
@@ -32,8 +49,56 @@ from segment_anything.modeling import TwoWayTransformer
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
+from torchvision.ops import box_convert
 
+from model.constants import PRESENCE_THRESHOLD
 from model.sam_encoder import SamConfig
+
+
+@dataclass
+class BoxSlots:
+    """The K box slots of Q queries (K > 1), cxcywh in the normalised frame of SAM's input.
+
+    boxes: a :class:`BoxPrediction` of Q*K rows, query-major (row q*K + k is slot k of query
+    q); presence_logits: (Q,K). ``present`` is the (Q,K) mask of the boxes a phrase reports.
+    """
+
+    boxes: "BoxPrediction"
+    presence_logits: torch.Tensor
+
+    @property
+    def max_boxes(self) -> int:
+        return self.presence_logits.shape[1]
+
+    @property
+    def presence(self) -> torch.Tensor:
+        """(Q,K) presence probabilities."""
+        return torch.sigmoid(self.presence_logits)
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(Q,K) bool: presence above ``PRESENCE_THRESHOLD``, or the most present slot of a
+        query where none is (a ``[BOX]`` says its finding is there)."""
+        presence = self.presence.detach()
+        present = presence > PRESENCE_THRESHOLD
+        if presence.numel():
+            present[torch.arange(presence.shape[0]), presence.argmax(dim=1)] = True
+        return present
+
+    def reported_iou(self) -> torch.Tensor | None:
+        """(Q,) the predicted IoU of each query's reported box: the presence-weighted mean of
+        its present slots' predicted IoUs; None without the IoU head."""
+        if self.boxes.iou is None:
+            return None
+        weights = self.presence.detach() * self.present
+        slot_iou = self.boxes.iou.view_as(weights)
+        return (weights * slot_iou).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
+
+    def reported(self) -> list[list[int]]:
+        """Per query, its present slots (0..K-1), the most present first."""
+        presence, present = self.presence.detach().float().cpu(), self.present.cpu()
+        return [[k for k in row.argsort(descending=True).tolist() if keep[k]]
+                for row, keep in zip(presence, present)]
 
 
 @dataclass
@@ -42,7 +107,9 @@ class BoxPrediction:
 
     hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,), the
     scale-relative u of the module docstring; iou: (Q,) the IoU head's predicted IoU of the mean
-    box with the target, in [0, 1] (``None`` without the head).
+    box with the target, in [0, 1] (``None`` without the head; with K > 1 slots the
+    presence-weighted mean over the present slots). ``slots``: the K boxes of each query when
+    the decoder has K > 1 slots (the Q rows are then their enclosing box), else None.
     """
 
     hypotheses: torch.Tensor
@@ -50,6 +117,7 @@ class BoxPrediction:
     variance: torch.Tensor
     uncertainty: torch.Tensor
     iou: torch.Tensor | None = None
+    slots: BoxSlots | None = None
 
     @classmethod
     def from_hypotheses(cls, hypotheses: torch.Tensor,
@@ -58,6 +126,23 @@ class BoxPrediction:
         variance = (hypotheses - mean.unsqueeze(1)).pow(2).mean(dim=1)
         size = mean[:, [2, 3, 2, 3]].clamp_min(1e-6)
         return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1), iou)
+
+
+def enclosing_hypotheses(hypotheses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Hypothesis n of each query's enclosing box: the box enclosing hypothesis n of its
+    present slots.
+
+    Arguments:
+      hypotheses: (Q,K,N,4) cxcywh.
+      present: (Q,K) bool, at least one true per query.
+    Returns:
+      (Q,N,4) cxcywh.
+    """
+    corners = box_convert(hypotheses, "cxcywh", "xyxy")
+    keep = present[:, :, None, None]
+    low = corners[..., :2].masked_fill(~keep, float("inf")).amin(dim=1)
+    high = corners[..., 2:].masked_fill(~keep, float("-inf")).amax(dim=1)
+    return box_convert(torch.cat([low, high], dim=-1), "xyxy", "cxcywh")
 
 
 @dataclass
@@ -81,20 +166,27 @@ class UncertainBoxDecoder(nn.Module):
       transformer_dim: C, the width of the image features and of the tokens.
       transformer: SAM's two-way transformer of width C.
       num_hypotheses: N.
+      max_boxes: K, the box slots per query (1: the single-box decoder, no presence head).
       iou_head: add the IoU-prediction head (see the module docstring).
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
-                 num_hypotheses: int = 3, iou_head: bool = False):
+                 num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False):
         super().__init__()
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes {max_boxes} must be at least 1")
         self.num_hypotheses = num_hypotheses
-        self.hypothesis_tokens = nn.Embedding(num_hypotheses, transformer_dim)
+        self.max_boxes = max_boxes
+        tokens = num_hypotheses * max_boxes  # slot k holds tokens k*N .. k*N + N-1
+        self.hypothesis_tokens = nn.Embedding(tokens, transformer_dim)
         self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
         self.transformer = transformer
         self.centre_hypernetworks = nn.ModuleList(
             MLP(transformer_dim, transformer_dim, transformer_dim, 3)
-            for _ in range(num_hypotheses))
-        self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * num_hypotheses, 2)
+            for _ in range(tokens))
+        self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * tokens, 2)
+        if max_boxes > 1:
+            self.presence_head = MLP(transformer_dim, transformer_dim, 1, 2)
         self.iou_prediction_head = MLP((num_hypotheses + 1) * transformer_dim, transformer_dim, 1,
                                        3, sigmoid_output=True) if iou_head else None
 
@@ -105,8 +197,9 @@ class UncertainBoxDecoder(nn.Module):
           box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
           batch_index: (Q,) the sample of each query.
         Returns:
-          a :class:`BoxPrediction` with Q rows. Q = 0 runs the same (empty) computation, so
-          the result stays in the graph of every decoder parameter and of ``box_embeddings``.
+          a :class:`BoxPrediction` with Q rows (with K > 1 slots: their enclosing boxes, and
+          the slots in ``slots``). Q = 0 runs the same (empty) computation, so the result
+          stays in the graph of every decoder parameter and of ``box_embeddings``.
         """
         queries, channels = box_embeddings.shape
         h, w = image_embeddings.shape[-2:]
@@ -119,7 +212,8 @@ class UncertainBoxDecoder(nn.Module):
         centre_queries = torch.stack([mlp(hidden[:, k]) for k, mlp in
                                       enumerate(self.centre_hypernetworks)], dim=1)  # (Q,N,C)
         heatmap = (centre_queries @ cells.transpose(1, 2) / channels ** 0.5).softmax(dim=-1)
-        cell_boxes = self.cell_box_head(cells).view(queries, h * w, self.num_hypotheses, 4)
+        tokens = self.hypothesis_tokens.num_embeddings
+        cell_boxes = self.cell_box_head(cells).view(queries, h * w, tokens, 4)
         cell_boxes = cell_boxes.transpose(1, 2)  # (Q,N,hw,4)
         ys, xs = torch.meshgrid(torch.arange(h, device=cells.device, dtype=cells.dtype),
                                 torch.arange(w, device=cells.device, dtype=cells.dtype),
@@ -128,18 +222,42 @@ class UncertainBoxDecoder(nn.Module):
         centres = (torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * cell_size  # (hw,2)
         centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
         boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
-        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,N,4)
-        iou = None if self.iou_prediction_head is None \
-            else self.iou_prediction_head(hidden.flatten(1)).squeeze(-1)  # (Q,)
-        return BoxPrediction.from_hypotheses(hypotheses, iou)
+        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,K*N,4)
+        slot_iou = self._predict_iou(hidden)  # (Q*K,) or None
+        if self.max_boxes == 1:
+            return BoxPrediction.from_hypotheses(hypotheses, slot_iou)
+        slot_tokens = hidden[:, :tokens].reshape(queries, self.max_boxes, self.num_hypotheses,
+                                                 channels).mean(dim=2)  # (Q,K,C)
+        slots = BoxSlots(BoxPrediction.from_hypotheses(
+            hypotheses.reshape(queries * self.max_boxes, self.num_hypotheses, 4), slot_iou),
+            self.presence_head(slot_tokens).squeeze(-1))
+        per_slot = hypotheses.view(queries, self.max_boxes, self.num_hypotheses, 4)
+        prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present),
+                                                   slots.reported_iou())
+        prediction.slots = slots
+        return prediction
+
+    def _predict_iou(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The IoU head on the transformer's output tokens ``hidden`` (Q,K*N+1,C): per slot,
+        its N tokens and the ``[BOX]`` token concatenated, (Q*K,) query-major; None without
+        the head. With K = 1 the input is ``hidden`` flattened, the single-box head's."""
+        if self.iou_prediction_head is None:
+            return None
+        queries, _, channels = hidden.shape
+        slot_tokens = hidden[:, :-1].reshape(queries, self.max_boxes,
+                                             self.num_hypotheses * channels)
+        box_token = hidden[:, -1:].expand(queries, self.max_boxes, channels)
+        head_input = torch.cat([slot_tokens, box_token], dim=-1).flatten(0, 1)  # (Q*K,(N+1)C)
+        return self.iou_prediction_head(head_input).squeeze(-1)
 
 
 def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
                               sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
 
-    Tensors whose shapes differ are skipped and reported; the centre hypernetworks, the
-    per-cell box head and the IoU head are always new.
+    With K > 1 slots the mask tokens go to the first slot's N tokens, the other slots'
+    tokens start random. Tensors whose shapes differ are skipped and reported; the centre
+    hypernetworks, the per-cell box head, the presence head and the IoU head are always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
@@ -148,7 +266,9 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
         "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")
     mask_tokens = sam_state_dict.get("mask_decoder.mask_tokens.weight")
     if mask_tokens is not None and decoder.num_hypotheses <= mask_tokens.shape[0]:
-        sources["hypothesis_tokens.weight"] = mask_tokens[: decoder.num_hypotheses]
+        first_slot = mask_tokens[: decoder.num_hypotheses]
+        sources["hypothesis_tokens.weight"] = torch.cat(
+            [first_slot, decoder.hypothesis_tokens.weight.detach()[decoder.num_hypotheses:]])
     own = decoder.state_dict()
     with torch.no_grad():
         for name, tensor in own.items():
@@ -166,15 +286,17 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
                       sam_state_dict: dict[str, torch.Tensor] | None = None,
-                      iou_head: bool = False) -> tuple[UncertainBoxDecoder, LoadReport]:
-    """A decoder sized like the SAM config's mask decoder, initialised from it when given;
-    ``iou_head`` adds the IoU-prediction head."""
+                      max_boxes: int = 1, iou_head: bool = False
+                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
+    """A decoder sized like the SAM config's mask decoder (``max_boxes`` slots of
+    ``num_hypotheses`` boxes), initialised from it when given; ``iou_head`` adds the
+    IoU-prediction head."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
     decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
-                                  iou_head)
+                                  max_boxes, iou_head)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

@@ -59,6 +59,7 @@ class BoxLossConfig:
     mhp_epsilon: float = 0.05
     umhp_temperature: float = 1.0
     hinge_margin: float = 0.01
+    presence_weight: float = 1.0  # the presence BCE of several boxes per phrase (box_set_losses)
     iou_weight: float = 1.0  # the IoU head's loss, when the decoder has one
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class BoxLossConfig:
             raise ValueError(f"umhp_temperature {self.umhp_temperature} must be positive")
         if self.hinge_margin < 0.0:
             raise ValueError(f"hinge_margin {self.hinge_margin} must not be negative")
+        if self.presence_weight < 0.0:
+            raise ValueError(f"presence_weight {self.presence_weight} must not be negative")
         if self.iou_weight < 0.0:
             raise ValueError(f"iou_weight {self.iou_weight} must not be negative")
 

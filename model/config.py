@@ -23,6 +23,10 @@ class GroundingConfig:
     whose phrase states make a ``[BOX]``'s query (see :mod:`model.phrase_query`).
     ``gradient_checkpointing`` recomputes the language model's activations in the backward
     pass (training only; LISA turns it on for 7B/13B).
+    ``max_boxes_per_phrase`` is K, the boxes each ``[BOX]`` may yield (box slots of the
+    decoder, :mod:`model.box_decoder`); 1 is the single-box model of the paper, and a config
+    saved before this setting existed loads with 1. train.py's default is
+    ``DEFAULT_MAX_BOXES_PER_PHRASE``.
     ``iou_head`` adds the box decoder's IoU-prediction head; ``uncertainty`` is the signal a
     box's ``u`` reports (one of ``UNCERTAINTY_SIGNALS``, see :mod:`model.uncertainty`; ``iou``
     and ``combined`` need the head). Folders saved before these fields load with the defaults.
@@ -38,6 +42,7 @@ class GroundingConfig:
     vision_model: str = "auto"
     box_head: str = "umhp"
     num_hypotheses: int = 3
+    max_boxes_per_phrase: int = 1
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -59,6 +64,9 @@ class GroundingConfig:
             self.num_hypotheses = 1
         elif self.num_hypotheses < 2:
             raise ValueError(f"box_head {self.box_head!r} needs --num_hypotheses >= 2")
+        if not isinstance(self.max_boxes_per_phrase, int) or self.max_boxes_per_phrase < 1:
+            raise ValueError(f"max_boxes_per_phrase {self.max_boxes_per_phrase!r} must be an "
+                             "integer >= 1")
         if isinstance(self.box_loss, dict):
             self.box_loss = BoxLossConfig(**self.box_loss)
         self.box_loss.mode = self.box_head

@@ -41,6 +41,7 @@ from torch import nn
 
 from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
 from model.box_losses import compute_box_losses, iou_prediction_loss
+from model.box_set_losses import compute_box_set_losses
 from model.calibration import CALIBRATION_NAME, BoxCalibration
 from model.config import GroundingConfig
 from model.constants import BOX_TOKEN
@@ -60,8 +61,9 @@ HF_CONFIG = "config.json"
 class GroundingOutput:
     """Teacher-forced forward result: weighted loss terms and the box predictions.
 
-    ``losses`` holds ``"ce"``, the box terms of :func:`compute_box_losses`, ``"box_iou"`` with
-    the decoder's IoU head (:func:`iou_prediction_loss`) and ``"total"``.
+    ``losses`` holds ``"ce"``, the box terms of :func:`compute_box_losses` (with several box
+    slots, of :func:`compute_box_set_losses`), ``"box_iou"`` with the decoder's IoU head
+    (:func:`iou_prediction_loss`) and ``"total"``.
     ``prediction`` covers every ``[BOX]`` of the batch in batch-then-answer order, and
     ``box_batch_index`` (Q,) gives each one's sample.
     """
@@ -158,7 +160,7 @@ class UMedGround(nn.Module):
         config.sam = asdict(sam_config)
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
                                             sam.state_dict() if init_decoder_from_sam else None,
-                                            iou_head=config.iou_head)
+                                            config.max_boxes_per_phrase, config.iou_head)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
                                           len(config.query_layers), sam_config.prompt_embed_dim)
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
@@ -343,7 +345,9 @@ class UMedGround(nn.Module):
     def forward(self, sam_images: torch.Tensor, pixel_values: torch.Tensor,
                 input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 box_targets: torch.Tensor | None = None,
-                image_embeddings: torch.Tensor | None = None) -> GroundingOutput:
+                image_embeddings: torch.Tensor | None = None,
+                box_set_targets: torch.Tensor | None = None,
+                box_set_index: torch.Tensor | None = None) -> GroundingOutput:
         """Teacher-forced pass.
 
         Arguments:
@@ -354,6 +358,11 @@ class UMedGround(nn.Module):
             batch-then-answer order; ``None`` skips the box losses (prediction only).
           image_embeddings: (B,C,h,w) SAM features of ``sam_images`` when the caller has them
             (evaluation shares one encoding between generation and this pass).
+          box_set_targets, box_set_index: (G,4) every ground-truth box of every ``[BOX]``
+            (normalised xyxy in SAM's padded frame) and (G,) the ``[BOX]`` each belongs to;
+            the targets of a model with several boxes per phrase (``max_boxes_per_phrase``
+            > 1), which without them takes ``box_targets`` as one box per ``[BOX]``. The
+            single-box model trains on ``box_targets`` and ignores them.
         """
         outputs = self.llava(input_ids=input_ids, attention_mask=attention_mask,
                              pixel_values=pixel_values.to(self.llava.dtype), labels=labels,
@@ -368,14 +377,23 @@ class UMedGround(nn.Module):
             if box_targets.shape[0] != rows.numel():
                 raise ValueError(f"{rows.numel()} [BOX] tokens in the labels but "
                                  f"{box_targets.shape[0]} box targets")
-            box_losses = compute_box_losses(prediction, box_targets.to(prediction.box.dtype),
-                                            self.config.box_loss)
+            if prediction.slots is None:
+                targets = box_targets.to(prediction.box.dtype)
+                box_losses = compute_box_losses(prediction, targets, self.config.box_loss)
+                if prediction.iou is not None:
+                    box_losses["box_iou"] = iou_prediction_loss(prediction, targets,
+                                                                self.config.box_loss)
+            else:
+                if box_set_targets is None:
+                    box_set_targets, box_set_index = box_targets, torch.arange(
+                        rows.numel(), device=box_targets.device)
+                box_losses = compute_box_set_losses(
+                    prediction, box_set_targets.to(prediction.box.dtype), box_set_index,
+                    self.config.box_loss)
             losses.update(box_losses)
             total = ce + box_losses["box_total"]
-            if prediction.iou is not None:
-                losses["box_iou"] = iou_prediction_loss(
-                    prediction, box_targets.to(prediction.box.dtype), self.config.box_loss)
-                total = total + losses["box_iou"]
+            if "box_iou" in box_losses:
+                total = total + box_losses["box_iou"]
             losses["total"] = total
         else:
             losses["total"] = ce

@@ -9,7 +9,9 @@
 # weighs 10x (--ce_loss_weight) and batches are grouped by length; docs/experiments.md has
 # the measurements behind each choice. Settings come from the environment so a shorter or another
 # run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
-# DEMO_LORA_TARGETS.
+# DEMO_LORA_TARGETS, DEMO_DATA (the SynthCXR folder) and DEMO_MAX_BOXES (train.py's
+# --max_boxes_per_phrase; default 1, the paper's single-box reference; 4 is the several-boxes
+# variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -20,24 +22,26 @@ BATCH=${DEMO_BATCH:-16}
 LR=${DEMO_LR:-2e-3}
 SEED=${DEMO_SEED:-0}
 TARGETS=${DEMO_LORA_TARGETS:-q_proj,v_proj}
+DATA=${DEMO_DATA:-ln_data/synthcxr}
+MAX_BOXES=${DEMO_MAX_BOXES:-1}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
   --version pretrained/tiny/llava --vision_pretrained pretrained/tiny/sam_tiny.pth \
-  --dataset_dir ln_data/synthcxr --dataset report --sample_rates 1 \
+  --dataset_dir "$DATA" --dataset report --sample_rates 1 \
   --exp_name "$(basename "$RUN")" --log_base_dir "$(dirname "$RUN")" --seed "$SEED" \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
   --lora_r 8 --lora_alpha 16 --lora_target_modules "$TARGETS" \
-  --box_head umhp --num_hypotheses 3 --iou_head --uncertainty combined \
-  --val_max_samples 32 --val_batch_size 16 --workers 1
+  --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
+  --iou_head --uncertainty combined --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)
 $PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag best
 $PY merge_lora_weights_and_save_hf_model.py --version pretrained/tiny/llava \
   --vision_pretrained pretrained/tiny/sam_tiny.pth --weight "$RUN/fp32" --save_path "$RUN/hf"
-$PY test.py --version "$RUN/hf" --dataset_dir ln_data/synthcxr --split val --calibrate \
+$PY test.py --version "$RUN/hf" --dataset_dir "$DATA" --split val --calibrate \
   --out "$RUN/calibration" --batch_size 16
-$PY test.py --version "$RUN/hf" --dataset_dir ln_data/synthcxr --split test \
+$PY test.py --version "$RUN/hf" --dataset_dir "$DATA" --split test \
   --out "$RUN/eval" --batch_size 16 --vis 4
 end=$(date +%s)
 echo "demo: training $((trained - start)) s, export + evaluation $((end - trained)) s; metrics in $RUN/eval/metrics.json"

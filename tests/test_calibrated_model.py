@@ -29,14 +29,15 @@ CALIBRATION_KEYS = {"alpha", "coverage", "mean_area_inflation", "target_risk", "
                     "selective_coverage"}
 
 
-@pytest.fixture(scope="module")
-def calibrated(tiny_dir, synth_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 4], ids=["one_box", "four_boxes"])
+def calibrated(request, tiny_dir, synth_dir, tmp_path_factory):
     """An exported model with the IoU head, calibrated on the tiny val split (alpha 0.3: the
-    split has too few findings for 0.1)."""
+    split has too few findings for 0.1); with one and with four boxes per phrase (the
+    calibration is of the phrase's box, the enclosing one)."""
     torch.manual_seed(0)
     config = GroundingConfig(version=str(tiny_dir / "llava"),
                              vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
-                             iou_head=True)
+                             iou_head=True, max_boxes_per_phrase=request.param)
     model, processor, _ = build_umedground(config)
     folder = model.save_pretrained(tmp_path_factory.mktemp("calibrated"), processor)
     out = tmp_path_factory.mktemp("calibration_run")
@@ -75,6 +76,7 @@ def test_a_calibrated_model_reports_coverage_and_abstentions(calibrated, synth_d
         given = record["given_phrase"]
         assert len(given["inflated_box"]) == 4 and isinstance(given["abstain"], bool)
         assert set(given["u_signals"]) == {"spread", "iou", "combined"}
+        assert given["boxes"] and all(isinstance(box["u"], float) for box in given["boxes"])
     noise = json.loads((tmp_path / "noise.json").read_text())
     assert [row["image_noise_std"] for row in noise] == [0.0, 30.0]
     assert all(CALIBRATION_KEYS <= set(row["calibration"]) for row in noise)
@@ -95,6 +97,7 @@ def test_chat_shows_the_calibrated_box_and_the_abstention(calibrated, synth_dir,
         i0, j0, i1, j1 = phrase["inflated_box"]
         assert i0 <= x0 and j0 <= y0 and i1 >= x1 and j1 >= y1
         assert isinstance(phrase["abstain"], bool)
+        assert phrase["boxes"] and "inflated_box" not in phrase["boxes"][0]
     assert "70% box [" in capsys.readouterr().out
     with Image.open(tmp_path / f"{row.image_path.stem}.png") as picture:
         assert picture.height > row.height

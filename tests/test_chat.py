@@ -90,8 +90,13 @@ def test_json_schema_and_overlay(exported, row, tmp_path, monkeypatch, capsys):
     assert (document["width"], document["height"]) == (row.width, row.height)
     assert document["task"] == "report" and document["truncated"] is False
     assert len(document["phrases"]) == len(row.findings)
+    assert document["schema_version"] == 2
     for phrase in document["phrases"]:
-        assert set(phrase) == {"phrase", "box", "hypotheses", "variance", "u"}
+        assert set(phrase) == {"phrase", "box", "hypotheses", "variance", "u", "boxes"}
+        # a single-box model: its one box, as the phrase's fields, and no presence
+        assert phrase["boxes"] == [{"box": phrase["box"], "hypotheses": phrase["hypotheses"],
+                                    "variance": phrase["variance"], "u": phrase["u"],
+                                    "presence": None}]
         x0, y0, x1, y1 = phrase["box"]
         assert 0 <= x0 <= x1 <= row.width and 0 <= y0 <= y1 <= row.height
         assert len(phrase["hypotheses"]) == 3 and all(len(h) == 4 for h in phrase["hypotheses"])
@@ -101,6 +106,34 @@ def test_json_schema_and_overlay(exported, row, tmp_path, monkeypatch, capsys):
         assert picture.width == row.width and picture.height > row.height  # caption band
     printed = capsys.readouterr().out
     assert all(f.phrase in printed for f in row.findings) and "box [" in printed
+
+
+def test_a_several_box_model_lists_every_box_of_a_phrase(tiny_dir, row, tmp_path, monkeypatch,
+                                                         capsys):
+    """An export with 3 box slots per phrase loads and reports each present box (the most
+    present first, presence > 0.5 unless only one); the phrase's hypotheses enclose them."""
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
+                             max_boxes_per_phrase=3)
+    model, processor, _ = build_umedground(config)
+    folder = model.save_pretrained(tmp_path / "export", processor)
+    script_from_pretrained(monkeypatch, scripted_answer(row))
+    run_chat("--version", folder, "--image", row.image_path, "--report", row.report,
+             "--out", tmp_path / "out")
+    document = json.loads((tmp_path / "out" / f"{row.image_path.stem}.json").read_text())
+    assert len(document["phrases"]) == len(row.findings)
+    for phrase in document["phrases"]:
+        boxes = phrase["boxes"]
+        presence = [b["presence"] for b in boxes]
+        assert 1 <= len(boxes) <= 3 and presence == sorted(presence, reverse=True)
+        assert len(boxes) == 1 or min(presence) > 0.5
+        for n, hypothesis in enumerate(phrase["hypotheses"]):
+            parts = [b["hypotheses"][n] for b in boxes]
+            assert hypothesis[0] == pytest.approx(min(p[0] for p in parts), abs=0.02)
+            assert hypothesis[3] == pytest.approx(max(p[3] for p in parts), abs=0.02)
+    printed = capsys.readouterr().out
+    assert "box [" in printed
 
 
 def test_overlay_hides_boxes_above_max_u(exported, row, monkeypatch):

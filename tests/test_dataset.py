@@ -12,7 +12,13 @@ from transformers import AutoProcessor
 from model.constants import BOX_TOKEN
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
-from utils.dataset import IGNORE_INDEX, GroundingCollator, GroundingDataset, PromptTooLongError
+from utils.dataset import (
+    IGNORE_INDEX,
+    GroundingCollator,
+    GroundingDataset,
+    PromptTooLongError,
+    ordered_findings,
+)
 from utils.image_io import read_image
 from utils.prompts import answer_text
 from utils.sam_transforms import image_to_padded_boxes, padded_to_image_boxes, preprocess_for_sam
@@ -120,3 +126,28 @@ def test_collate_pads_both_ways(tiny_dir, synth_dir):
     assert train["attention_mask"][:, 0].all() and generate["attention_mask"][:, -1].all()
     assert generate["input_ids"].shape[1] == max(item["prompt_length"] for item in items)
     assert len(train["box_batch_index"]) == sum(len(s.findings) for s in samples)
+
+
+def test_every_box_of_a_finding_is_a_target_with_its_box_number(tiny_dir, synth_dir):
+    """The single-box target of a finding encloses its boxes; ``box_set_targets`` holds each
+    box, and ``box_set_index`` names the batch-wide [BOX] (row of ``box_targets``) it belongs
+    to, in report order."""
+    processor = load_processor(tiny_dir / "llava")
+    samples = load_annotations(synth_dir / "report_train.jsonl")
+    several = next(s for s in samples if any(len(f.boxes) > 1 for f in s.findings))
+    plain = next(s for s in samples if s.findings and s is not several)
+    empty = next(s for s in samples if not s.findings)
+    dataset = GroundingDataset([plain, empty, several], processor, 256)
+    batch = GroundingCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+    findings = ordered_findings(plain) + ordered_findings(several)
+    scale = torch.stack([batch["content_scale"][r] for r in (0, 2)])
+    expected_index = [number for number, finding in enumerate(findings) for _ in finding.boxes]
+    assert batch["box_set_index"].tolist() == expected_index
+    every = torch.tensor([box for finding in findings for box in finding.boxes])
+    sample_of_box = [0 if number < len(plain.findings) else 1 for number in expected_index]
+    torch.testing.assert_close(batch["box_set_targets"],
+                               every * scale[sample_of_box].repeat(1, 2))
+    for number, finding in enumerate(findings):
+        mine = batch["box_set_targets"][batch["box_set_index"] == number]
+        enclosing = torch.cat([mine[:, :2].min(dim=0).values, mine[:, 2:].max(dim=0).values])
+        torch.testing.assert_close(batch["box_targets"][number], enclosing)

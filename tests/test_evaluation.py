@@ -86,6 +86,11 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
         lines = (out / "predictions.jsonl").read_text().splitlines()
         assert len(lines) == metrics["n_findings"]
     assert runs[0] == runs[1]
+    box_keys = {"acc@0.1", "acc@0.3", "acc@0.5", "miou", "precision@0.5", "recall@0.5",
+                "count_accuracy", "n_findings", "n_boxes"}
+    for block in ("grounding_boxes", "grounding_boxes_given_phrase"):
+        assert set(runs[0][block]) == box_keys | {"multi_box", "single_box"}
+        assert set(runs[0][block]["multi_box"]) == box_keys
     assert set(runs[0]["grounding_strict"]) == set(runs[0]["grounding"])
     assert all(runs[0]["grounding_strict"][k] <= runs[0]["grounding"][k]
                for k in runs[0]["grounding"])
@@ -123,6 +128,46 @@ def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
     assert metrics["grounding"] == metrics["grounding_given_phrase"]
     record = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[0])
     assert record["pred_phrase"] == record["phrase"] and len(record["box"]) == 4
+
+
+@pytest.mark.parametrize("max_boxes", [1, 3])
+def test_every_box_of_a_phrase_is_recorded_and_scored(tiny_dir, synth_dir, max_boxes):
+    """Given the phrase: each finding's record lists the boxes its phrase reports (one for a
+    single-box model, where the per-box IoU of a one-box finding is its IoU) and one IoU per
+    ground-truth box; the phrase's box encloses its boxes; the blocks count the findings."""
+    from utils.evaluate import build_eval_dataset, evaluate_model
+
+    torch.manual_seed(0)
+    config = GroundingConfig(version=str(tiny_dir / "llava"),
+                             vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
+                             max_boxes_per_phrase=max_boxes)
+    model, processor, _ = build_umedground(config)
+    model.eval()
+    samples = load_annotations(synth_dir / "report_train.jsonl")
+    several = [s for s in samples if any(len(f.boxes) > 1 for f in s.findings)]
+    samples = several[:3] + [s for s in samples if s.findings and s not in several][:3]
+    assert several, "the SynthCXR fixture has findings with several boxes"
+    result = evaluate_model(model, processor, build_eval_dataset(model, processor, samples),
+                            batch_size=3, max_new_tokens=4, progress=False, meteor=False)
+    for record in result.records:
+        given = record["given_phrase"]
+        assert len(given["box_ious"]) == len(record["gt_boxes"])
+        assert 1 <= len(given["boxes"]) <= max_boxes
+        if max_boxes == 1:
+            assert given["boxes"] == [{"box": given["box"], "hypotheses": given["hypotheses"],
+                                       "u": given["u"], "presence": None}]
+            if len(record["gt_boxes"]) == 1:
+                assert given["box_ious"][0] == pytest.approx(given["iou"], abs=1e-6)
+        for part in given["boxes"]:
+            x0, y0, x1, y1 = part["box"]
+            assert given["box"][0] <= x0 + 0.02 and given["box"][1] <= y0 + 0.02
+            assert given["box"][2] >= x1 - 0.02 and given["box"][3] >= y1 - 0.02
+    block = result.metrics["grounding_boxes_given_phrase"]
+    multi = sum(len(r["gt_boxes"]) > 1 for r in result.records)
+    assert block["multi_box"]["n_findings"] == multi > 0
+    assert block["n_boxes"] == sum(len(r["gt_boxes"]) for r in result.records)
+    if max_boxes == 1:
+        assert block["count_accuracy"] == pytest.approx(1 - multi / len(result.records))
 
 
 def test_bad_dataset_is_a_clear_error(exported, tmp_path):

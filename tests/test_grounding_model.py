@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from model.box_losses import compute_box_losses
 from model.build import build_umedground, count_parameters
 from model.config import GroundingConfig
-from model.constants import BOX_TOKEN
+from model.constants import BOX_TOKEN, MODEL_INPUTS
 from model.grounding_model import UMedGround
 from utils.annotations import Finding, load_annotations
 from utils.dataset import GroundingCollator, GroundingDataset
@@ -25,6 +26,22 @@ def built(tiny_dir):
         vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
         lora_r=8,
         lora_target_modules=["q_proj", "v_proj"],
+    )
+    model, processor, _ = build_umedground(config)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def several(tiny_dir):
+    """The model of ``built`` with 3 box slots per phrase and the IoU head."""
+    torch.manual_seed(0)
+    config = GroundingConfig(
+        version=str(tiny_dir / "llava"),
+        vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
+        lora_r=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        max_boxes_per_phrase=3,
+        iou_head=True,
     )
     model, processor, _ = build_umedground(config)
     return model, processor
@@ -132,8 +149,55 @@ class BoxEveryThirdStep:
         return output
 
 
-def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
+def with_several_boxes(samples):
+    return next(s for s in samples if any(len(f.boxes) > 1 for f in s.findings))
+
+
+def test_one_box_per_phrase_trains_on_the_enclosing_box_whatever_else_is_given(built, samples):
+    """K = 1: the loss is the single-box loss of the enclosing targets, bit for bit, with or
+    without the per-box targets in the batch."""
     model, processor = built
+    batch = batch_of(model, processor, [with_several_boxes(samples), with_findings(samples, 2)])
+    assert len(batch["box_set_targets"]) > len(batch["box_targets"])
+    torch.manual_seed(1)
+    plain = model(**{k: batch[k] for k in INPUTS})
+    torch.manual_seed(1)
+    full = model(**{k: batch[k] for k in MODEL_INPUTS})
+    assert plain.prediction.slots is None and set(plain.losses) == set(full.losses)
+    assert "box_presence" not in plain.losses
+    for key, value in plain.losses.items():
+        assert torch.equal(value, full.losses[key]), key
+    direct = compute_box_losses(plain.prediction, batch["box_targets"], model.config.box_loss)
+    for key, value in direct.items():
+        assert torch.equal(value, plain.losses[key]), key
+
+
+def test_several_boxes_per_phrase_train_every_slot_and_the_presence(several, samples):
+    model, processor = several
+    model.zero_grad(set_to_none=True)
+    batch = batch_of(model, processor, [with_several_boxes(samples), with_findings(samples, 0)])
+    output = model(**{k: batch[k] for k in MODEL_INPUTS})
+    queries = len(batch["box_targets"])
+    assert output.prediction.hypotheses.shape == (queries, 3, 4)
+    assert output.prediction.slots.presence_logits.shape == (queries, 3)
+    assert float(output.losses["box_presence"]) > 0
+    assert output.prediction.iou.shape == (queries,)
+    losses = {k: float(v.detach()) for k, v in output.losses.items()}
+    assert losses["box_iou"] > 0
+    assert losses["total"] == pytest.approx(losses["ce"] + losses["box_total"]
+                                            + losses["box_iou"], rel=1e-5)
+    output.losses["total"].backward()
+    for name, parameter in model.box_decoder.named_parameters():
+        assert parameter.grad is not None, name  # a slot matched to no box gets zeros
+        if name.startswith(("presence_head.", "hypothesis_tokens.", "cell_box_head.",
+                            "iou_prediction_head.")):
+            assert parameter.grad.abs().sum() > 0, name
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("which", ["built", "several"])
+def test_generation_boxes_equal_teacher_forced_boxes(request, which, samples):
+    model, processor = request.getfixturevalue(which)
     model.eval()
     tokenizer = processor.tokenizer
     box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
@@ -174,11 +238,19 @@ def test_generation_boxes_equal_teacher_forced_boxes(built, samples):
     torch.testing.assert_close(
         forced.prediction.hypotheses, generated.prediction.hypotheses, atol=1e-4, rtol=1e-4
     )
+    if which == "several":
+        torch.testing.assert_close(forced.prediction.slots.boxes.hypotheses,
+                                   generated.prediction.slots.boxes.hypotheses, atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(forced.prediction.slots.presence_logits,
+                                   generated.prediction.slots.presence_logits, atol=1e-4,
+                                   rtol=1e-4)
     model.train()
 
 
-def test_save_pretrained_and_from_pretrained(built, samples, tmp_path):
-    model, processor = built
+@pytest.mark.parametrize("which", ["built", "several"])
+def test_save_pretrained_and_from_pretrained(request, which, samples, tmp_path):
+    model, processor = request.getfixturevalue(which)
     model.eval()
     batch = batch_of(model, processor, [with_findings(samples, 2)])
     with torch.no_grad():
@@ -189,6 +261,10 @@ def test_save_pretrained_and_from_pretrained(built, samples, tmp_path):
     with torch.no_grad():
         after = loaded(**{k: batch[k] for k in INPUTS if k != "box_targets"}).prediction
     torch.testing.assert_close(after.hypotheses, before.hypotheses, atol=1e-5, rtol=1e-5)
+    assert loaded.config.max_boxes_per_phrase == model.config.max_boxes_per_phrase
+    if which == "several":
+        torch.testing.assert_close(after.slots.presence_logits, before.slots.presence_logits,
+                                   atol=1e-5, rtol=1e-5)
     for name, tensor in list(loaded.state_dict().items()):
         if tensor.is_floating_point():
             assert torch.isfinite(tensor).all(), name

@@ -153,6 +153,19 @@ def test_metrics_table_puts_end_to_end_beside_given_phrase():
     assert "extra generated phrases" in table
 
 
+def test_metrics_table_shows_the_per_box_block_when_present():
+    assert "per ground-truth box" not in format_metrics_table(_metrics())
+    block = {"acc@0.1": 0.9, "acc@0.3": 0.8, "acc@0.5": 0.6, "miou": 0.5, "precision@0.5": 0.7,
+             "recall@0.5": 0.6, "count_accuracy": 0.95, "n_findings": 4, "n_boxes": 5}
+    boxes = {**block, "multi_box": {**block, "acc@0.5": 0.25}, "single_box": block}
+    table = format_metrics_table({**_metrics(), "grounding_boxes": boxes,
+                                  "grounding_boxes_given_phrase": {**boxes, "miou": 0.55}})
+    lines = {line[:30].strip(): line.split()[-2:] for line in table.splitlines()}
+    assert lines["box mIoU"] == ["0.5000", "0.5500"]
+    assert lines["multi-box acc@0.5"] == ["0.2500", "0.2500"]
+    assert lines["box count accuracy"] == ["0.9500", "0.9500"]
+
+
 def test_noise_table_has_one_line_per_level():
     rows = [_metrics(), {**_metrics(), "image_noise_std": 25.0, "mean_u": 4e-3}]
     lines = format_noise_table(rows).splitlines()

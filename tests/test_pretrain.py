@@ -18,7 +18,7 @@ from model.llava_builder import load_processor
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam, load_sam_checkpoint
 from utils.pretrain.data import load_rows, read_masks, split_by_patient
 from utils.pretrain.lm import LmSettings, encode, pretrain_lm
-from utils.pretrain.sam import SamSettings, pretrain_sam
+from utils.pretrain.sam import SamSettings, layer_group, pretrain_sam
 from utils.prompts import BOX_TOKEN
 from utils.synthcxr.findings import pixel_box
 from utils.synthcxr.pretrain import PRETRAIN_DIR, pack_layers, read_pretraining_rows, unpack_layers
@@ -162,3 +162,11 @@ def test_pretraining_learns(tiny_dir):
     assert lm["final_train_loss"] < lm["first_train_loss"]
     assert sam["final_train_loss"] < sam["first_train_loss"]
     assert {"all", "anatomy", "lesion", "lung", "heart"} <= set(sam["held_out_iou"])
+
+
+@pytest.mark.parametrize("name,group", [("right lung", "lung"), ("heart", "heart"),
+                                        ("pleural effusion left", "pleural effusion"),
+                                        ("nodule 2 right", "nodule"),
+                                        ("cardiomegaly", "cardiomegaly")])
+def test_layers_are_grouped_by_finding_type(name, group):
+    assert layer_group(name) == group

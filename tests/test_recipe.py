@@ -30,11 +30,11 @@ def test_lora_and_frozen_cached_sam_fine_tune_lowers_the_box_loss(tiny_dir, synt
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
     losses = []
-    for _ in range(20):
+    for _ in range(30):  # two of the four have multifocal findings (SynthCXR 3)
         optimizer.zero_grad()
         output = model(**inputs)
         output.losses["total"].backward()
         optimizer.step()
         losses.append(float(output.losses["box_total"]))
-    assert cache.misses == 4 and cache.hits == 4 * 19  # encoded once, then served
+    assert cache.misses == 4 and cache.hits == 4 * 29  # encoded once, then served
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses

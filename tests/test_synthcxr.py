@@ -12,7 +12,7 @@ import torch
 
 from utils.annotations import load_annotations
 from utils.synthcxr.__main__ import main
-from utils.synthcxr.findings import FINDING_TYPES
+from utils.synthcxr.findings import FINDING_TYPES, MULTIFOCAL_P
 from utils.synthcxr.prior import label_prior_rate, label_prior_rates
 
 SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_pretrain", "24"]  # as synth_dir
@@ -26,6 +26,11 @@ def rows(folder: Path, name: str) -> list[dict]:
 
 def all_report_rows(folder: Path) -> list[dict]:
     return [row for split in SPLITS for row in rows(folder, f"report_{split}.jsonl")]
+
+
+def is_multifocal(finding: dict) -> bool:
+    """A multifocal nodule or consolidation: several lesions, no single zone."""
+    return finding["zone"] == "" and finding["type"] != "cardiomegaly"
 
 
 def test_same_seed_gives_identical_files_whatever_the_workers_and_another_seed_differs(
@@ -67,7 +72,10 @@ def test_phrases_are_unique_spans_and_boxes_lie_inside_images(synth_dir):
             assert not any(finding["phrase"] in other for other in phrases
                            if other != finding["phrase"])
             assert finding["type"] in FINDING_TYPES
-            assert len(finding["boxes"]) == (2 if finding["side"] == "bilateral" else 1)
+            if is_multifocal(finding):
+                assert finding["type"] in MULTIFOCAL_P and 2 <= len(finding["boxes"]) <= 3
+            else:
+                assert len(finding["boxes"]) == (2 if finding["side"] == "bilateral" else 1)
             for x0, y0, x1, y1 in finding["boxes"]:
                 assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
 
@@ -84,7 +92,7 @@ def test_finding_counts_types_and_locations(synth_dir):
                 assert finding["side"] == finding["zone"] == ""
             else:
                 assert finding["side"] in ("left", "right", "bilateral")
-                assert finding["zone"] in ("upper", "middle", "lower")
+                assert finding["zone"] in ("upper", "middle", "lower") or is_multifocal(finding)
                 assert finding["side"] in finding["phrase"].lower()
 
 
@@ -159,6 +167,45 @@ def test_meta_records_the_prior_rate(synth_dir):
     rate = label_prior_rate(rows(synth_dir, "report_train.jsonl"),
                              rows(synth_dir, "report_test.jsonl"))
     assert meta["label_prior_acc@0.5"] == pytest.approx(rate, abs=1e-4)
+
+
+def test_meta_counts_the_findings_with_several_boxes(synth_dir):
+    meta = json.loads((synth_dir / "meta.json").read_text())
+    for split in SPLITS:
+        findings = [f for row in rows(synth_dir, f"report_{split}.jsonl") for f in row["findings"]]
+        assert meta["findings"][split] == len(findings)
+        assert meta["findings_with_several_boxes"][split] == sum(len(f["boxes"]) > 1
+                                                                for f in findings)
+    assert meta["findings_with_several_boxes"]["train"] > 0
+
+
+def test_multifocal_findings_have_one_box_and_mask_per_lesion():
+    """A study with a multifocal finding: one phrase in the report, a box per lesion (2 or 3,
+    apart), one pretraining mask layer per lesion inside its box."""
+    from utils.synthcxr.study import MAX_LAYERS, make_study
+
+    found = []
+    for patient in range(40):
+        _, study, layers = make_study(0, patient, 0, 256)
+        found += [(study, layers, lesion) for lesion in study.lesions if lesion.part_sides]
+        if len(found) >= 3:
+            break
+    assert found, "no multifocal finding in the first 40 patients"
+    for study, layers, lesion in found:
+        phrase = study.phrases[study.lesions.index(lesion)]
+        assert study.report.count(phrase) == 1 and lesion.zone == ""
+        assert 2 <= len(lesion.boxes) == len(lesion.part_sides) <= 3
+        assert lesion.side == (lesion.part_sides[0] if len(set(lesion.part_sides)) == 1
+                               else "bilateral")
+        assert lesion.side in phrase.lower()
+        assert len(set(lesion.boxes)) == len(lesion.boxes)
+        masks = [layer.mask for layer in layers if layer.kind == "lesion"
+                 and layer.name.startswith(lesion.type)]
+        assert len(masks) == len(lesion.boxes) and len(layers) <= MAX_LAYERS
+        for mask, (x0, y0, x1, y1) in zip(masks, lesion.boxes):
+            assert mask.any() and not mask[:y0].any() and not mask[y1:].any()
+            assert not mask[:, :x0].any() and not mask[:, x1:].any()
+        assert not (masks[0] & masks[1]).any()
 
 
 def test_label_prior_rate_by_hand():

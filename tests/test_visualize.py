@@ -53,3 +53,19 @@ def test_arrays_of_any_depth_are_accepted():
     assert draw_grounding(np.zeros((64, 64), dtype=np.uint8), [inverted]).width == 64
     with pytest.raises(ValueError, match="grayscale"):
         to_rgb(np.zeros((8, 8, 2)))
+
+
+def test_a_phrase_with_several_boxes_draws_each_box_not_their_enclosing_one():
+    image = np.zeros((128, 128), dtype=np.uint8)
+    left, right = [10.0, 60.0, 40.0, 100.0], [80.0, 60.0, 115.0, 100.0]
+    finding = {"phrase": "bilateral pleural effusions", "gt_boxes": [], "u": 0.01,
+               "box": [10.0, 60.0, 115.0, 100.0], "hypotheses": [],
+               "boxes": [{"box": left, "hypotheses": [left]}, {"box": right, "hypotheses": []}]}
+    pixels = np.asarray(draw_grounding(image, [finding]))
+    red = (pixels == BOX_COLOUR).all(axis=-1)
+    assert red[80, 10] and red[80, 40] and red[80, 80] and red[80, 114]  # both boxes' sides
+    assert not red[60:101, 55:70].any()  # nothing between them: no enclosing box
+    one = {**finding, "box": left, "hypotheses": [left], "boxes": None}
+    same = {**one, "boxes": [{"box": left, "hypotheses": [left]}]}
+    assert np.array_equal(np.asarray(draw_grounding(image, [one])),
+                          np.asarray(draw_grounding(image, [same])))

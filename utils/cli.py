@@ -15,6 +15,7 @@ from model.box_losses import BoxLossConfig
 from model.config import GroundingConfig
 from model.constants import (
     BOX_HEADS,
+    DEFAULT_MAX_BOXES_PER_PHRASE,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL_MAX_LENGTH,
     UNCERTAINTY_SIGNALS,
@@ -128,6 +129,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        const="hinge", help="alias of --box_head hinge (reference code)")
     group.add_argument("--num_hypotheses", type=positive_int, default=3,
                        help="hypothesis boxes per [BOX] (forced to 1 by --box_head single)")
+    group.add_argument("--max_boxes_per_phrase", type=positive_int,
+                       default=DEFAULT_MAX_BOXES_PER_PHRASE,
+                       help="boxes each [BOX] may yield (box slots, each with its hypotheses "
+                            "and a presence); 1 is the paper's single-box model, trained on "
+                            "the box enclosing a finding's boxes")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
@@ -140,6 +146,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mhp_epsilon", type=float, default=defaults.mhp_epsilon)
     group.add_argument("--umhp_temperature", type=float, default=defaults.umhp_temperature)
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
+    group.add_argument("--presence_loss_weight", type=float, default=defaults.presence_weight,
+                       help="weight of the box-presence BCE (--max_boxes_per_phrase > 1)")
     group.add_argument("--iou_head", action="store_true",
                        help="add the box decoder's IoU-prediction head (SAM's "
                             "iou_prediction_head), trained on the IoU of the mean box")
@@ -244,7 +252,8 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
     return GroundingConfig(
         version=args.version, vision_pretrained=args.vision_pretrained,
         vision_model=args.vision_model, box_head=args.box_head,
-        num_hypotheses=args.num_hypotheses, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        num_hypotheses=args.num_hypotheses, max_boxes_per_phrase=args.max_boxes_per_phrase,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
@@ -257,4 +266,5 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
                                mhp_epsilon=args.mhp_epsilon,
                                umhp_temperature=args.umhp_temperature,
                                hinge_margin=args.hinge_margin,
+                               presence_weight=args.presence_loss_weight,
                                iou_weight=args.iou_loss_weight))

@@ -1,8 +1,10 @@
 """The grounding Dataset and its collate function.
 
 Each item carries what the model needs: the SAM-preprocessed image, the LLaVA processor
-inputs of the conversation, the labels (only the answer is supervised) and one target box
-per ``[BOX]`` of the answer, in the normalised frame of SAM's padded square input.
+inputs of the conversation, the labels (only the answer is supervised) and the target boxes
+in the normalised frame of SAM's padded square input: one per ``[BOX]`` of the answer (the box
+enclosing its finding's boxes, what the single-box model learns) and every ground-truth box
+with the ``[BOX]`` it belongs to (what a model with several boxes per phrase learns).
 """
 from __future__ import annotations
 
@@ -213,6 +215,10 @@ class GroundingDataset(Dataset):
         labels[: len(prompt_ids)] = IGNORE_INDEX
         scale = torch.tensor(content_scale, dtype=torch.float32)
         targets = torch.tensor([f.target_box() for f in findings], dtype=torch.float32).view(-1, 4)
+        every_box = torch.tensor([b for f in findings for b in f.boxes],
+                                 dtype=torch.float32).view(-1, 4)
+        owner = torch.tensor([i for i, f in enumerate(findings) for _ in f.boxes],
+                             dtype=torch.long)
         return {
             "id": sample.id,
             "sample": sample,
@@ -224,6 +230,8 @@ class GroundingDataset(Dataset):
             "labels": labels,
             "prompt_length": len(prompt_ids),
             "box_targets": image_to_padded_boxes(targets, scale),
+            "box_set_targets": image_to_padded_boxes(every_box, scale),
+            "box_set_finding": owner,
         }
 
 
@@ -234,7 +242,9 @@ class GroundingCollator:
     ``mode="train"`` pads full conversations on the right (teacher forcing);
     ``mode="generate"`` keeps only the prompts and pads them on the left, for generation.
     Box targets of all samples are concatenated in batch order, with ``box_batch_index``
-    giving each box's sample, so a batch may mix samples with 0, 1 or many findings.
+    giving each box's sample, so a batch may mix samples with 0, 1 or many findings; likewise
+    ``box_set_targets`` (every ground-truth box) with ``box_set_index``, the batch-wide number
+    of the ``[BOX]`` (row of ``box_targets``) each belongs to.
     """
 
     pad_token_id: int
@@ -260,6 +270,9 @@ class GroundingCollator:
         box_targets = torch.cat([item["box_targets"] for item in items])
         box_batch_index = torch.cat([torch.full((len(item["box_targets"]),), row, dtype=torch.long)
                                      for row, item in enumerate(items)])
+        offsets = torch.tensor([0] + [len(item["box_targets"]) for item in items]).cumsum(0)
+        box_set_index = torch.cat([item["box_set_finding"] + offset
+                                   for item, offset in zip(items, offsets.tolist())])
         return {
             "ids": [item["id"] for item in items],
             "samples": [item["sample"] for item in items],
@@ -272,4 +285,6 @@ class GroundingCollator:
             "labels": labels,
             "box_targets": box_targets,
             "box_batch_index": box_batch_index,
+            "box_set_targets": torch.cat([item["box_set_targets"] for item in items]),
+            "box_set_index": box_set_index,
         }

@@ -14,6 +14,11 @@ Two measurements, labelled for what they are:
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
 ground-truth boxes. The uncertainty metrics use the given-phrase boxes, where every finding has
 a box and a u, so they measure the box uncertainty independently of phrase errors.
+- ``grounding_boxes`` / ``grounding_boxes_given_phrase``: the same two paths scored per
+  ground-truth box (:mod:`utils.evaluation.boxes`), against the boxes the model reports for
+  the phrase: with several boxes per phrase the present slots, else its one box. The
+  phrase's ``box`` of the rules above is then the box enclosing them
+  (:mod:`model.box_decoder`).
 
 ``u`` is the signal ``model.config.uncertainty`` names (:mod:`model.uncertainty`); every
 available signal is recorded per box (``u_signals``) and scored under
@@ -38,6 +43,7 @@ from model.box_decoder import BoxPrediction
 from model.uncertainty import reported_uncertainty, uncertainty_signals
 from utils.annotations import Sample
 from utils.dataset import GroundingCollator, GroundingDataset, ordered_findings
+from utils.evaluation.boxes import BoxSetScore, box_set_metrics, score_box_set
 from utils.evaluation.calibration import apply_calibration
 from utils.evaluation.grounding import box_ious, grounding_metrics, to_pixels
 from utils.evaluation.matching import (
@@ -145,6 +151,10 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                                           generate_batch, signal)
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch,
                                        signal)
+        generated_sets = pixel_box_sets(generated.prediction, generated.box_batch_index,
+                                        generate_batch, signal)
+        forced_sets = pixel_box_sets(forced.prediction, forced.box_batch_index, forced_batch,
+                                     signal)
         for row, sample in enumerate(generate_batch["samples"]):
             findings = ordered_findings(sample)
             phrases = generated_phrases(generated.token_ids[row].tolist(), model.box_token_id,
@@ -156,6 +166,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
                 target = _target_pixels(sample, finding)
+                truth = to_pixels(torch.tensor(finding.boxes, dtype=torch.float32),
+                                  float(sample.width), float(sample.height))
                 record = {"id": sample.id, "image": str(sample.image_path), "task": sample.task,
                           "phrase": finding.phrase, "generated_text": generated.texts[row],
                           "gt_boxes": [[round(v, 2) for v in to_pixels(
@@ -164,14 +176,17 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                           "pred_phrase": None, "box": None, "hypotheses": None, "u": None,
                           "iou": 0.0, "strict_match": False,
                           "width": sample.width, "height": sample.height,
-                          "finding_type": finding.finding_type or None}
+                          "finding_type": finding.finding_type or None,
+                          **_box_set_fields(None, truth)}
                 if index in matches:
                     q = gen_idx[matches[index]]
                     record.update(_box_fields(generated_px, q, target))
+                    record.update(_box_set_fields(generated_sets[q], truth))
                     record["pred_phrase"] = phrases[matches[index]]
                     record["strict_match"] = strict_match(record["pred_phrase"], finding.phrase)
                 q = forced_idx[index]
                 record["given_phrase"] = _box_fields(forced_px, q, target)
+                record["given_phrase"].update(_box_set_fields(forced_sets[q], truth))
                 records.append(record)
 
     end_to_end = [r["iou"] for r in records]
@@ -185,6 +200,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             [r["iou"] if r["strict_match"] else 0.0 for r in records]),
         "match_threshold": match_threshold,
         "grounding_given_phrase": grounding_metrics(given),
+        "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
+        "grounding_boxes_given_phrase": box_set_metrics(
+            [box_set_score(r["given_phrase"]) for r in records]),
         "phrase": phrase_metrics([r["pred_phrase"] or "" for r in records],
                                  [r["phrase"] for r in records], meteor=meteor),
         "uncertainty": {**uncertainty_metrics(u, given),
@@ -237,6 +255,62 @@ def _box_fields(predictions: PixelPredictions, query: int, target: torch.Tensor)
             "u_signals": {name: float(value[query]) for name, value in predictions.signals.items()}}
 
 
+@dataclass
+class PixelBoxSet:
+    """The boxes one phrase reports, pixel xyxy: boxes (P,4), hypotheses (P,N,4), u (P,) and
+    presence (P,) probabilities (None for a single-box model, which has no presence)."""
+
+    boxes: torch.Tensor
+    hypotheses: torch.Tensor
+    uncertainty: torch.Tensor
+    presence: torch.Tensor | None
+
+
+def pixel_box_sets(prediction: BoxPrediction, box_batch_index: torch.Tensor,
+                   batch: dict[str, Any], signal: str = "spread") -> list[PixelBoxSet]:
+    """Per query, the boxes its phrase reports in pixels of its image: its one box, or with
+    several box slots the present ones (:attr:`model.box_decoder.BoxSlots.present`), the most
+    present first; each box's u is that of ``signal`` (:mod:`model.uncertainty`)."""
+    rows = box_batch_index.cpu()
+    sizes = [(batch["samples"][r].width, batch["samples"][r].height) for r in rows.tolist()]
+    scale = batch["content_scale"][rows]
+    slots = prediction.slots
+    if slots is None:
+        boxes, hypotheses = prediction_to_pixels(prediction, scale, sizes)
+        u = reported_uncertainty(prediction, signal).float().cpu()
+        return [PixelBoxSet(boxes[q:q + 1], hypotheses[q:q + 1], u[q:q + 1], None)
+                for q in range(len(sizes))]
+    count = slots.max_boxes
+    boxes, hypotheses = prediction_to_pixels(slots.boxes, scale.repeat_interleave(count, dim=0),
+                                             [size for size in sizes for _ in range(count)])
+    u = reported_uncertainty(slots.boxes, signal).float().cpu().view(-1, count)
+    presence = slots.presence.float().cpu()
+    sets = []
+    for q, order in enumerate(slots.reported()):
+        flat = [q * count + k for k in order]
+        sets.append(PixelBoxSet(boxes[flat], hypotheses[flat], u[q, order], presence[q, order]))
+    return sets
+
+
+def _box_set_fields(box_set: PixelBoxSet | None, truth: torch.Tensor) -> dict[str, Any]:
+    """``boxes`` (each reported box: box, hypotheses, u, presence) and ``box_ious`` (per
+    ground-truth box after matching) of one finding; ``None``: the phrase was not generated."""
+    if box_set is None:
+        return {"boxes": [], "box_ious": list(score_box_set(torch.zeros(0, 4), truth).ious)}
+    score = score_box_set(box_set.boxes, truth)
+    boxes = [{"box": [round(v, 2) for v in box_set.boxes[i].tolist()],
+              "hypotheses": [[round(v, 2) for v in h] for h in box_set.hypotheses[i].tolist()],
+              "u": float(box_set.uncertainty[i]),
+              "presence": None if box_set.presence is None else float(box_set.presence[i])}
+             for i in range(len(box_set.boxes))]
+    return {"boxes": boxes, "box_ious": list(score.ious)}
+
+
+def box_set_score(record: dict[str, Any]) -> BoxSetScore:
+    """The :class:`BoxSetScore` of a finding's record (or its ``given_phrase`` part)."""
+    return BoxSetScore(tuple(record["box_ious"]), len(record["boxes"]))
+
+
 def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, split: str
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score the image-free phrase-prior baseline in the metrics.json format.
@@ -257,7 +331,10 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
             target = _target_pixels(sample, finding)
             iou = float(box_ious(pixels[None], target[None])[0])
             fields = {"box": [round(v, 2) for v in pixels.tolist()], "hypotheses": None,
-                      "u": u, "iou": iou}
+                      "u": u, "iou": iou, **_box_set_fields(PixelBoxSet(
+                          pixels[None], pixels[None, None], torch.tensor([u]), None),
+                          to_pixels(torch.tensor(finding.boxes, dtype=torch.float32),
+                                    size[0], size[1]))}
             records.append({"id": sample.id, "image": str(sample.image_path), "task": sample.task,
                             "phrase": finding.phrase, "pred_phrase": finding.phrase,
                             "gt_boxes": [[round(v, 2) for v in
@@ -270,6 +347,9 @@ def baseline_metrics(baseline, samples: Sequence[Sample], dataset_name: str, spl
     metrics = {"dataset": dataset_name, "split": split, "n_samples": len(samples),
                "n_findings": len(records), "baseline": "phrase_prior",
                "grounding": grounding, "grounding_given_phrase": dict(grounding),
+               "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
+               "grounding_boxes_given_phrase": box_set_metrics(
+                   [box_set_score(r) for r in records]),
                "phrase": {k: None for k in ("exact_match", "bleu_1", "bleu_4", "rouge_l", "cider",
                                             "meteor")},
                "uncertainty": uncertainty_metrics(u, ious),

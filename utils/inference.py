@@ -4,13 +4,16 @@ The prompt is the task's evaluation template (:mod:`utils.prompts`), built and p
 ``test.py`` builds it, so a SynthCXR row gives the same phrases and boxes here and there. The
 model writes ``"phrase. It is [BOX]."`` for each finding; every ``[BOX]`` carries N hypothesis
 boxes, their mean, the per-coordinate variance and the scale-relative u
-(:class:`model.box_decoder.BoxPrediction`). Boxes come back in the pixel frame of the image as
-given (xyxy, origin top-left, x to the right); the variance is that of the hypotheses'
-(cx, cy, w, h), in squared pixels. ``u`` is the signal the model's config names
+(:class:`model.box_decoder.BoxPrediction`). A model with several boxes per phrase reports each
+of a phrase's present boxes in ``boxes`` (with its own hypotheses, variance, u and presence);
+the phrase's ``box`` is then the box enclosing them. Boxes come back in the pixel frame of the
+image as given (xyxy, origin top-left, x to the right); the variance is that of the
+hypotheses' (cx, cy, w, h), in squared pixels. ``u`` is the signal the model's config names
 (:mod:`model.uncertainty`). When the model folder holds ``calibration.json``, each phrase also
 gets its calibrated box (``inflated_box``, containing the lesion for 1 - alpha of findings on
 data like the calibration split) and an ``abstain`` flag (its u is not below the calibrated
-threshold: the selective risk guarantee does not cover this box).
+threshold: the selective risk guarantee does not cover this box). Both are of the phrase's
+``box`` (with several boxes, the enclosing one), not of each of its ``boxes``.
 
 A report longer than the model's context is cut from its end, as training cuts it, so that the
 prompt, the image tokens and ``max_new_tokens`` fit in ``model_max_length``; the cut is logged
@@ -43,7 +46,19 @@ logger = logging.getLogger(__name__)
 TASK_FIELDS = {"report": ("report",), "vqa": ("question", "answer"), "class": ("label",)}
 BOX_DECIMALS = 2  # pixel boxes are rounded as test.py's predictions.jsonl rounds them
 VARIANCE_DECIMALS = 4
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each phrase lists its boxes (several boxes per phrase)
+
+
+@dataclass
+class PhraseBox:
+    """One box of a phrase, as :class:`GroundedPhrase` describes its fields; ``presence`` is
+    its presence probability (None for a single-box model, which has no presence)."""
+
+    box: list[float]
+    hypotheses: list[list[float]]
+    variance: list[float]
+    u: float
+    presence: float | None
 
 
 @dataclass
@@ -52,8 +67,10 @@ class GroundedPhrase:
 
     ``box``: the mean box, pixel xyxy; ``hypotheses``: N pixel xyxy boxes; ``variance``: the
     variance over the hypotheses of (cx, cy, w, h), pixels²; ``u``: the uncertainty (higher =
-    less sure). With a calibrated model, ``inflated_box`` (pixel xyxy) and ``abstain``; both
-    ``None`` otherwise (and left out of the JSON).
+    less sure). ``boxes``: every box the phrase reports, the most present first (one, equal to
+    the above, for a single-box model; with several, the phrase's ``box`` and hypotheses
+    enclose them). With a calibrated model, ``inflated_box`` (pixel xyxy) and ``abstain`` of
+    the phrase's ``box``; both ``None`` otherwise (and left out of the JSON).
     """
 
     phrase: str
@@ -61,6 +78,7 @@ class GroundedPhrase:
     hypotheses: list[list[float]]
     variance: list[float]
     u: float
+    boxes: list[PhraseBox] = field(default_factory=list)
     inflated_box: list[float] | None = None
     abstain: bool | None = None
 
@@ -211,6 +229,9 @@ class Grounder:
             for q, phrase in enumerate(generated_phrases(
                 generated.token_ids[0].tolist(), self.model.box_token_id,
                 partial(self.tokenizer.decode, skip_special_tokens=True)))]
+        for phrase, boxes_of_phrase in zip(phrases, phrase_boxes(
+                prediction, scale, width, height, to_pixels, self.model.config.uncertainty)):
+            phrase.boxes = boxes_of_phrase
         result = GroundingResult(width, height, task, used, truncated, text, phrases)
         if self.model.calibration is not None:
             self._calibrate(result, prediction, boxes, hypotheses)
@@ -238,14 +259,47 @@ class Grounder:
                               "delta": calibration.delta}
 
 
+def phrase_boxes(prediction: Any, scale: torch.Tensor, width: int, height: int,
+                 variance_scale: torch.Tensor, signal: str = "spread") -> list[list[PhraseBox]]:
+    """The boxes each query of ``prediction`` (one image) reports, in pixels: its one box, or
+    its present slots, the most present first; each box's u is that of ``signal``
+    (:mod:`model.uncertainty`).
+
+    Arguments:
+      prediction: a :class:`model.box_decoder.BoxPrediction` of Q queries.
+      scale: (Q,2) the padded-frame fraction the image covers.
+      width, height: the image size in pixels.
+      variance_scale: (4,) what turns a normalised (cx, cy, w, h) spread into pixels.
+    """
+    slots = prediction.slots
+    source, count = (prediction, 1) if slots is None else (slots.boxes, slots.max_boxes)
+    rows = len(source.box)
+    boxes, hypotheses = prediction_to_pixels(source, scale.repeat_interleave(count, dim=0),
+                                             [(width, height)] * rows)
+    variance = source.variance.float().cpu() * variance_scale.pow(2)
+    u = reported_uncertainty(source, signal).float().cpu()
+    presence = None if slots is None else slots.presence.float().cpu().flatten()
+    order = [[0] for _ in range(rows)] if slots is None else slots.reported()
+    return [[PhraseBox(box=[round(v, BOX_DECIMALS) for v in boxes[q * count + k].tolist()],
+                       hypotheses=[[round(v, BOX_DECIMALS) for v in h]
+                                   for h in hypotheses[q * count + k].tolist()],
+                       variance=[round(v, VARIANCE_DECIMALS)
+                                 for v in variance[q * count + k].tolist()],
+                       u=float(u[q * count + k]),
+                       presence=None if presence is None else float(presence[q * count + k]))
+             for k in slots_of_query] for q, slots_of_query in enumerate(order)]
+
+
 def overlay(image: np.ndarray, result: GroundingResult, max_u: float | None = None
             ) -> Image.Image:
-    """The overlay picture: mean boxes thick, hypotheses dashed, phrase and u in the caption.
+    """The overlay picture: mean boxes thick (every box of a phrase), hypotheses dashed,
+    phrase and u in the caption.
 
     ``max_u`` hides the boxes (and caption lines) of phrases whose u is above it.
     """
     findings = [{"phrase": p.phrase, "gt_boxes": [], "box": p.box, "hypotheses": p.hypotheses,
-                 "u": p.u, "inflated_box": p.inflated_box, "abstain": p.abstain}
+                 "boxes": [asdict(b) for b in p.boxes], "u": p.u,
+                 "inflated_box": p.inflated_box, "abstain": p.abstain}
                 for p in shown(result, max_u)]
     return draw_grounding(image, findings)
 

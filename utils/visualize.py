@@ -2,7 +2,9 @@
 
 Colours: ground truth green, the mean box red (thick), the N hypothesis boxes orange (thin,
 dashed, semi-transparent), the calibrated (inflated) box, when there is one, cyan and dotted.
-Each box carries its finding's number; the phrases, u and IoU (when
+A phrase with several boxes has each drawn so, with its hypotheses (the calibrated box is the
+phrase's one, around its enclosing box). Each box carries its finding's number; the phrases,
+u and IoU (when
 the finding has one: not for a new image without ground truth) are written in a caption band
 added below the image, with a colour legend. Line widths and text size
 scale with the image, so one call reads well on a 256-px SynthCXR image and on a 2500-px
@@ -117,6 +119,13 @@ def _pack(entries: list[tuple[str, Any]], font, width: float) -> list[list[tuple
     return rows
 
 
+def _predicted(finding: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finding's predicted boxes, each a dict with ``box`` and ``hypotheses``: its
+    ``boxes`` when given, else its one ``box``."""
+    return finding.get("boxes") or [{"box": finding.get("box"),
+                                     "hypotheses": finding.get("hypotheses")}]
+
+
 def _caption(finding: dict[str, Any], number: int) -> str:
     u = "n/a" if finding.get("u") is None else f"{finding['u']:.3g}"
     if "iou" not in finding:
@@ -135,9 +144,10 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
       findings: dicts with ``phrase`` (str), ``gt_boxes`` (list of pixel xyxy, may be empty),
         ``box`` (pixel xyxy mean box, or None), ``hypotheses`` (list of pixel xyxy, may be
         empty or None), ``u`` (float or None) and ``iou`` (float or None; leave the key out
-        when there is no ground truth to score against); optionally ``inflated_box`` (pixel
-        xyxy, the calibrated box, drawn dotted) and ``abstain`` (True adds "abstain" to the
-        caption).
+        when there is no ground truth to score against); optionally ``boxes``, the phrase's
+        several boxes (dicts with ``box`` and ``hypotheses``), drawn instead of ``box``,
+        ``inflated_box`` (pixel xyxy, the calibrated box, drawn dotted) and ``abstain`` (True
+        adds "abstain" to the caption).
 
     Returns:
       RGB image of width W and height H + caption band.
@@ -151,7 +161,7 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
     layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
     layer_draw = ImageDraw.Draw(layer)
     for finding in findings:
-        for values in finding.get("hypotheses") or []:
+        for values in (h for part in _predicted(finding) for h in part.get("hypotheses") or []):
             box = _box(values)
             if box is not None:
                 _dashed_rectangle(layer_draw, box, (*HYPOTHESIS_COLOUR, HYPOTHESIS_ALPHA),
@@ -164,10 +174,11 @@ def draw_grounding(image: Image.Image | np.ndarray, findings: list[dict[str, Any
             if box is not None:
                 draw.rectangle(box, outline=GT_COLOUR, width=gt_width)
                 _label(draw, box, str(number), GT_COLOUR, font, outside=True)
-        box = _box(finding.get("box"))
-        if box is not None:
-            draw.rectangle(box, outline=BOX_COLOUR, width=box_width)
-            _label(draw, box, str(number), BOX_COLOUR, font, outside=False)
+        for part in _predicted(finding):
+            box = _box(part.get("box"))
+            if box is not None:
+                draw.rectangle(box, outline=BOX_COLOUR, width=box_width)
+                _label(draw, box, str(number), BOX_COLOUR, font, outside=False)
         inflated = _box(finding.get("inflated_box"))
         if inflated is not None:
             _dashed_rectangle(draw, inflated, INFLATED_COLOUR, gt_width, dash=DOT)

@@ -1,7 +1,8 @@
 """Grounding accuracy: IoU in pixels of the real image, accuracy at IoU >= t, and mIoU.
 
 Boxes are xyxy. The target of a finding with several ground-truth boxes is the smallest box
-enclosing all of them (the project's rule, in training and in scoring). Normalised boxes are
+enclosing all of them (the rule of ``grounding`` and of the single-box model's training; each
+box is scored on its own in :mod:`utils.evaluation.boxes`). Normalised boxes are
 converted to pixels of the real image with :func:`to_pixels` before any IoU is taken, so a
 non-square image weighs its two axes as a reader sees them.
 """

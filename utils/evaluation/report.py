@@ -6,6 +6,12 @@ from typing import Any
 GROUNDING_KEYS = ("acc@0.1", "acc@0.3", "acc@0.5", "miou")
 PHRASE_NAMES = {"exact_match": "exact match", "bleu_1": "BLEU-1", "bleu_4": "BLEU-4",
                 "rouge_l": "ROUGE-L", "cider": "CIDEr-D (0-10)", "meteor": "METEOR"}
+BOX_ROWS = (("box acc@0.5", None, "acc@0.5"), ("box mIoU", None, "miou"),
+            ("box precision@0.5", None, "precision@0.5"), ("box recall@0.5", None, "recall@0.5"),
+            ("box count accuracy", None, "count_accuracy"),
+            ("multi-box acc@0.5", "multi_box", "acc@0.5"),
+            ("multi-box count accuracy", "multi_box", "count_accuracy"),
+            ("single-box acc@0.5", "single_box", "acc@0.5"))
 UNCERTAINTY_NAMES = {"aurc": "AURC (lower is better)",
                      "auroc_failure@0.5": "AUROC of u for IoU < 0.5",
                      "spearman_u_iou": "Spearman(u, IoU)", "n": "boxes"}
@@ -46,9 +52,10 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     """A summary of one metrics.json dict for stdout.
 
     Grounding end to end (from generated text; its strict-matching column when present) beside
-    grounding given the true phrase, then the phrase metrics, the uncertainty metrics (each
-    signal) and the calibration (given phrase beside end to end); blocks that are missing or
-    empty are left out. ``n_extra_predictions`` and ``baseline`` are shown when present.
+    grounding given the true phrase, the same per ground-truth box, then the phrase metrics,
+    the uncertainty metrics (each signal) and the calibration (given phrase beside end to
+    end); blocks that are missing or empty are left out. ``n_extra_predictions`` and
+    ``baseline`` are shown when present.
     """
     header = (f"{metrics['dataset']} / {metrics['split']}: {metrics['n_samples']} samples, "
               f"{metrics['n_findings']} findings")
@@ -63,6 +70,15 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         lines.append(f"  {key:28s} {_number(metrics['grounding'][key]):>10s}"
                      + (f" {_number(strict[key]):>8s}" if strict else "")
                      + f" {_number(metrics['grounding_given_phrase'][key]):>13s}")
+    no_strict = f" {'':>8s}" if strict else ""  # the strict column is of phrases only
+    if metrics.get("grounding_boxes"):
+        lines.append(f"  {'per ground-truth box':28s} {'end-to-end':>10s}{no_strict} "
+                     f"{'given phrase':>13s}")
+        for name, block, key in BOX_ROWS:
+            values = [metrics[path] if block is None else metrics[path][block]
+                      for path in ("grounding_boxes", "grounding_boxes_given_phrase")]
+            lines.append(f"  {name:28s} {_number(values[0][key]):>10s}{no_strict} "
+                         f"{_number(values[1][key]):>13s}")
     if "n_extra_predictions" in metrics:
         lines.append(f"  {'extra generated phrases':28s} {metrics['n_extra_predictions']:>10d}")
     if metrics.get("phrase"):

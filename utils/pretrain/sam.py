@@ -15,6 +15,7 @@ encoding and mask tokens) carries what SAM learned.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ JITTER = 0.1  # box prompt noise while training, as a fraction of the box's widt
 MASK_STRIDE = 4  # SAM's low-resolution masks are a quarter of the input size
 PROMPTS_PER_IMAGE = 3  # every study has at least its two lungs and its heart
 LESION_WEIGHT = 3.0  # lesions are rarer and harder than anatomy
+LESION_NUMBER = re.compile(r" \d+$")  # "nodule 2": lesion 2 of a multifocal finding
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,12 @@ class Prompted:
 
 
 def layer_group(name: str) -> str:
-    """"lung" for either lung, else the name without its side ("pleural effusion left" ->
-    "pleural effusion")."""
+    """"lung" for either lung, else the name without its side and lesion number ("pleural
+    effusion left" -> "pleural effusion", "nodule 2 right" -> "nodule")."""
     for side in ("right", "left"):
         if name.endswith(f" {side}") or name == f"{side} lung":
-            return "lung" if name == f"{side} lung" else name[:-len(side) - 1]
+            return "lung" if name == f"{side} lung" else LESION_NUMBER.sub(
+                "", name[:-len(side) - 1])
     return name
 
 

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
                                           "test": args.n_test}, args.image_size, args.workers)
     logger.info("wrote %d images to %s in %.1f s", sum(meta["counts"].values()), args.out,
                 time.time() - started)
+    logger.info("findings with several boxes under one phrase: %s",
+                ", ".join(f"{split} {meta['findings_with_several_boxes'][split]} of "
+                          f"{meta['findings'][split]}" for split in meta["counts"]))
     if args.n_pretrain:
         started_pretrain = time.time()
         pretrain = generate_pretraining(args.out, pretrain_seed, args.n_pretrain,

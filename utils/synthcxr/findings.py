@@ -3,7 +3,9 @@
 A focal finding (nodule, mass, consolidation, atelectasis) first draws its size, then a random
 (side, zone) among those with room for it, then a random centre there that leaves room for its
 whole extent inside the free lung (outside the heart and away from the findings drawn before
-it); so the words of a report give only a coarse prior on the box. Effusion fills one or both
+it); so the words of a report give only a coarse prior on the box. Nodules and consolidations
+are sometimes multifocal (``draw_multifocal``): 2 or 3 separate lesions of the type, each
+placed so, make one finding with one box per lesion. Effusion fills one or both
 lung bases under a meniscus, pneumothorax peels the lung away from the apex and lateral wall,
 cardiomegaly enlarges the heart; their extents are random too. Every box is the tight extent
 (pixels, xyxy, exclusive max) of the pixels the finding changes (for cardiomegaly, the heart).
@@ -21,6 +23,8 @@ FINDING_TYPES = ("nodule", "mass", "consolidation", "pleural effusion", "pneumot
                  "cardiomegaly", "atelectasis")
 DRAW_ORDER = ("cardiomegaly", "pleural effusion", "pneumothorax", "mass", "consolidation",
               "atelectasis", "nodule")  # large findings first, so focal ones avoid them
+MULTIFOCAL_P = {"nodule": 0.3, "consolidation": 0.3}  # chance a finding of the type is multifocal
+MULTIFOCAL_COUNT_P = {2: 0.7, 3: 0.3}  # lesions (boxes) of a multifocal finding
 CM_PER_PX_AT_256 = 0.12  # the nominal pixel spacing that turns a diameter into centimetres
 PixelBox = tuple[int, int, int, int]
 
@@ -31,12 +35,15 @@ class Lesion:
 
     Arguments:
       type: one of ``FINDING_TYPES``.
-      side: "right", "left", "bilateral" or "" (cardiomegaly).
-      zone: "upper", "middle", "lower" or "" (cardiomegaly).
+      side: "right", "left", "bilateral" or "" (cardiomegaly); a multifocal finding's side, or
+        "bilateral" when its lesions lie in both lungs.
+      zone: "upper", "middle", "lower" or "" (cardiomegaly, and a multifocal finding).
       grade: a severity or extent word ("small", "moderate", "large", "mild", "marked",
         "patchy", "plate-like", "lobulated", ...).
       size_cm: the diameter in whole centimetres (nodule and mass), else 0.
-      boxes: one pixel box (x0, y0, x1, y1) per side.
+      boxes: one pixel box (x0, y0, x1, y1) per side, or per lesion of a multifocal finding.
+      part_sides: the side of each lesion of a multifocal finding ("right" or "left"), else
+        empty.
     """
 
     type: str
@@ -45,6 +52,7 @@ class Lesion:
     grade: str
     size_cm: int
     boxes: tuple[PixelBox, ...]
+    part_sides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,12 +64,14 @@ class Drawn:
       clear: (H, W) bool, where the lung markings vanish (pneumothorax).
       mask: (H, W) bool, every pixel the finding changes.
       lesion: what was drawn, with its boxes.
+      parts: the (H, W) bool mask of each lesion of a multifocal finding, else empty.
     """
 
     delta: np.ndarray
     clear: np.ndarray
     mask: np.ndarray
     lesion: Lesion
+    parts: tuple[np.ndarray, ...] = ()
 
 
 def pixel_box(mask: np.ndarray) -> PixelBox:
@@ -272,3 +282,38 @@ def draw_finding(kind: str, anatomy: Anatomy, canvas: Canvas, zones: np.ndarray,
     delta, mask, side, zone, grade, size_cm = _focal(kind, anatomy, zones, free, rng)
     return Drawn(delta, no_clear, mask, Lesion(kind, side, zone, grade, size_cm,
                                                (pixel_box(mask),)))
+
+
+def multifocal_count(kind: str, rng: np.random.Generator) -> int:
+    """How many lesions a finding of type ``kind`` has: 2 or 3 with ``MULTIFOCAL_P[kind]``,
+    else 1 (always 1 for the other types). Draws from ``rng`` for every type, so the draws do
+    not depend on which types a study has."""
+    multifocal = rng.random() < MULTIFOCAL_P.get(kind, 0.0)
+    count = int(rng.choice(list(MULTIFOCAL_COUNT_P), p=list(MULTIFOCAL_COUNT_P.values())))
+    return count if multifocal else 1
+
+
+def draw_multifocal(kind: str, count: int, anatomy: Anatomy, zones: np.ndarray,
+                    free: np.ndarray, rng: np.random.Generator) -> Drawn:
+    """``count`` separate lesions of one focal type (nodule or consolidation) as one finding,
+    each placed as :func:`draw_finding` places one, away from the others; one box per lesion.
+
+    Arguments are those of :func:`draw_finding`; ``free`` is not changed.
+    """
+    if kind not in MULTIFOCAL_P:
+        raise ValueError(f"{kind!r} cannot be multifocal; expected one of {sorted(MULTIFOCAL_P)}")
+    free = free.copy()
+    delta = np.zeros(free.shape, np.float32)
+    parts, sides, grades = [], [], []
+    for _ in range(count):
+        part_delta, mask, side, _, grade, _ = _focal(kind, anatomy, zones, free, rng)
+        delta += part_delta
+        free &= ~mask
+        parts.append(mask)
+        sides.append(side)
+        grades.append(grade)
+    side = sides[0] if len(set(sides)) == 1 else "bilateral"
+    lesion = Lesion(kind, side, "", grades[0], 0, tuple(pixel_box(m) for m in parts),
+                    tuple(sides))
+    return Drawn(delta, np.zeros(free.shape, bool), np.logical_or.reduce(parts), lesion,
+                 tuple(parts))

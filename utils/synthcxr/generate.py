@@ -23,7 +23,7 @@ from utils.synthcxr.rows import class_rows, reference_dict, report_row, vqa_rows
 from utils.synthcxr.study import save_study
 from utils.text_io import write_jsonl
 
-VERSION = 2
+VERSION = 3  # 3: multifocal nodules and consolidations (several boxes under one phrase)
 SPLITS = ("train", "val", "test")
 
 
@@ -80,8 +80,13 @@ def generate(out: Path, seed: int, counts: dict[str, int], size: int, workers: i
         write_jsonl([c for row in rows for c in class_rows(row)], out / f"class_{split}.jsonl")
         torch.save(reference_dict(rows), out / f"report_{split}.pth")
     rates = label_prior_rates(rows_by_split["train"], rows_by_split["test"])
+    several = {split: sum(len(f["boxes"]) > 1 for row in rows for f in row["findings"])
+               for split, rows in rows_by_split.items()}
     meta = {"generator": "SynthCXR", "version": VERSION, "seed": seed, "image_size": size,
             "counts": counts, "finding_types": list(FINDING_TYPES),
+            "findings": {split: sum(len(row["findings"]) for row in rows)
+                         for split, rows in rows_by_split.items()},
+            "findings_with_several_boxes": several,
             "label_prior_acc@0.5": round(rates["all"], 4),
             "label_prior_acc@0.5_by_type": {k: round(v, 4) for k, v in rates.items()
                                              if k != "all"}}

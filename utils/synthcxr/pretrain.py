@@ -26,13 +26,12 @@ import numpy as np
 from PIL import Image
 
 from utils.synthcxr.findings import pixel_box
-from utils.synthcxr.study import make_study
+from utils.synthcxr.study import MAX_LAYERS, make_study
 from utils.text_io import write_jsonl
 
 PRETRAIN_FIRST_PATIENT = 10 ** 6
 PRETRAIN_DIR = "pretrain"
 ROWS_NAME = "pretrain.jsonl"
-MAX_LAYERS = 8  # bits of a mask PNG
 
 
 def plan_pretraining(seed: int, count: int) -> list[tuple[int, int]]:

@@ -5,7 +5,9 @@ finding type), negations of absent finding types, normal statements that never c
 finding, and sometimes a comparison statement consistent with the patient's previous study;
 the order is shuffled. Each finding's phrase is a verbatim span of its sentence, unique in the
 report; a report holds each finding type at most once and every type has its own nouns, so the
-phrases of one report are told apart by their words.
+phrases of one report are told apart by their words. A multifocal nodule or consolidation
+is one phrase for all its lesions ("two nodules in the right lung", "bilateral multifocal
+consolidation").
 """
 from __future__ import annotations
 
@@ -43,6 +45,22 @@ PHRASES = {
 BILATERAL_EFFUSION = (("{grade} bilateral pleural effusions", False),
                       ("bilateral pleural effusions", False),
                       ("{grade} pleural effusions on both sides", False))
+# (type, lesions in one lung or both) -> (template, plural) of a multifocal finding
+MULTIFOCAL = {
+    ("nodule", "one"): (("{count} nodules in the {side} lung", True),
+                        ("multiple {side} lung nodules", True),
+                        ("{count} {side} pulmonary nodules", True)),
+    ("nodule", "both"): (("bilateral pulmonary nodules", True),
+                         ("multiple bilateral lung nodules", True),
+                         ("{count} bilateral pulmonary nodules", True)),
+    ("consolidation", "one"): (("multifocal consolidation in the {side} lung", False),
+                               ("{count} areas of consolidation in the {side} lung", True),
+                               ("multifocal {side} airspace opacities", True)),
+    ("consolidation", "both"): (("bilateral multifocal consolidation", False),
+                                ("{count} areas of bilateral consolidation", True),
+                                ("multifocal bilateral airspace opacities", True)),
+}
+COUNT_WORDS = {2: "two", 3: "three"}
 WRAPPERS = ("{P}.", "There {is} {a}{p}.", "Findings are notable for {a}{p}.", "{P} {is} noted.",
             "{P} {is} present.")
 NEGATIONS = {
@@ -75,14 +93,22 @@ QUESTIONS = {"nodule": ("Is there a pulmonary nodule?", "Where is the nodule?"),
 
 
 class Wording(NamedTuple):
-    """A lower-case phrasing of a finding and whether it takes "a"/"an"."""
+    """A lower-case phrasing of a finding, whether it takes "a"/"an" and whether it takes
+    "are"."""
 
     phrase: str
     countable: bool
+    plural: bool = False
 
 
 def phrase_for(lesion: Lesion, rng: np.random.Generator) -> Wording:
     """A random phrasing of the lesion."""
+    if lesion.part_sides:
+        spread = "both" if lesion.side == "bilateral" else "one"
+        template, plural = MULTIFOCAL[lesion.type, spread][
+            int(rng.integers(len(MULTIFOCAL[lesion.type, spread])))]
+        text = template.format(count=COUNT_WORDS[len(lesion.boxes)], side=lesion.side)
+        return Wording(text, False, plural)
     templates = BILATERAL_EFFUSION if lesion.side == "bilateral" else PHRASES[lesion.type]
     template, countable = templates[int(rng.integers(len(templates)))]
     location = ""
@@ -96,7 +122,7 @@ def phrase_for(lesion: Lesion, rng: np.random.Generator) -> Wording:
 def finding_sentence(wording: Wording, rng: np.random.Generator) -> tuple[str, str]:
     """(sentence, the phrase exactly as it appears in the sentence)."""
     phrase = wording.phrase
-    verb = "are" if phrase.endswith(("effusions", "sides")) else "is"
+    verb = "are" if wording.plural or phrase.endswith(("effusions", "sides")) else "is"
     wrapper = WRAPPERS[int(rng.integers(len(WRAPPERS)))].replace("{is}", verb)
     if wrapper.startswith("{P}"):
         shown = phrase[0].upper() + phrase[1:]

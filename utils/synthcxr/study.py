@@ -4,9 +4,11 @@
 per finding box, the pixels the finding changes (lesions); the pretraining set saves them.
 
 Deterministic: a patient's anatomy draws from ``default_rng([seed, patient])``, the finding
-types of its study j from ``default_rng([seed, patient, j, 0])`` and everything else of that
-study from ``default_rng([seed, patient, j, 1])``, so a study does not depend on which process
-renders it or in which order.
+types of its study j from ``default_rng([seed, patient, j, 0])``, whether its nodule or
+consolidation is multifocal from ``default_rng([seed, patient, j, 2])`` and everything else of
+that study from ``default_rng([seed, patient, j, 1])``, so a study does not depend on which
+process renders it or in which order, and a study without a multifocal finding is the one the
+generator wrote before multifocal findings existed.
 """
 from __future__ import annotations
 
@@ -23,11 +25,14 @@ from utils.synthcxr.findings import (
     Lesion,
     draw_cardiomegaly,
     draw_finding,
+    draw_multifocal,
     enlarge_heart,
+    multifocal_count,
 )
 from utils.synthcxr.reports import question_for, write_report
 
 FINDING_COUNT_P = (0.2, 0.4, 0.28, 0.12)  # 0, 1, 2 or 3 findings a study
+MAX_LAYERS = 8  # mask layers of a study: the bits of a pretraining mask PNG
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class Layer:
 
     Arguments:
       name: "right lung", "left lung", "heart", or a finding type with its side
-        ("nodule right", "pleural effusion left", "cardiomegaly").
+        ("nodule right", "pleural effusion left", "cardiomegaly"; lesion k of a multifocal
+        finding: "nodule 2 right").
       kind: "anatomy" or "lesion".
       mask: (H, W) bool.
     """
@@ -73,9 +79,14 @@ def study_kinds(seed: int, patient: int, index: int) -> list[str]:
     return [str(kind) for kind in rng.choice(FINDING_TYPES, size=count, replace=False)]
 
 
-def lesion_layers(lesion: Lesion, mask: np.ndarray) -> list[Layer]:
+def lesion_layers(lesion: Lesion, mask: np.ndarray, parts: tuple[np.ndarray, ...] = ()
+                  ) -> list[Layer]:
     """One lesion layer per box of a finding: its mask cut to that box (the two sides of a
-    bilateral effusion become two layers)."""
+    bilateral effusion become two layers), or, for a multifocal finding, each lesion's own
+    mask ``parts``."""
+    if parts:
+        return [Layer(f"{lesion.type} {number} {side}", "lesion", part)
+                for number, (side, part) in enumerate(zip(lesion.part_sides, parts), start=1)]
     sides = ("right", "left") if lesion.side == "bilateral" else (lesion.side,)
     layers = []
     for side, (x0, y0, x1, y1) in zip(sides, lesion.boxes):
@@ -96,6 +107,7 @@ def make_study(seed: int, patient: int, index: int, size: int
     anatomy = sample_anatomy(np.random.default_rng([seed, patient]), size)
     kinds = study_kinds(seed, patient, index)
     rng = np.random.default_rng([seed, patient, index, 1])
+    multifocal = np.random.default_rng([seed, patient, index, 2])
     grade = ""
     if "cardiomegaly" in kinds:
         heart, grade = enlarge_heart(anatomy, rng)
@@ -108,16 +120,23 @@ def make_study(seed: int, patient: int, index: int, size: int
     lesions, layers = [], [Layer(f"{side} lung", "anatomy", anatomy.lungs[side].mask(size))
                            for side in ("right", "left")]
     layers.append(Layer("heart", "anatomy", anatomy.heart.mask(size) & anatomy.body.mask(size)))
-    for kind in (k for k in DRAW_ORDER if k in kinds):
+    ordered = [k for k in DRAW_ORDER if k in kinds]
+    for number, kind in enumerate(ordered):
+        # at most MAX_LAYERS layers: later findings keep one layer each, an effusion two
+        room = MAX_LAYERS - len(layers) - (len(ordered) - number - 1) - (
+            "pleural effusion" in ordered[number + 1:])
+        count = min(multifocal_count(kind, multifocal), room)
         if kind == "cardiomegaly":
             drawn = draw_cardiomegaly(anatomy, grade)
+        elif count > 1:
+            drawn = draw_multifocal(kind, count, anatomy, zones, free, rng)
         else:
             drawn = draw_finding(kind, anatomy, canvas, zones, free, rng)
         image += drawn.delta
         clear |= drawn.clear
         free &= ~drawn.mask
         lesions.append(drawn.lesion)
-        layers.extend(lesion_layers(drawn.lesion, drawn.mask))
+        layers.extend(lesion_layers(drawn.lesion, drawn.mask, drawn.parts))
     image += np.where(clear, 0.0, canvas.markings)
     lesions = [lesions[i] for i in rng.permutation(len(lesions))]
     previous = set(study_kinds(seed, patient, index - 1)) if index else None

@@ -1,0 +1,66 @@
+"""The loss of a decoder with K > 1 box slots per query (several boxes per phrase).
+
+Each query's slots are matched to its ground-truth boxes by :func:`model.box_matching.
+match_slots` (Hungarian, L1 + GIoU, as DETR). The matched slots then take the box loss of the
+head mode (:func:`model.box_losses.compute_box_losses`: every slot keeps its N hypotheses,
+so ``umhp``, ``mhp``, ``hinge`` and ``single`` apply per box), averaged over the matched
+boxes. Every slot's presence logit takes a binary cross-entropy towards 1 when matched and 0
+otherwise, averaged over the Q*K slots and weighted by ``presence_weight``: the term
+``box_presence``, included in ``box_total``. With the decoder's IoU head, each matched slot's
+predicted IoU takes :func:`model.box_losses.iou_prediction_loss` against the detached IoU of
+its mean box with its ground-truth box (unmatched slots take none): the term ``box_iou``,
+kept out of ``box_total`` as for one box.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from model.box_decoder import BoxPrediction
+from model.box_losses import BoxLossConfig, compute_box_losses, iou_prediction_loss
+from model.box_matching import match_slots
+
+
+def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
+                           target_query: torch.Tensor, config: BoxLossConfig
+                           ) -> dict[str, torch.Tensor]:
+    """Arguments:
+      prediction: the decoder output for Q queries, with its K slots (``prediction.slots``).
+      targets_xyxy: (G,4) ground-truth boxes, normalised xyxy in the decoder's frame.
+      target_query: (G,) the query each box belongs to.
+      config: the head mode and its weights.
+    Returns:
+      ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_total`` and, with the IoU
+      head, ``box_iou`` (scalars, weighted).
+    """
+    slots = prediction.slots
+    if slots is None:
+        raise ValueError("box set losses need a decoder with several box slots "
+                         "(max_boxes_per_phrase > 1)")
+    if targets_xyxy.dim() != 2 or targets_xyxy.shape[-1] != 4 \
+            or target_query.shape != targets_xyxy.shape[:1]:
+        raise ValueError(f"box set targets have shape {tuple(targets_xyxy.shape)} and their "
+                         f"query index {tuple(target_query.shape)}; expected (G, 4) and (G,)")
+    queries, count = slots.presence_logits.shape
+    boxes = slots.boxes
+    slot_rows, target_rows = match_slots(boxes.box.view(queries, count, 4), targets_xyxy,
+                                         target_query, config.l1_weight, config.giou_weight)
+    matched = BoxPrediction(boxes.hypotheses[slot_rows], boxes.box[slot_rows],
+                            boxes.variance[slot_rows], boxes.uncertainty[slot_rows],
+                            None if boxes.iou is None else boxes.iou[slot_rows])
+    matched_targets = targets_xyxy[target_rows]
+    losses = compute_box_losses(matched, matched_targets, config)
+    logits = slots.presence_logits.flatten()
+    if logits.numel():
+        wanted = torch.zeros_like(logits)
+        wanted[slot_rows] = 1.0
+        presence = F.binary_cross_entropy_with_logits(logits, wanted)
+    else:
+        presence = 0.0 * logits.sum()
+    weighted = config.presence_weight * presence
+    result = {"box_l1": losses["box_l1"], "box_giou": losses["box_giou"],
+              "box_hyp": losses["box_hyp"], "box_presence": weighted,
+              "box_total": losses["box_total"] + weighted}
+    if matched.iou is not None:
+        result["box_iou"] = iou_prediction_loss(matched, matched_targets, config)
+    return result

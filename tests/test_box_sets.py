@@ -1,0 +1,258 @@
+"""Several boxes per phrase: slot matching, the set loss, the K-slot decoder, the K = 1
+reference and a two-box overfit."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import box_convert, box_iou
+
+from model.box_decoder import BoxPrediction, BoxSlots, build_box_decoder, enclosing_hypotheses
+from model.box_losses import BoxLossConfig, compute_box_losses
+from model.box_matching import match_slots, matching_cost
+from model.box_set_losses import compute_box_set_losses
+from model.config import GroundingConfig
+from model.sam_encoder import SAM_TINY_CONFIG, build_sam
+from model.uncertainty import uncertainty_signals
+
+REFERENCE = Path(__file__).parent / "fixtures" / "single_box_reference.json"
+SMALL = dataclasses.replace(SAM_TINY_CONFIG, prompt_embed_dim=16, decoder_depth=1,
+                            decoder_num_heads=2, decoder_mlp_dim=32)
+REFERENCE_TARGETS = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.9, 0.8],
+                                  [0.05, 0.5, 0.4, 0.95]], dtype=torch.float64)
+
+
+def reference_prediction(num_hypotheses: int, max_boxes: int = 1) -> BoxPrediction:
+    """The fixed float64 case of the reference file: a seeded small decoder, seeded inputs."""
+    torch.manual_seed(0)
+    decoder, _ = build_box_decoder(SMALL, num_hypotheses, max_boxes=max_boxes)
+    decoder = decoder.double()
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 16, 4, 4, generator=generator, dtype=torch.float64)
+    queries = torch.randn(3, 16, generator=generator, dtype=torch.float64)
+    return decoder(features, queries, torch.tensor([0, 1, 1]))
+
+
+@pytest.mark.parametrize("mode,hypotheses", [("single", 1), ("mhp", 3), ("umhp", 3),
+                                             ("hinge", 3)])
+def test_one_box_per_phrase_reproduces_the_single_box_decoder(mode, hypotheses):
+    """K = 1 is the decoder and loss of the single-box model: the file holds the outputs and
+    losses of this case computed by the code before several boxes per phrase existed
+    (commit 8eb1efe), in float64; on the machine that wrote it they agree bit for bit."""
+    expected = json.loads(REFERENCE.read_text())[mode]
+    prediction = reference_prediction(hypotheses)
+    assert prediction.slots is None
+    losses = compute_box_losses(prediction, REFERENCE_TARGETS, BoxLossConfig(mode=mode))
+    torch.testing.assert_close(prediction.hypotheses,
+                               torch.tensor(expected["hypotheses"], dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prediction.uncertainty,
+                               torch.tensor(expected["uncertainty"], dtype=torch.float64),
+                               rtol=1e-10, atol=1e-14)
+    for key, value in expected["losses"].items():
+        assert float(losses[key].detach()) == pytest.approx(value, rel=1e-12, abs=1e-14), key
+
+
+def test_one_box_per_phrase_has_the_single_box_parameters():
+    single, _ = build_box_decoder(SAM_TINY_CONFIG, 3)
+    several, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=4)
+    assert not hasattr(single, "presence_head")
+    shapes = {k: tuple(v.shape) for k, v in single.state_dict().items()}
+    assert shapes["hypothesis_tokens.weight"] == (3, 64)
+    assert shapes["cell_box_head.layers.1.weight"] == (12, 64)
+    assert len([k for k in shapes if k.startswith("centre_hypernetworks.")]) == 3 * 6
+    wide = {k: tuple(v.shape) for k, v in several.state_dict().items()}
+    assert wide["hypothesis_tokens.weight"] == (12, 64)
+    assert wide["cell_box_head.layers.1.weight"] == (48, 64)
+    assert any(k.startswith("presence_head.") for k in wide)
+    assert GroundingConfig("v", "s").max_boxes_per_phrase == 1  # a config saved before K
+    with pytest.raises(ValueError, match="max_boxes_per_phrase"):
+        GroundingConfig("v", "s", max_boxes_per_phrase=0)
+
+
+def test_slot_decoder_shapes_presence_and_sam_initialisation():
+    torch.manual_seed(0)
+    sam = build_sam(SAM_TINY_CONFIG)
+    decoder, report = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(), max_boxes=4)
+    tokens = decoder.hypothesis_tokens.weight
+    assert torch.equal(tokens[:3], sam.state_dict()["mask_decoder.mask_tokens.weight"][:3])
+    assert "presence_head" in str(report) and "hypothesis_tokens.weight" in report.loaded
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(5, 64), torch.arange(5) % 2)
+    slots = prediction.slots
+    assert prediction.hypotheses.shape == (5, 3, 4)
+    assert slots.boxes.hypotheses.shape == (20, 3, 4) and slots.presence_logits.shape == (5, 4)
+    assert slots.present.sum(dim=1).min() >= 1
+    # each phrase row encloses its present slots' boxes, hypothesis by hypothesis
+    expected = enclosing_hypotheses(slots.boxes.hypotheses.view(5, 4, 3, 4), slots.present)
+    torch.testing.assert_close(prediction.hypotheses, expected)
+
+
+def test_enclosing_hypotheses_by_hand():
+    # slot 0: xyxy (0.1, 0.1, 0.3, 0.3); slot 1: (0.6, 0.5, 0.8, 0.9); slot 2 absent (far)
+    xyxy = torch.tensor([[[[0.1, 0.1, 0.3, 0.3]], [[0.6, 0.5, 0.8, 0.9]], [[0.0, 0.0, 1.0, 1.0]]]])
+    cxcywh = box_convert(xyxy, "xyxy", "cxcywh")
+    both = enclosing_hypotheses(cxcywh, torch.tensor([[True, True, False]]))
+    assert box_convert(both, "cxcywh", "xyxy")[0, 0].tolist() == pytest.approx([0.1, 0.1, 0.8, 0.9])
+    one = enclosing_hypotheses(cxcywh, torch.tensor([[False, True, False]]))
+    assert box_convert(one, "cxcywh", "xyxy")[0, 0].tolist() == pytest.approx([0.6, 0.5, 0.8, 0.9])
+
+
+def test_present_falls_back_to_the_most_present_slot():
+    slots = BoxSlots(BoxPrediction.from_hypotheses(torch.full((6, 1, 4), 0.5)),
+                     torch.tensor([[-3.0, -1.0, -2.0], [2.0, -1.0, 0.5]]))
+    assert slots.present.tolist() == [[False, True, False], [True, False, True]]
+
+
+def boxes_xyxy(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows)
+
+
+def test_matching_pairs_slots_with_their_nearest_targets_by_hand():
+    # query 0 has slots A (near t1), B (near t0), C (far); query 1 has one target near its B
+    slots_xyxy = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1]],
+                               [[0.0, 0.7, 0.2, 0.9], [0.5, 0.5, 0.9, 0.9], [0.1, 0.1, 0.2, 0.2]]])
+    slots = box_convert(slots_xyxy, "xyxy", "cxcywh")
+    targets = boxes_xyxy([0.1, 0.1, 0.3, 0.32], [0.6, 0.6, 0.82, 0.8], [0.5, 0.5, 0.9, 0.88])
+    slot_rows, target_rows = match_slots(slots, targets, torch.tensor([0, 0, 1]))
+    assert list(zip(slot_rows.tolist(), target_rows.tolist())) == [(0, 1), (1, 0), (4, 2)]
+    # cost of slot B for t0: L1 |0.2 - 0.2|+|0.2 - 0.21|+|0.2 - 0.2|+|0.2 - 0.22| = 0.03 (x2)
+    # plus 1 - GIoU = 1 - 0.04 / 0.044
+    cost = matching_cost(slots[0, 1:2], targets[:1], 2.0, 1.0)
+    assert float(cost) == pytest.approx(2 * 0.03 + 1 - 0.04 / 0.044, abs=1e-6)
+    # more targets than slots: two of the three targets are matched, the nearest ones
+    slot_rows, target_rows = match_slots(slots[:1, :2], targets, torch.tensor([0, 0, 0]))
+    assert sorted(target_rows.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="queries"):
+        match_slots(slots, targets, torch.tensor([0, 1, 2]))
+
+
+def slot_prediction(slots_xyxy: torch.Tensor, logits: torch.Tensor) -> BoxPrediction:
+    """A prediction with Q x K one-hypothesis slots (requires grad)."""
+    queries, count = logits.shape
+    hypotheses = box_convert(slots_xyxy, "xyxy", "cxcywh").reshape(queries * count, 1, 4)
+    hypotheses.requires_grad_(True)
+    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses), logits.requires_grad_(True))
+    row = BoxPrediction.from_hypotheses(enclosing_hypotheses(
+        hypotheses.view(queries, count, 1, 4), slots.present))
+    row.slots = slots
+    return row
+
+
+def test_set_loss_is_the_box_loss_of_the_matched_slots_plus_presence_bce():
+    slots_xyxy = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1]]])
+    logits = torch.tensor([[1.0, 0.0, -1.0]])
+    targets = boxes_xyxy([0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8])
+    prediction = slot_prediction(slots_xyxy, logits)
+    losses = compute_box_set_losses(prediction, targets, torch.tensor([0, 0]),
+                                    BoxLossConfig(mode="single", presence_weight=2.0))
+    # both targets are hit exactly by slots 1 and 0: no box loss
+    assert float(losses["box_l1"].detach()) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses["box_giou"].detach()) == pytest.approx(0.0, abs=1e-5)
+    # presence targets (1, 1, 0): BCE = mean(log(1+e^-1), log 2, log(1+e^-1)) = softplus...
+    expected = (2 * torch.nn.functional.softplus(torch.tensor(-1.0)) + torch.log(
+        torch.tensor(2.0))) / 3
+    presence = float(losses["box_presence"].detach())
+    assert presence == pytest.approx(2.0 * float(expected), rel=1e-6)
+    assert float(losses["box_total"].detach()) == pytest.approx(presence, abs=1e-5)
+    losses["box_total"].backward()
+    assert prediction.slots.presence_logits.grad is not None
+    # one target per query, taken from box_targets: equals the box loss of the matched slot
+    one = compute_box_set_losses(slot_prediction(slots_xyxy, logits), targets[:1] + 0.05,
+                                 torch.tensor([0]), BoxLossConfig(mode="single"))
+    direct = compute_box_losses(BoxPrediction.from_hypotheses(
+        box_convert(slots_xyxy[0, 1:2], "xyxy", "cxcywh")[None]), targets[:1] + 0.05,
+        BoxLossConfig(mode="single"))
+    for key in ("box_l1", "box_giou"):
+        assert float(one[key].detach()) == pytest.approx(float(direct[key]), rel=1e-6), key
+
+
+def test_set_loss_trains_the_iou_head_on_the_matched_slots_only():
+    # slots 0 and 1 are matched (to t1 and t0), slot 2 is not
+    slots_xyxy = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1]]])
+    targets = boxes_xyxy([0.1, 0.1, 0.3, 0.4], [0.6, 0.6, 0.8, 0.8])
+    prediction = slot_prediction(slots_xyxy, torch.tensor([[1.0, 0.0, -1.0]]))
+    slot_iou = torch.tensor([0.9, 0.2, 0.7], requires_grad=True)
+    prediction.slots.boxes.iou = slot_iou
+    losses = compute_box_set_losses(prediction, targets, torch.tensor([0, 0]),
+                                    BoxLossConfig(mode="single", iou_weight=3.0))
+    # actual IoUs: slot 0 with t1 = 1, slot 1 with t0 = 0.04 / 0.06
+    expected = 3.0 * ((0.9 - 1.0) ** 2 + (0.2 - 0.04 / 0.06) ** 2) / 2
+    assert float(losses["box_iou"].detach()) == pytest.approx(expected, rel=1e-5)
+    total = float(losses["box_total"].detach())
+    without = compute_box_set_losses(slot_prediction(slots_xyxy, torch.tensor([[1.0, 0.0, -1.0]])),
+                                     targets, torch.tensor([0, 0]), BoxLossConfig(mode="single"))
+    assert "box_iou" not in without  # no head, no term; and the term stays out of box_total
+    assert total == pytest.approx(float(without["box_total"].detach()), rel=1e-6)
+    losses["box_iou"].backward()
+    assert slot_iou.grad[2] == 0 and (slot_iou.grad[:2] != 0).all()
+    assert prediction.slots.boxes.hypotheses.grad is None  # the IoU target is detached
+
+
+def test_slot_decoder_with_the_iou_head_reports_the_presence_weighted_slot_iou():
+    torch.manual_seed(0)
+    single, _ = build_box_decoder(SAM_TINY_CONFIG, 3, iou_head=True)
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=4, iou_head=True)
+    shapes = {k: v.shape for k, v in single.state_dict().items() if k.startswith("iou_")}
+    assert shapes == {k: v.shape for k, v in decoder.state_dict().items()
+                      if k.startswith("iou_")}  # one head, shared by the slots
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(5, 64), torch.arange(5) % 2)
+    slots = prediction.slots
+    assert slots.boxes.iou.shape == (20,) and prediction.iou.shape == (5,)
+    weights = slots.presence * slots.present
+    expected = (weights * slots.boxes.iou.view(5, 4)).sum(dim=1) / weights.sum(dim=1)
+    torch.testing.assert_close(prediction.iou, expected)
+    assert set(uncertainty_signals(slots.boxes)) == {"spread", "iou", "combined"}
+    empty = decoder(torch.randn(1, 64, 16, 16), torch.randn(0, 64),
+                    torch.zeros(0, dtype=torch.long))
+    assert empty.iou.shape == (0,) and empty.slots.boxes.iou.shape == (0,)
+
+
+@pytest.mark.parametrize("iou_head", [False, True])
+def test_set_loss_with_no_box_keeps_every_parameter_in_the_graph(iou_head):
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=3, iou_head=iou_head)
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(0, 64),
+                         torch.zeros(0, dtype=torch.long))
+    losses = compute_box_set_losses(prediction, torch.zeros(0, 4),
+                                    torch.zeros(0, dtype=torch.long), BoxLossConfig())
+    assert all(float(value.detach()) == 0.0 for value in losses.values())
+    assert ("box_iou" in losses) == iou_head
+    (losses["box_total"] + losses.get("box_iou", 0.0)).backward()
+    for name, parameter in decoder.named_parameters():
+        assert parameter.grad is not None and not parameter.grad.any(), name
+    with pytest.raises(ValueError, match="several box slots"):
+        compute_box_set_losses(BoxPrediction.from_hypotheses(torch.rand(1, 3, 4)),
+                               torch.rand(1, 4), torch.zeros(1, dtype=torch.long),
+                               BoxLossConfig())
+
+
+def test_a_two_box_finding_trains_towards_two_separate_boxes():
+    """Tiny overfit: one image with two marked regions and one query whose finding has both
+    boxes; after training, the present slots are two boxes, each on its region (IoU > 0.5)."""
+    torch.manual_seed(0)
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=4)
+    query = torch.nn.Parameter(torch.randn(1, 64))
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 64, 16, 16, generator=generator) * 0.1
+    marker = torch.randn(64, generator=generator)
+    features[0, :, 3, 3] += marker
+    features[0, :, 11, 12] += marker
+    targets = torch.tensor([[2.0, 2.0, 5.0, 5.0], [11.0, 10.0, 14.0, 13.0]]) / 16
+    optimiser = torch.optim.Adam([*decoder.parameters(), query], lr=3e-3)
+    for _ in range(60):
+        prediction = decoder(features, query, torch.zeros(1, dtype=torch.long))
+        loss = compute_box_set_losses(prediction, targets, torch.zeros(2, dtype=torch.long),
+                                      BoxLossConfig())["box_total"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        slots = decoder(features, query, torch.zeros(1, dtype=torch.long)).slots
+    present = slots.present[0]
+    assert int(present.sum()) == 2
+    boxes = box_convert(slots.boxes.box[present], "cxcywh", "xyxy")
+    ious = box_iou(boxes, targets)
+    assert ious.max(dim=0).values.min() > 0.5, ious
+    assert ious.argmax(dim=0).unique().numel() == 2  # one box per region
