@@ -18,33 +18,29 @@ from utils.dataset import GroundingCollator, GroundingDataset
 INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels", "box_targets")
 
 
-@pytest.fixture(scope="module")
-def built(tiny_dir):
+def build_tiny(tiny_dir, **settings):
+    """The tiny model with LoRA r 8 on q/v (seed 0), plus ``settings`` of its config."""
     torch.manual_seed(0)
     config = GroundingConfig(
         version=str(tiny_dir / "llava"),
         vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
         lora_r=8,
         lora_target_modules=["q_proj", "v_proj"],
+        **settings,
     )
     model, processor, _ = build_umedground(config)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dir):
+    return build_tiny(tiny_dir)
 
 
 @pytest.fixture(scope="module")
 def several(tiny_dir):
     """The model of ``built`` with 3 box slots per phrase and the IoU head."""
-    torch.manual_seed(0)
-    config = GroundingConfig(
-        version=str(tiny_dir / "llava"),
-        vision_pretrained=str(tiny_dir / "sam_tiny.pth"),
-        lora_r=8,
-        lora_target_modules=["q_proj", "v_proj"],
-        max_boxes_per_phrase=3,
-        iou_head=True,
-    )
-    model, processor, _ = build_umedground(config)
-    return model, processor
+    return build_tiny(tiny_dir, max_boxes_per_phrase=3, iou_head=True)
 
 
 @pytest.fixture(scope="module")
