@@ -20,12 +20,17 @@ IoU responds to (docs/experiments.md, 2026-11-28).
 Several boxes per phrase (``max_boxes`` K > 1): the decoder holds K slots of N hypothesis
 tokens each (K x N tokens, with their centre hypernetworks and per-cell boxes), so every slot
 is a box with its own N hypotheses, mean, variance and u, and a presence logit read by an MLP
-from the mean of its N output tokens. Training matches slots to ground-truth boxes
-(:mod:`model.box_set_losses`). The slots are returned in :class:`BoxSlots`; the Q rows of the
-:class:`BoxPrediction` then describe each phrase as the enclosing-box rule sees it: hypothesis
-n is the box enclosing hypothesis n of every present slot (presence probability above
-``PRESENCE_THRESHOLD``, or the most present slot when none is), and mean, variance and u
-follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
+from the mean of its N output tokens. How many boxes the phrase reports is read apart from
+which: a count head (an MLP on the ``[BOX]`` token's output, which has attended to the image)
+classifies the number of boxes, 1..K, and the phrase reports that many slots, the most
+present first. Training matches slots to ground-truth boxes (:mod:`model.box_set_losses`):
+the presence learns which slots hold a box, the count how many there are. A presence
+threshold alone counted badly: with slots matched anew each step the presences of a short
+run stay near 0.5 for the first two slots, so single-box findings reported a second box
+(docs/experiments.md, 2026-12-02). The slots are returned in :class:`BoxSlots`; the Q rows of
+the :class:`BoxPrediction` then describe each phrase as the enclosing-box rule sees it:
+hypothesis n is the box enclosing hypothesis n of every reported slot, and mean, variance and
+u follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
 parameters and its outputs are those of the single-box decoder.
 
 With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
@@ -37,7 +42,7 @@ reads, per slot, that slot's N output tokens and the ``[BOX]`` token (one head s
 slots, so its input is the same (N+1) x C as with one box) and predicts the IoU of the slot's
 mean box with its ground-truth box; it is trained on the matched slots only
 (:mod:`model.box_set_losses`). The phrase's ``iou`` is then the predicted IoU of the box it
-reports: the presence-weighted mean of the present slots' predicted IoUs. With K = 1 there
+reports: the presence-weighted mean of the reported slots' predicted IoUs. With K = 1 there
 are no slots and ``iou`` is the single-box head's, unchanged.
 """
 from __future__ import annotations
@@ -51,7 +56,6 @@ from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 from torchvision.ops import box_convert
 
-from model.constants import PRESENCE_THRESHOLD
 from model.sam_encoder import SamConfig
 
 
@@ -60,11 +64,13 @@ class BoxSlots:
     """The K box slots of Q queries (K > 1), cxcywh in the normalised frame of SAM's input.
 
     boxes: a :class:`BoxPrediction` of Q*K rows, query-major (row q*K + k is slot k of query
-    q); presence_logits: (Q,K). ``present`` is the (Q,K) mask of the boxes a phrase reports.
+    q); presence_logits: (Q,K); count_logits: (Q,K), logit j for j + 1 boxes. ``present`` is
+    the (Q,K) mask of the boxes a phrase reports.
     """
 
     boxes: "BoxPrediction"
     presence_logits: torch.Tensor
+    count_logits: torch.Tensor
 
     @property
     def max_boxes(self) -> int:
@@ -76,18 +82,21 @@ class BoxSlots:
         return torch.sigmoid(self.presence_logits)
 
     @property
+    def count(self) -> torch.Tensor:
+        """(Q,) the number of boxes each query reports, 1..K: the count head's most likely."""
+        return self.count_logits.detach().argmax(dim=1) + 1
+
+    @property
     def present(self) -> torch.Tensor:
-        """(Q,K) bool: presence above ``PRESENCE_THRESHOLD``, or the most present slot of a
-        query where none is (a ``[BOX]`` says its finding is there)."""
+        """(Q,K) bool: each query's ``count`` most present slots."""
         presence = self.presence.detach()
-        present = presence > PRESENCE_THRESHOLD
-        if presence.numel():
-            present[torch.arange(presence.shape[0]), presence.argmax(dim=1)] = True
-        return present
+        order = presence.argsort(dim=1, descending=True, stable=True)
+        rank = order.argsort(dim=1)  # 0: the most present slot
+        return rank < self.count.unsqueeze(1)
 
     def reported_iou(self) -> torch.Tensor | None:
         """(Q,) the predicted IoU of each query's reported box: the presence-weighted mean of
-        its present slots' predicted IoUs; None without the IoU head."""
+        its reported slots' predicted IoUs; None without the IoU head."""
         if self.boxes.iou is None:
             return None
         weights = self.presence.detach() * self.present
@@ -95,7 +104,7 @@ class BoxSlots:
         return (weights * slot_iou).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
 
     def reported(self) -> list[list[int]]:
-        """Per query, its present slots (0..K-1), the most present first."""
+        """Per query, its reported slots (0..K-1), the most present first."""
         presence, present = self.presence.detach().float().cpu(), self.present.cpu()
         return [[k for k in row.argsort(descending=True).tolist() if keep[k]]
                 for row, keep in zip(presence, present)]
@@ -108,7 +117,7 @@ class BoxPrediction:
     hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,), the
     scale-relative u of the module docstring; iou: (Q,) the IoU head's predicted IoU of the mean
     box with the target, in [0, 1] (``None`` without the head; with K > 1 slots the
-    presence-weighted mean over the present slots). ``slots``: the K boxes of each query when
+    presence-weighted mean over the reported slots). ``slots``: the K boxes of each query when
     the decoder has K > 1 slots (the Q rows are then their enclosing box), else None.
     """
 
@@ -130,7 +139,7 @@ class BoxPrediction:
 
 def enclosing_hypotheses(hypotheses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Hypothesis n of each query's enclosing box: the box enclosing hypothesis n of its
-    present slots.
+    reported slots.
 
     Arguments:
       hypotheses: (Q,K,N,4) cxcywh.
@@ -187,6 +196,7 @@ class UncertainBoxDecoder(nn.Module):
         self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * tokens, 2)
         if max_boxes > 1:
             self.presence_head = MLP(transformer_dim, transformer_dim, 1, 2)
+            self.count_head = MLP(transformer_dim, transformer_dim, max_boxes, 2)
         self.iou_prediction_head = MLP((num_hypotheses + 1) * transformer_dim, transformer_dim, 1,
                                        3, sigmoid_output=True) if iou_head else None
 
@@ -230,7 +240,7 @@ class UncertainBoxDecoder(nn.Module):
                                                  channels).mean(dim=2)  # (Q,K,C)
         slots = BoxSlots(BoxPrediction.from_hypotheses(
             hypotheses.reshape(queries * self.max_boxes, self.num_hypotheses, 4), slot_iou),
-            self.presence_head(slot_tokens).squeeze(-1))
+            self.presence_head(slot_tokens).squeeze(-1), self.count_head(hidden[:, -1]))
         per_slot = hypotheses.view(queries, self.max_boxes, self.num_hypotheses, 4)
         prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present),
                                                    slots.reported_iou())
@@ -257,7 +267,8 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
     With K > 1 slots the mask tokens go to the first slot's N tokens, the other slots'
     tokens start random. Tensors whose shapes differ are skipped and reported; the centre
-    hypernetworks, the per-cell box head, the presence head and the IoU head are always new.
+    hypernetworks, the per-cell box head, the presence and count heads and the IoU head are
+    always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v

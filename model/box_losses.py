@@ -60,6 +60,7 @@ class BoxLossConfig:
     umhp_temperature: float = 1.0
     hinge_margin: float = 0.01
     presence_weight: float = 1.0  # the presence BCE of several boxes per phrase (box_set_losses)
+    count_weight: float = 1.0  # the box-count cross-entropy of several boxes per phrase
     iou_weight: float = 1.0  # the IoU head's loss, when the decoder has one
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class BoxLossConfig:
             raise ValueError(f"hinge_margin {self.hinge_margin} must not be negative")
         if self.presence_weight < 0.0:
             raise ValueError(f"presence_weight {self.presence_weight} must not be negative")
+        if self.count_weight < 0.0:
+            raise ValueError(f"count_weight {self.count_weight} must not be negative")
         if self.iou_weight < 0.0:
             raise ValueError(f"iou_weight {self.iou_weight} must not be negative")
 

@@ -6,7 +6,10 @@ head mode (:func:`model.box_losses.compute_box_losses`: every slot keeps its N h
 so ``umhp``, ``mhp``, ``hinge`` and ``single`` apply per box), averaged over the matched
 boxes. Every slot's presence logit takes a binary cross-entropy towards 1 when matched and 0
 otherwise, averaged over the Q*K slots and weighted by ``presence_weight``: the term
-``box_presence``, included in ``box_total``. With the decoder's IoU head, each matched slot's
+``box_presence``, included in ``box_total``. The count head's logits take a cross-entropy
+towards each query's number of ground-truth boxes (at most K, the slots there are), averaged
+over the queries and weighted by ``count_weight``: the term ``box_count``, also in
+``box_total``. With the decoder's IoU head, each matched slot's
 predicted IoU takes :func:`model.box_losses.iou_prediction_loss` against the detached IoU of
 its mean box with its ground-truth box (unmatched slots take none): the term ``box_iou``,
 kept out of ``box_total`` as for one box.
@@ -30,8 +33,8 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
       target_query: (G,) the query each box belongs to.
       config: the head mode and its weights.
     Returns:
-      ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_total`` and, with the IoU
-      head, ``box_iou`` (scalars, weighted).
+      ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_count``, ``box_total``
+      and, with the IoU head, ``box_iou`` (scalars, weighted).
     """
     slots = prediction.slots
     if slots is None:
@@ -57,10 +60,16 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
         presence = F.binary_cross_entropy_with_logits(logits, wanted)
     else:
         presence = 0.0 * logits.sum()
+    if queries:
+        wanted_count = torch.bincount(target_query, minlength=queries).clamp(1, count) - 1
+        box_count = F.cross_entropy(slots.count_logits, wanted_count)
+    else:
+        box_count = 0.0 * slots.count_logits.sum()
     weighted = config.presence_weight * presence
+    weighted_count = config.count_weight * box_count
     result = {"box_l1": losses["box_l1"], "box_giou": losses["box_giou"],
-              "box_hyp": losses["box_hyp"], "box_presence": weighted,
-              "box_total": losses["box_total"] + weighted}
+              "box_hyp": losses["box_hyp"], "box_presence": weighted, "box_count": weighted_count,
+              "box_total": losses["box_total"] + weighted + weighted_count}
     if matched.iou is not None:
         result["box_iou"] = iou_prediction_loss(matched, matched_targets, config)
     return result

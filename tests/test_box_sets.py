@@ -41,19 +41,21 @@ def reference_prediction(num_hypotheses: int, max_boxes: int = 1) -> BoxPredicti
 def test_one_box_per_phrase_reproduces_the_single_box_decoder(mode, hypotheses):
     """K = 1 is the decoder and loss of the single-box model: the file holds the outputs and
     losses of this case computed by the code before several boxes per phrase existed
-    (commit 8eb1efe), in float64; on the machine that wrote it they agree bit for bit."""
+    (commit 8eb1efe), in float64. On the machine that wrote it they agree bit for bit; other
+    CPUs round float64 matrix products differently (1e-10 relative seen), so the tolerance is
+    1e-8: any change of the computation moves these values by far more."""
     expected = json.loads(REFERENCE.read_text())[mode]
     prediction = reference_prediction(hypotheses)
     assert prediction.slots is None
     losses = compute_box_losses(prediction, REFERENCE_TARGETS, BoxLossConfig(mode=mode))
     torch.testing.assert_close(prediction.hypotheses,
                                torch.tensor(expected["hypotheses"], dtype=torch.float64),
-                               rtol=1e-12, atol=1e-12)
+                               rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(prediction.uncertainty,
                                torch.tensor(expected["uncertainty"], dtype=torch.float64),
-                               rtol=1e-10, atol=1e-14)
+                               rtol=1e-8, atol=1e-12)
     for key, value in expected["losses"].items():
-        assert float(losses[key].detach()) == pytest.approx(value, rel=1e-12, abs=1e-14), key
+        assert float(losses[key].detach()) == pytest.approx(value, rel=1e-8, abs=1e-12), key
 
 
 def test_one_box_per_phrase_has_the_single_box_parameters():
@@ -68,6 +70,7 @@ def test_one_box_per_phrase_has_the_single_box_parameters():
     assert wide["hypothesis_tokens.weight"] == (12, 64)
     assert wide["cell_box_head.layers.1.weight"] == (48, 64)
     assert any(k.startswith("presence_head.") for k in wide)
+    assert wide["count_head.layers.1.weight"] == (4, 64)  # one logit per count 1..4
     assert GroundingConfig("v", "s").max_boxes_per_phrase == 1  # a config saved before K
     with pytest.raises(ValueError, match="max_boxes_per_phrase"):
         GroundingConfig("v", "s", max_boxes_per_phrase=0)
@@ -84,7 +87,8 @@ def test_slot_decoder_shapes_presence_and_sam_initialisation():
     slots = prediction.slots
     assert prediction.hypotheses.shape == (5, 3, 4)
     assert slots.boxes.hypotheses.shape == (20, 3, 4) and slots.presence_logits.shape == (5, 4)
-    assert slots.present.sum(dim=1).min() >= 1
+    assert slots.count_logits.shape == (5, 4)
+    assert slots.present.sum(dim=1).tolist() == slots.count.tolist()
     # each phrase row encloses its present slots' boxes, hypothesis by hypothesis
     expected = enclosing_hypotheses(slots.boxes.hypotheses.view(5, 4, 3, 4), slots.present)
     torch.testing.assert_close(prediction.hypotheses, expected)
@@ -100,10 +104,21 @@ def test_enclosing_hypotheses_by_hand():
     assert box_convert(one, "cxcywh", "xyxy")[0, 0].tolist() == pytest.approx([0.6, 0.5, 0.8, 0.9])
 
 
-def test_present_falls_back_to_the_most_present_slot():
+@pytest.mark.parametrize("count_logits,present", [
+    ([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]], [[False, True, False], [True, False, False]]),
+    ([[0.0, 5.0, 0.0], [0.0, 5.0, 0.0]], [[False, True, True], [True, False, True]]),
+    ([[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]], [[True, True, True], [True, True, True]]),
+    ([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]], [[False, True, True], [True, False, False]]),
+])
+def test_present_is_the_counted_number_of_most_present_slots(count_logits, present):
+    """The count head says how many boxes (logit j: j + 1), the presence which ones; a low
+    presence still reports when the count asks for it, a high one is left out when not."""
     slots = BoxSlots(BoxPrediction.from_hypotheses(torch.full((6, 1, 4), 0.5)),
-                     torch.tensor([[-3.0, -1.0, -2.0], [2.0, -1.0, 0.5]]))
-    assert slots.present.tolist() == [[False, True, False], [True, False, True]]
+                     torch.tensor([[-3.0, -1.0, -2.0], [2.0, -1.0, 0.5]]),
+                     torch.tensor(count_logits))
+    assert slots.present.tolist() == present
+    assert slots.reported() == [[k for k in order if present[q][k]]
+                                for q, order in enumerate([[1, 2, 0], [0, 2, 1]])]
 
 
 def boxes_xyxy(*rows: list[float]) -> torch.Tensor:
@@ -129,25 +144,31 @@ def test_matching_pairs_slots_with_their_nearest_targets_by_hand():
         match_slots(slots, targets, torch.tensor([0, 1, 2]))
 
 
-def slot_prediction(slots_xyxy: torch.Tensor, logits: torch.Tensor) -> BoxPrediction:
-    """A prediction with Q x K one-hypothesis slots (requires grad)."""
+def slot_prediction(slots_xyxy: torch.Tensor, logits: torch.Tensor,
+                    count_logits: torch.Tensor | None = None) -> BoxPrediction:
+    """A prediction with Q x K one-hypothesis slots (requires grad); the count logits are 0
+    unless given."""
     queries, count = logits.shape
     hypotheses = box_convert(slots_xyxy, "xyxy", "cxcywh").reshape(queries * count, 1, 4)
     hypotheses.requires_grad_(True)
-    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses), logits.requires_grad_(True))
+    count_logits = torch.zeros(queries, count) if count_logits is None else count_logits
+    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses), logits.requires_grad_(True),
+                     count_logits.requires_grad_(True))
     row = BoxPrediction.from_hypotheses(enclosing_hypotheses(
         hypotheses.view(queries, count, 1, 4), slots.present))
     row.slots = slots
     return row
 
 
-def test_set_loss_is_the_box_loss_of_the_matched_slots_plus_presence_bce():
+def test_set_loss_is_the_box_loss_of_the_matched_slots_plus_presence_bce_and_count_ce():
     slots_xyxy = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1]]])
     logits = torch.tensor([[1.0, 0.0, -1.0]])
     targets = boxes_xyxy([0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8])
-    prediction = slot_prediction(slots_xyxy, logits)
+    count_logits = torch.tensor([[0.5, 2.0, -1.0]])  # two targets: class 1
+    prediction = slot_prediction(slots_xyxy, logits, count_logits)
     losses = compute_box_set_losses(prediction, targets, torch.tensor([0, 0]),
-                                    BoxLossConfig(mode="single", presence_weight=2.0))
+                                    BoxLossConfig(mode="single", presence_weight=2.0,
+                                                  count_weight=0.5))
     # both targets are hit exactly by slots 1 and 0: no box loss
     assert float(losses["box_l1"].detach()) == pytest.approx(0.0, abs=1e-5)
     assert float(losses["box_giou"].detach()) == pytest.approx(0.0, abs=1e-5)
@@ -156,9 +177,20 @@ def test_set_loss_is_the_box_loss_of_the_matched_slots_plus_presence_bce():
         torch.tensor(2.0))) / 3
     presence = float(losses["box_presence"].detach())
     assert presence == pytest.approx(2.0 * float(expected), rel=1e-6)
-    assert float(losses["box_total"].detach()) == pytest.approx(presence, abs=1e-5)
+    count = float(losses["box_count"].detach())
+    assert count == pytest.approx(0.5 * float(-count_logits.detach().log_softmax(dim=1)[0, 1]),
+                                  rel=1e-6)
+    assert float(losses["box_total"].detach()) == pytest.approx(presence + count, abs=1e-5)
     losses["box_total"].backward()
     assert prediction.slots.presence_logits.grad is not None
+    assert prediction.slots.count_logits.grad is not None
+    # a query with more boxes than slots is counted as K: three targets, two slots
+    capped = compute_box_set_losses(slot_prediction(slots_xyxy[:, :2], torch.zeros(1, 2),
+                                                    torch.tensor([[0.0, 1.0]])),
+                                    torch.cat([targets, targets[:1] + 0.1]),
+                                    torch.tensor([0, 0, 0]), BoxLossConfig(mode="single"))
+    assert float(capped["box_count"].detach()) == pytest.approx(
+        float(torch.nn.functional.softplus(torch.tensor(-1.0))), rel=1e-6)
     # one target per query, taken from box_targets: equals the box loss of the matched slot
     one = compute_box_set_losses(slot_prediction(slots_xyxy, logits), targets[:1] + 0.05,
                                  torch.tensor([0]), BoxLossConfig(mode="single"))
@@ -182,7 +214,8 @@ def test_set_loss_trains_the_iou_head_on_the_matched_slots_only():
     expected = 3.0 * ((0.9 - 1.0) ** 2 + (0.2 - 0.04 / 0.06) ** 2) / 2
     assert float(losses["box_iou"].detach()) == pytest.approx(expected, rel=1e-5)
     total = float(losses["box_total"].detach())
-    without = compute_box_set_losses(slot_prediction(slots_xyxy, torch.tensor([[1.0, 0.0, -1.0]])),
+    without = compute_box_set_losses(slot_prediction(slots_xyxy,
+                                                     torch.tensor([[1.0, 0.0, -1.0]])),
                                      targets, torch.tensor([0, 0]), BoxLossConfig(mode="single"))
     assert "box_iou" not in without  # no head, no term; and the term stays out of box_total
     assert total == pytest.approx(float(without["box_total"].detach()), rel=1e-6)

@@ -110,8 +110,8 @@ def test_json_schema_and_overlay(exported, row, tmp_path, monkeypatch, capsys):
 
 def test_a_several_box_model_lists_every_box_of_a_phrase(tiny_dir, row, tmp_path, monkeypatch,
                                                          capsys):
-    """An export with 3 box slots per phrase loads and reports each present box (the most
-    present first, presence > 0.5 unless only one); the phrase's hypotheses enclose them."""
+    """An export with 3 box slots per phrase loads and reports each box the count head asks
+    for (1..3, the most present first); the phrase's hypotheses enclose them."""
     torch.manual_seed(0)
     config = GroundingConfig(version=str(tiny_dir / "llava"),
                              vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
@@ -127,7 +127,6 @@ def test_a_several_box_model_lists_every_box_of_a_phrase(tiny_dir, row, tmp_path
         boxes = phrase["boxes"]
         presence = [b["presence"] for b in boxes]
         assert 1 <= len(boxes) <= 3 and presence == sorted(presence, reverse=True)
-        assert len(boxes) == 1 or min(presence) > 0.5
         for n, hypothesis in enumerate(phrase["hypotheses"]):
             parts = [b["hypotheses"][n] for b in boxes]
             assert hypothesis[0] == pytest.approx(min(p[0] for p in parts), abs=0.02)

@@ -148,6 +148,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
     group.add_argument("--presence_loss_weight", type=float, default=defaults.presence_weight,
                        help="weight of the box-presence BCE (--max_boxes_per_phrase > 1)")
+    group.add_argument("--count_loss_weight", type=float, default=defaults.count_weight,
+                       help="weight of the box-count cross-entropy (--max_boxes_per_phrase > 1)")
     group.add_argument("--iou_head", action="store_true",
                        help="add the box decoder's IoU-prediction head (SAM's "
                             "iou_prediction_head), trained on the IoU of the mean box")
@@ -267,4 +269,5 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
                                umhp_temperature=args.umhp_temperature,
                                hinge_margin=args.hinge_margin,
                                presence_weight=args.presence_loss_weight,
+                               count_weight=args.count_loss_weight,
                                iou_weight=args.iou_loss_weight))
