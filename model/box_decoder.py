@@ -87,11 +87,14 @@ class BoxSlots:
         return self.count_logits.detach().argmax(dim=1) + 1
 
     @property
+    def order(self) -> torch.Tensor:
+        """(Q,K) each query's slots, the most present first."""
+        return self.presence.detach().argsort(dim=1, descending=True, stable=True)
+
+    @property
     def present(self) -> torch.Tensor:
         """(Q,K) bool: each query's ``count`` most present slots."""
-        presence = self.presence.detach()
-        order = presence.argsort(dim=1, descending=True, stable=True)
-        rank = order.argsort(dim=1)  # 0: the most present slot
+        rank = self.order.argsort(dim=1)  # 0: the most present slot
         return rank < self.count.unsqueeze(1)
 
     def reported_iou(self) -> torch.Tensor | None:
@@ -105,9 +108,8 @@ class BoxSlots:
 
     def reported(self) -> list[list[int]]:
         """Per query, its reported slots (0..K-1), the most present first."""
-        presence, present = self.presence.detach().float().cpu(), self.present.cpu()
-        return [[k for k in row.argsort(descending=True).tolist() if keep[k]]
-                for row, keep in zip(presence, present)]
+        count = self.count.tolist()
+        return [row[:n] for row, n in zip(self.order.tolist(), count)]
 
 
 @dataclass
