@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         set_uncertainty_signal(model, args.uncertainty)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
-    grounder = Grounder(model, processor, args.model_max_length, args.max_new_tokens)
+    grounder = Grounder(model, processor, args.model_max_length, args.max_new_tokens,
+                        args.decoding)
     examples_dir = Path(args.examples_dir)
     demo = build_demo(grounder, load_examples(examples_dir), args.image_window,
                       args.max_image_pixels)

@@ -81,7 +81,8 @@ def load_grounder(args: argparse.Namespace) -> Grounder:
         set_uncertainty_signal(model, args.uncertainty)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
-    return Grounder(model, processor, args.model_max_length, args.max_new_tokens)
+    return Grounder(model, processor, args.model_max_length, args.max_new_tokens,
+                    args.decoding)
 
 
 def read_input(args: argparse.Namespace, image_path: str):

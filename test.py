@@ -38,6 +38,7 @@ from model.constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODEL_MAX_LENGTH, TA
 from utils.annotations import AnnotationError, Sample, annotation_file, load_annotations
 from utils.cli import (
     PRECISIONS,
+    add_decoding_arg,
     add_embedding_cache_args,
     add_image_input_args,
     add_uncertainty_override_arg,
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=DEFAULT_MATCH_THRESHOLD,
                         help="token F1 a generated phrase needs to take a finding's box end to "
                              "end (grounding_strict always uses the strict rule)")
+    add_decoding_arg(parser)
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
     parser.add_argument("--baseline_k", type=positive_int, default=5)
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                                      max_image_pixels=args.max_image_pixels)
         result = evaluate_model(model, processor, dataset, args.batch_size, args.max_new_tokens,
                                 args.test_dataset, args.split,
-                                match_threshold=args.match_threshold)
+                                match_threshold=args.match_threshold, decoding=args.decoding)
     except (PromptTooLongError, ImageReadError) as error:
         raise SystemExit(f"{error}\nno metrics written")
     if args.calibrate:
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
             dataset.image_noise_std = level
             rows.append(evaluate_model(model, processor, dataset, args.batch_size,
                                        args.max_new_tokens, args.test_dataset, args.split,
-                                       match_threshold=args.match_threshold).metrics)
+                                       match_threshold=args.match_threshold,
+                                       decoding=args.decoding).metrics)
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         logger.info("\n%s", format_noise_table(rows))
 

@@ -39,6 +39,7 @@ from training.state import TrainState
 from utils.annotations import AnnotationError, annotation_file, load_annotations
 from utils.cli import (
     PRECISIONS,
+    add_decoding_arg,
     add_embedding_cache_args,
     add_image_input_args,
     add_model_args,
@@ -113,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--val_max_samples", type=non_negative_int, default=0,
                      help="validate on the first N samples only (0: the whole split)")
     run.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    add_decoding_arg(run)
     run.add_argument("--best_metric", default="grounding.miou",
                      help="validation metric that picks the best checkpoint (dotted key)")
     run.add_argument("--best_mode", default="auto", choices=BEST_MODES,
@@ -286,7 +288,7 @@ def validate_epoch(model: torch.nn.Module, processor: Any, dataset: Any,
     metrics = validate(model, processor, dataset,
                        zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
                        batch_size=args.val_batch_size, max_new_tokens=args.max_new_tokens,
-                       dataset_name=args.val_dataset)
+                       dataset_name=args.val_dataset, decoding=args.decoding)
     if rank() == 0:
         log.write("val", state.global_step, metrics)
         value = metric_value(metrics, args.best_metric)

@@ -30,7 +30,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from peft import PeftModel
@@ -403,16 +403,22 @@ class UMedGround(nn.Module):
     def generate(self, sam_images: torch.Tensor, pixel_values: torch.Tensor,
                  input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
                  max_new_tokens: int = 128,
-                 image_embeddings: torch.Tensor | None = None) -> GenerationOutput:
+                 image_embeddings: torch.Tensor | None = None,
+                 allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None
+                 ) -> GenerationOutput:
         """Greedy generation from left-padded prompts (B,L), with the boxes of every ``[BOX]``.
 
         ``image_embeddings`` (B,C,h,w), when given, are used instead of encoding ``sam_images``.
+        ``allowed_tokens(row, ids)``, when given, restricts each step to the token ids it
+        returns for the row's sequence so far (transformers' ``prefix_allowed_tokens_fn``;
+        ``utils.span_decoding`` builds one).
         """
         generated = self.llava.generate(
             input_ids=input_ids, attention_mask=attention_mask,
             pixel_values=pixel_values.to(self.llava.dtype), max_new_tokens=max_new_tokens,
             do_sample=False, num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            prefix_allowed_tokens_fn=allowed_tokens)
         new_tokens = generated.sequences[:, input_ids.shape[1]:]
         batch = new_tokens.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=new_tokens.device)

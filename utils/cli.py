@@ -22,6 +22,7 @@ from model.constants import (
     VISION_MODELS,
 )
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS
+from utils.span_decoding import DECODINGS, DEFAULT_DECODING
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -188,6 +189,13 @@ def add_image_input_args(parser: argparse.ArgumentParser | Any) -> None:
     add_image_reading_args(parser)
 
 
+def add_decoding_arg(parser: argparse.ArgumentParser | Any) -> None:
+    """How answers are generated (test.py, validation, chat.py, app.py)."""
+    parser.add_argument("--decoding", choices=DECODINGS, default=DEFAULT_DECODING,
+                        help="spans: every generated phrase copies a span of the prompt's text "
+                             "(utils.span_decoding); free: plain greedy decoding")
+
+
 def add_inference_args(parser: argparse.ArgumentParser) -> None:
     """Loading an exported model for one image (chat.py, app.py), LISA's flags."""
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
@@ -203,6 +211,7 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_new_tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--model_max_length", type=positive_int,
                         default=DEFAULT_MODEL_MAX_LENGTH)
+    add_decoding_arg(parser)
     add_uncertainty_override_arg(parser)
     add_image_reading_args(parser)
 

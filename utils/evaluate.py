@@ -9,6 +9,9 @@ Two measurements, labelled for what they are:
 - ``grounding_strict``: the same end-to-end boxes, with only the strict phrase pairs counted
   (same finding and side words, token F1 >= 0.8), so a phrase naming another finding or side
   never takes a box.
+- ``decoding``: how the end-to-end answers were generated: ``spans`` (the default; every
+  phrase is a span of the prompt's text, :mod:`utils.span_decoding`) or ``free`` greedy
+  decoding.
 - ``grounding_given_phrase``: the true answer is teacher-forced and the boxes are read at its
   ``[BOX]`` positions (what the reference code reported).
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
@@ -56,6 +59,7 @@ from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import signal_metrics, uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.sam_transforms import padded_to_image_boxes
+from utils.span_decoding import DECODINGS, DEFAULT_DECODING, span_constraint
 
 
 @dataclass
@@ -114,7 +118,8 @@ def build_eval_dataset(model, processor, samples: Sequence[Sample], model_max_le
 def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int = 8,
                    max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
                    progress: bool = True, meteor: bool = True,
-                   match_threshold: float = DEFAULT_MATCH_THRESHOLD) -> EvaluationResult:
+                   match_threshold: float = DEFAULT_MATCH_THRESHOLD,
+                   decoding: str = DEFAULT_DECODING) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
     One pass over ``dataset``: each batch is read and preprocessed once, the SAM encoder runs
@@ -123,7 +128,11 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     skips METEOR (a Java process), as per-epoch validation does. ``match_threshold`` is the
     token F1 a generated phrase needs to take a finding's box; ``grounding_strict`` scores
     the same boxes counting only strict pairs (``utils.evaluation.matching.strict_match``).
+    ``decoding`` is ``"spans"`` (each generated phrase copies a span of the prompt,
+    :mod:`utils.span_decoding`) or ``"free"`` (plain greedy decoding).
     """
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding {decoding!r} is not one of {DECODINGS}")
     started = time.time()
     model.eval()
     device = next(model.box_decoder.parameters()).device
@@ -136,14 +145,18 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                         collate_fn=lambda items: (generate_collate(items), forced_collate(items)))
     decode = partial(tokenizer.decode, skip_special_tokens=True)
     signal = model.config.uncertainty
+    image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
     for generate_batch, forced_batch in tqdm(loader, disable=not progress, dynamic_ncols=True,
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
+        prompts = generate_batch["input_ids"].to(device)
+        allowed = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id)
+                   if decoding == "spans" else None)
         generated = model.generate(generate_batch["sam_images"].to(device),
-                                   generate_batch["pixel_values"].to(device),
-                                   generate_batch["input_ids"].to(device),
+                                   generate_batch["pixel_values"].to(device), prompts,
                                    generate_batch["attention_mask"].to(device), tokenizer,
-                                   max_new_tokens=max_new_tokens, image_embeddings=embeddings)
+                                   max_new_tokens=max_new_tokens, image_embeddings=embeddings,
+                                   allowed_tokens=allowed)
         forced = model(**{k: forced_batch[k].to(device) for k in
                           ("sam_images", "pixel_values", "input_ids", "attention_mask",
                            "labels")}, image_embeddings=embeddings)
@@ -199,6 +212,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "grounding_strict": grounding_metrics(
             [r["iou"] if r["strict_match"] else 0.0 for r in records]),
         "match_threshold": match_threshold,
+        "decoding": decoding,
         "grounding_given_phrase": grounding_metrics(given),
         "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
         "grounding_boxes_given_phrase": box_set_metrics(

@@ -1,0 +1,111 @@
+"""Span decoding: the allowed tokens by hand, and answers that always copy prompt spans."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model.constants import BOX_TOKEN
+from model.llava_builder import load_processor
+from utils.evaluation.matching import generated_phrases
+from utils.prompts import NO_FINDING_ANSWER, answer_text, prompt_text
+from utils.span_decoding import AnswerFormat, SpanAutomaton, prompt_sources, span_constraint
+
+# ids: 5 ".", 6 "It", 7 "is", 99 [BOX], 20 21 the no-finding answer, 2 eos, 0 a special token
+FORMAT = AnswerFormat(suffix=(5, 6, 7, 99, 5), no_finding=(20, 21, 5), eos=2,
+                      excluded=frozenset({0, 2, 99}))
+SOURCE = [10, 11, 12, 13, 11, 14, 0]
+SUFFIX = [5, 6, 7, 99, 5]
+
+
+def allowed_after(generated: list[int], source: list[int] = SOURCE) -> set[int]:
+    automaton = SpanAutomaton(source, FORMAT)
+    states = automaton.start
+    for token in generated:
+        states = automaton.advance(states, token)
+    return set(automaton.allowed(states))
+
+
+@pytest.mark.parametrize("generated, expected", [
+    ([], {10, 11, 12, 13, 14, 20}),                       # a phrase starts anywhere, or no finding
+    ([11], {12, 14, 5}),                                  # both places 11 is, or end the phrase
+    ([11, 12], {13, 5}),
+    ([14], {5}),                                          # the end of the text: only the suffix
+    ([11, 12, 5], {6}),                                   # "." is not in the text: the suffix
+    ([11, 12, *SUFFIX], {10, 11, 12, 13, 14, 2}),         # another phrase, or eos
+    ([11, 12, *SUFFIX, 2], {2}),                          # finished
+    ([11, 12, *SUFFIX, 14, *SUFFIX], {10, 11, 12, 13, 14, 2}),
+    ([20], {21}),
+    ([20, 21, 5], {2}),
+    ([13, 12], {2}),                                      # not a span: nothing left but eos
+])
+def test_allowed_tokens(generated, expected):
+    assert allowed_after(generated) == expected
+
+
+def test_a_dot_inside_the_text_both_continues_the_span_and_starts_the_suffix():
+    source = [10, 5, 11]  # "1.5"-like: the text itself holds "."
+    assert allowed_after([10], source) == {5}
+    assert allowed_after([10, 5], source) == {11, 6, 5}  # "1.5", "1. It", "1.. It"
+    assert allowed_after([10, 5, 11], source) == {5}
+
+
+def test_special_tokens_and_box_are_never_copied():
+    assert allowed_after([], [0, 99, 10, 2]) == {10, 20}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return load_processor(tiny_dir / "llava").tokenizer
+
+
+def test_answer_format_is_read_from_the_training_answer(tokenizer):
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    answer = AnswerFormat.of(tokenizer, box_id)
+    phrase = tokenizer("pleural effusion", add_special_tokens=False).input_ids
+    expected = tokenizer(answer_text(["pleural effusion"]), add_special_tokens=False).input_ids
+    assert phrase + list(answer.suffix) == expected and box_id in answer.suffix
+    assert list(answer.no_finding) == tokenizer(NO_FINDING_ANSWER,
+                                                add_special_tokens=False).input_ids
+    assert box_id in answer.excluded and tokenizer.eos_token_id in answer.excluded
+
+
+def test_prompt_sources_skip_the_padding_and_the_image():
+    prompts = torch.tensor([[0, 0, 7, 3, 3, 10, 11], [7, 3, 3, 12, 13, 14, 15]])
+    assert prompt_sources(prompts, image_token_id=3, pad_token_id=0) == [[10, 11],
+                                                                         [12, 13, 14, 15]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_walks_write_only_answers_whose_phrases_are_spans_of_the_prompt(tokenizer, seed):
+    """Any choice among the allowed tokens, at every step, gives phrases that are text spans."""
+    report = ("Findings are notable for consolidation in the right midlung field. No pleural "
+              "effusion. A 1.5 cm nodule in the left upper lung.")
+    text = prompt_text(f"Report: {report}", "<image>")
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    prompt = tokenizer(text, return_tensors="pt").input_ids
+    prompt = torch.cat([torch.full((1, 3), tokenizer.pad_token_id), prompt], dim=1)
+    allowed = span_constraint(prompt, tokenizer, image_id, box_id)
+    rng = random.Random(seed)
+    sequence = prompt[0]
+    for _ in range(80):
+        sequence = torch.cat([sequence, torch.tensor([rng.choice(allowed(0, sequence))])])
+        if int(sequence[-1]) == tokenizer.eos_token_id:
+            break
+    generated = sequence[prompt.shape[1]:].tolist()
+    source = prompt_sources(prompt, image_id, tokenizer.pad_token_id)[0]
+    suffix = AnswerFormat.of(tokenizer, box_id).suffix
+    before_box = suffix.index(box_id)  # the suffix tokens written before [BOX]
+    boxes = [i for i, token in enumerate(generated) if token == box_id]
+    assert boxes or generated[:2] == list(AnswerFormat.of(tokenizer, box_id).no_finding[:2])
+    start = 0
+    for box in boxes:
+        phrase = generated[start:box - before_box]
+        assert phrase and any(source[i:i + len(phrase)] == phrase for i in range(len(source)))
+        written = generated[box - before_box:box + len(suffix) - before_box]
+        assert written == list(suffix)[:len(written)]  # the walk may stop inside the suffix
+        start = box + len(suffix) - before_box
+    for phrase in generated_phrases(generated, box_id, tokenizer.decode):
+        assert phrase.lower() in text.lower()

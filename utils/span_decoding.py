@@ -1,0 +1,185 @@
+"""Decoding that copies the phrases from the prompt (``--decoding spans``).
+
+A grounding answer is ``"phrase. It is [BOX]. phrase2. It is [BOX]."`` (or the no-finding
+answer), and each phrase is a diagnostic phrase *of the user's text*: the report, the VQA
+answer or the class label. Free greedy decoding lets a small language model write a phrase
+of its own ("right upper lung mass" for the report's "right upper lung airspace
+consolidation"). Span decoding keeps the greedy choice but allows, at each step, only the
+tokens that keep the answer in that format with every phrase a contiguous run of the
+prompt's tokens (the tokens after the image; the template words are allowed too, they are
+part of the prompt). The model still decides which phrases, how long, in which order and
+when to stop; the constraint only removes continuations that are in no span of the text.
+
+The allowed tokens come from a small nondeterministic automaton over the answer so far. Its
+states are: inside a phrase (the set of prompt positions where the phrase so far ends, or
+"anywhere" before its first token), inside the suffix ``". It is [BOX]."`` (its token
+index), inside the no-finding answer, or finished. A "." after a phrase token may both
+continue the span (the prompt has "1.5 cm") and start the suffix, so both states are kept.
+It plugs into ``generate`` as transformers' ``prefix_allowed_tokens_fn``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from utils.prompts import NO_FINDING_ANSWER, answer_text
+
+DECODINGS = ("spans", "free")
+DEFAULT_DECODING = "spans"
+
+
+class _Phrase(NamedTuple):
+    ends: frozenset[int] | None  # prompt positions after the phrase so far; None: not started
+    length: int
+    after_box: bool  # a whole "phrase. It is [BOX]." was written before this phrase
+
+
+class _Suffix(NamedTuple):
+    index: int
+
+
+class _NoFinding(NamedTuple):
+    index: int
+
+
+class _Finished(NamedTuple):
+    pass
+
+
+State = _Phrase | _Suffix | _NoFinding | _Finished
+
+
+class AnswerFormat(NamedTuple):
+    """The token ids of the answer format under one tokenizer."""
+
+    suffix: tuple[int, ...]  # ". It is [BOX]." after a phrase
+    no_finding: tuple[int, ...]
+    eos: int
+    excluded: frozenset[int]  # never part of a phrase: special tokens and [BOX]
+
+    @classmethod
+    def of(cls, tokenizer: Any, box_token_id: int) -> "AnswerFormat":
+        """Read the format from ``utils.prompts.answer_text`` as the training data writes it."""
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False).input_ids
+
+        probe = "effusion"
+        phrase, answer = ids(probe), ids(answer_text([probe]))
+        if answer[:len(phrase)] != phrase or box_token_id not in answer[len(phrase):]:
+            raise ValueError(f"the tokenizer splits the answer {answer_text([probe])!r} into "
+                             f"{answer}, which does not start with the phrase's ids {phrase}; "
+                             "span decoding cannot read this format (use --decoding free)")
+        excluded = frozenset(tokenizer.all_special_ids) | {box_token_id}
+        return cls(tuple(answer[len(phrase):]), tuple(ids(NO_FINDING_ANSWER)),
+                   tokenizer.eos_token_id, excluded)
+
+
+class SpanAutomaton:
+    """The allowed next tokens of answers whose phrases are spans of one prompt's text.
+
+    Arguments:
+      source: the token ids the phrases may copy from (the prompt after the image).
+      answer: the answer format.
+    """
+
+    def __init__(self, source: list[int], answer: AnswerFormat):
+        self.source = [t for t in source if t not in answer.excluded]
+        self.answer = answer
+        self.positions: dict[int, list[int]] = defaultdict(list)
+        for position, token in enumerate(self.source):
+            self.positions[token].append(position)
+        self.start: frozenset[State] = frozenset({_Phrase(None, 0, False), _NoFinding(0)})
+
+    def allowed(self, states: frozenset[State]) -> list[int]:
+        """The token ids that some state accepts next; ``[eos]`` when none does."""
+        tokens: set[int] = set()
+        answer = self.answer
+        for state in states:
+            if isinstance(state, _Phrase):
+                if state.ends is None:
+                    tokens.update(self.positions)
+                else:
+                    tokens.update(self.source[e] for e in state.ends if e < len(self.source))
+                if state.length:
+                    tokens.add(answer.suffix[0])
+                elif state.after_box:
+                    tokens.add(answer.eos)
+            elif isinstance(state, _Suffix):
+                tokens.add(answer.suffix[state.index])
+            elif isinstance(state, _NoFinding):
+                tokens.add(answer.no_finding[state.index] if state.index < len(answer.no_finding)
+                           else answer.eos)
+        return sorted(tokens) if tokens else [answer.eos]
+
+    def advance(self, states: frozenset[State], token: int) -> frozenset[State]:
+        """The states after reading ``token``."""
+        answer = self.answer
+        following: set[State] = set()
+        for state in states:
+            if isinstance(state, _Phrase):
+                if state.ends is None:
+                    ends = frozenset(p + 1 for p in self.positions.get(token, ()))
+                else:
+                    ends = frozenset(e + 1 for e in state.ends
+                                     if e < len(self.source) and self.source[e] == token)
+                if ends:
+                    following.add(_Phrase(ends, state.length + 1, state.after_box))
+                if state.length and token == answer.suffix[0]:
+                    following.add(self._suffix_state(1))
+                if not state.length and state.after_box and token == answer.eos:
+                    following.add(_Finished())
+            elif isinstance(state, _Suffix):
+                if token == answer.suffix[state.index]:
+                    following.add(self._suffix_state(state.index + 1))
+            elif isinstance(state, _NoFinding):
+                if state.index < len(answer.no_finding):
+                    if token == answer.no_finding[state.index]:
+                        following.add(_NoFinding(state.index + 1))
+                elif token == answer.eos:
+                    following.add(_Finished())
+            else:
+                following.add(state)
+        return frozenset(following)
+
+    def _suffix_state(self, index: int) -> State:
+        if index < len(self.answer.suffix):
+            return _Suffix(index)
+        return _Phrase(None, 0, True)
+
+
+def prompt_sources(input_ids: torch.Tensor, image_token_id: int, pad_token_id: int
+                   ) -> list[list[int]]:
+    """Per row of left-padded prompts (B,L), the ids after its last image token (the user's
+    text and the template; all non-pad ids when a row has no image token)."""
+    sources = []
+    for row in input_ids.tolist():
+        images = [i for i, token in enumerate(row) if token == image_token_id]
+        start = images[-1] + 1 if images else 0
+        sources.append([t for t in row[start:] if t != pad_token_id])
+    return sources
+
+
+def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int,
+                    box_token_id: int) -> Callable[[int, torch.Tensor], list[int]]:
+    """``prefix_allowed_tokens_fn`` for greedy generation from the prompts ``input_ids``
+    (B,L, left-padded): row b's phrases are spans of row b's prompt text."""
+    answer = AnswerFormat.of(tokenizer, box_token_id)
+    automata = [SpanAutomaton(source, answer) for source in
+                prompt_sources(input_ids, image_token_id, tokenizer.pad_token_id)]
+    prompt_length = input_ids.shape[1]
+    progress: dict[int, tuple[int, frozenset[State]]] = {}
+
+    def allowed_tokens(batch_id: int, sequence: torch.Tensor) -> list[int]:
+        automaton = automata[batch_id]
+        generated = sequence[prompt_length:].tolist()
+        read, states = progress.get(batch_id, (0, automaton.start))
+        if read > len(generated):
+            read, states = 0, automaton.start
+        for token in generated[read:]:
+            states = automaton.advance(states, token)
+        progress[batch_id] = (len(generated), states)
+        return automaton.allowed(states)
+
+    return allowed_tokens
