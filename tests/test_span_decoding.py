@@ -33,9 +33,11 @@ def allowed_after(generated: list[int], source: list[int] = SOURCE) -> set[int]:
     ([11, 12], {13, 5}),
     ([14], {5}),                                          # the end of the text: only the suffix
     ([11, 12, 5], {6}),                                   # "." is not in the text: the suffix
-    ([11, 12, *SUFFIX], {10, 11, 12, 13, 14, 2}),         # another phrase, or eos
+    ([11, 12, *SUFFIX], {12, 13, 11, 14, 2}),             # a phrase starting later, or eos
+    ([13, *SUFFIX], {11, 14, 2}),                         # text order: nothing before 13
     ([11, 12, *SUFFIX, 2], {2}),                          # finished
-    ([11, 12, *SUFFIX, 14, *SUFFIX], {10, 11, 12, 13, 14, 2}),
+    ([11, 12, *SUFFIX, 14, *SUFFIX], {2}),                # nothing after the text's last word
+    ([11, 12, *SUFFIX, 11], {14, 5}),                     # the later 11 only
     ([20], {21}),
     ([20, 21, 5], {2}),
     ([13, 12], {2}),                                      # not a span: nothing left but eos
@@ -100,10 +102,12 @@ def test_random_walks_write_only_answers_whose_phrases_are_spans_of_the_prompt(t
     before_box = suffix.index(box_id)  # the suffix tokens written before [BOX]
     boxes = [i for i, token in enumerate(generated) if token == box_id]
     assert boxes or generated[:2] == list(AnswerFormat.of(tokenizer, box_id).no_finding[:2])
-    start = 0
+    start, previous = 0, -1
     for box in boxes:
         phrase = generated[start:box - before_box]
-        assert phrase and any(source[i:i + len(phrase)] == phrase for i in range(len(source)))
+        at = [i for i in range(previous + 1, len(source)) if source[i:i + len(phrase)] == phrase]
+        assert phrase and at, "each phrase is a span starting after the previous one's start"
+        previous = at[0]
         written = generated[box - before_box:box + len(suffix) - before_box]
         assert written == list(suffix)[:len(written)]  # the walk may stop inside the suffix
         start = box + len(suffix) - before_box

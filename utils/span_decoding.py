@@ -7,14 +7,18 @@ of its own ("right upper lung mass" for the report's "right upper lung airspace
 consolidation"). Span decoding keeps the greedy choice but allows, at each step, only the
 tokens that keep the answer in that format with every phrase a contiguous run of the
 prompt's tokens (the tokens after the image; the template words are allowed too, they are
-part of the prompt). The model still decides which phrases, how long, in which order and
-when to stop; the constraint only removes continuations that are in no span of the text.
+part of the prompt), and the phrases in text order, as the training answers are
+(``utils.dataset.ordered_findings``): each phrase starts after the start of the one before.
+The model still decides which phrases, how long and when to stop; the constraint only
+removes continuations that are in no span of the text, and phrases that go back in it (a
+small model otherwise writes one phrase twice).
 
 The allowed tokens come from a small nondeterministic automaton over the answer so far. Its
-states are: inside a phrase (the set of prompt positions where the phrase so far ends, or
-"anywhere" before its first token), inside the suffix ``". It is [BOX]."`` (its token
-index), inside the no-finding answer, or finished. A "." after a phrase token may both
-continue the span (the prompt has "1.5 cm") and start the suffix, so both states are kept.
+states are: inside a phrase (the set of prompt positions where the phrase so far ends, or,
+before its first token, "anywhere after the previous phrase's start"), inside the suffix
+``". It is [BOX]."`` (its token index), inside the no-finding answer, or finished. A "."
+after a phrase token may both continue the span (the prompt has "1.5 cm") and start the
+suffix, so both states are kept.
 It plugs into ``generate`` as transformers' ``prefix_allowed_tokens_fn``.
 """
 from __future__ import annotations
@@ -34,10 +38,12 @@ class _Phrase(NamedTuple):
     ends: frozenset[int] | None  # prompt positions after the phrase so far; None: not started
     length: int
     after_box: bool  # a whole "phrase. It is [BOX]." was written before this phrase
+    after: int  # the phrase starts at a prompt position above this one
 
 
 class _Suffix(NamedTuple):
     index: int
+    after: int  # the earliest start of the phrase it closes
 
 
 class _NoFinding(NamedTuple):
@@ -90,7 +96,7 @@ class SpanAutomaton:
         self.positions: dict[int, list[int]] = defaultdict(list)
         for position, token in enumerate(self.source):
             self.positions[token].append(position)
-        self.start: frozenset[State] = frozenset({_Phrase(None, 0, False), _NoFinding(0)})
+        self.start: frozenset[State] = frozenset({_Phrase(None, 0, False, -1), _NoFinding(0)})
 
     def allowed(self, states: frozenset[State]) -> list[int]:
         """The token ids that some state accepts next; ``[eos]`` when none does."""
@@ -99,7 +105,7 @@ class SpanAutomaton:
         for state in states:
             if isinstance(state, _Phrase):
                 if state.ends is None:
-                    tokens.update(self.positions)
+                    tokens.update(self.source[state.after + 1:])
                 else:
                     tokens.update(self.source[e] for e in state.ends if e < len(self.source))
                 if state.length:
@@ -120,19 +126,20 @@ class SpanAutomaton:
         for state in states:
             if isinstance(state, _Phrase):
                 if state.ends is None:
-                    ends = frozenset(p + 1 for p in self.positions.get(token, ()))
+                    ends = frozenset(p + 1 for p in self.positions.get(token, ())
+                                     if p > state.after)
                 else:
                     ends = frozenset(e + 1 for e in state.ends
                                      if e < len(self.source) and self.source[e] == token)
                 if ends:
-                    following.add(_Phrase(ends, state.length + 1, state.after_box))
+                    following.add(_Phrase(ends, state.length + 1, state.after_box, state.after))
                 if state.length and token == answer.suffix[0]:
-                    following.add(self._suffix_state(1))
+                    following.add(self._suffix_state(1, min(state.ends) - state.length))
                 if not state.length and state.after_box and token == answer.eos:
                     following.add(_Finished())
             elif isinstance(state, _Suffix):
                 if token == answer.suffix[state.index]:
-                    following.add(self._suffix_state(state.index + 1))
+                    following.add(self._suffix_state(state.index + 1, state.after))
             elif isinstance(state, _NoFinding):
                 if state.index < len(answer.no_finding):
                     if token == answer.no_finding[state.index]:
@@ -143,10 +150,10 @@ class SpanAutomaton:
                 following.add(state)
         return frozenset(following)
 
-    def _suffix_state(self, index: int) -> State:
+    def _suffix_state(self, index: int, after: int) -> State:
         if index < len(self.answer.suffix):
-            return _Suffix(index)
-        return _Phrase(None, 0, True)
+            return _Suffix(index, after)
+        return _Phrase(None, 0, True, after)
 
 
 def prompt_sources(input_ids: torch.Tensor, image_token_id: int, pad_token_id: int
