@@ -89,7 +89,7 @@ def test_random_walks_write_only_answers_whose_phrases_are_spans_of_the_prompt(t
     box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
     prompt = tokenizer(text, return_tensors="pt").input_ids
     prompt = torch.cat([torch.full((1, 3), tokenizer.pad_token_id), prompt], dim=1)
-    allowed = span_constraint(prompt, tokenizer, image_id, box_id)
+    allowed = span_constraint(prompt, tokenizer, image_id, box_id, ["report"])
     rng = random.Random(seed)
     sequence = prompt[0]
     for _ in range(80):
@@ -113,3 +113,33 @@ def test_random_walks_write_only_answers_whose_phrases_are_spans_of_the_prompt(t
         start = box + len(suffix) - before_box
     for phrase in generated_phrases(generated, box_id, tokenizer.decode):
         assert phrase.lower() in text.lower()
+
+
+@pytest.mark.parametrize("tasks, constrained", [
+    (["report", "report"], [True, True]),
+    (["report", "vqa"], [True, False]),
+    (["class", "report"], [False, True]),
+    (["vqa", "class"], None),  # no row is a report: no constraint at all
+])
+def test_only_report_prompts_are_constrained(tokenizer, tasks, constrained):
+    """A VQA answer's or a class label's phrases (MS-CXR's) are not in the prompt."""
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    rows = [tokenizer(prompt_text(text, "<image>")).input_ids
+            for text in ("Report: Small left pleural effusion.", "Locate the nodule.")]
+    width = max(map(len, rows))
+    prompts = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
+    allowed = span_constraint(prompts, tokenizer, image_id, box_id, tasks)
+    if constrained is None:
+        assert allowed is None
+        return
+    for row, is_constrained in enumerate(constrained):
+        tokens = allowed(row, prompts[row])
+        assert (len(tokens) == len(tokenizer)) is not is_constrained
+        assert is_constrained is (len(tokens) < 20)
+
+
+def test_tasks_must_match_the_prompts(tokenizer):
+    prompts = torch.ones((2, 4), dtype=torch.long)
+    with pytest.raises(ValueError, match="1 tasks for 2 prompts"):
+        span_constraint(prompts, tokenizer, 3, 4, ["report"])

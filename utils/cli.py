@@ -192,8 +192,10 @@ def add_image_input_args(parser: argparse.ArgumentParser | Any) -> None:
 def add_decoding_arg(parser: argparse.ArgumentParser | Any) -> None:
     """How answers are generated (test.py, validation, chat.py, app.py)."""
     parser.add_argument("--decoding", choices=DECODINGS, default=DEFAULT_DECODING,
-                        help="spans: every generated phrase copies a span of the prompt's text "
-                             "(utils.span_decoding); free: plain greedy decoding")
+                        help="spans: every generated phrase of a report copies a span of the "
+                             "prompt's text (utils.span_decoding; VQA and class prompts decode "
+                             "freely, their phrases are not in the prompt); free: plain greedy "
+                             "decoding")
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:

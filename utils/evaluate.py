@@ -12,6 +12,10 @@ Two measurements, labelled for what they are:
 - ``decoding``: how the end-to-end answers were generated: ``spans`` (the default; every
   phrase is a span of the prompt's text, :mod:`utils.span_decoding`) or ``free`` greedy
   decoding.
+- ``n_phrases_outside_text``: ground-truth phrases of report samples (the task span
+  decoding constrains) that are not a span of the prompt's text (case aside); span decoding
+  cannot write them word for word, so a data set with many should be evaluated with
+  ``free`` decoding too.
 - ``grounding_given_phrase``: the true answer is teacher-forced and the boxes are read at its
   ``[BOX]`` positions (what the reference code reported).
 IoU is computed in pixels of the real image, against the box enclosing all of a finding's
@@ -58,8 +62,9 @@ from utils.evaluation.matching import (
 from utils.evaluation.phrase import phrase_metrics
 from utils.evaluation.uncertainty import signal_metrics, uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
+from utils.prompts import question_text
 from utils.sam_transforms import padded_to_image_boxes
-from utils.span_decoding import DECODINGS, DEFAULT_DECODING, span_constraint
+from utils.span_decoding import DECODINGS, DEFAULT_DECODING, SPAN_TASKS, span_constraint
 
 
 @dataclass
@@ -139,6 +144,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     tokenizer = processor.tokenizer
     records: list[dict[str, Any]] = []
     n_extra = 0
+    outside_text = 0
     generate_collate = GroundingCollator(tokenizer.pad_token_id, "generate")
     forced_collate = GroundingCollator(tokenizer.pad_token_id, "train")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -150,7 +156,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
         prompts = generate_batch["input_ids"].to(device)
-        allowed = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id)
+        allowed = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id,
+                                   [s.task for s in generate_batch["samples"]])
                    if decoding == "spans" else None)
         generated = model.generate(generate_batch["sam_images"].to(device),
                                    generate_batch["pixel_values"].to(device), prompts,
@@ -176,6 +183,9 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             matches = dict((g, p) for p, g in match_phrases(phrases, [f.phrase for f in findings],
                                                             match_threshold))
             n_extra += len(phrases) - len(matches)
+            if sample.task in SPAN_TASKS:
+                prompt = question_text(sample).lower()
+                outside_text += sum(f.phrase.lower() not in prompt for f in findings)
             forced_idx = (forced_px.rows == row).nonzero(as_tuple=True)[0].tolist()
             for index, finding in enumerate(findings):
                 target = _target_pixels(sample, finding)
@@ -227,6 +237,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             [r["iou"] for r in records if r["box"] is not None]),
         "uncertainty_signal": signal,
         "n_extra_predictions": n_extra,
+        "n_phrases_outside_text": outside_text,
         "image_noise_std": dataset.image_noise_std,
         "mean_u": float(sum(u) / len(u)) if u else 0.0,
         "seconds": time.time() - started,

@@ -141,8 +141,9 @@ class Grounder:
       processor: its processor (tokenizer with ``[BOX]``).
       model_max_length: the longest token sequence (prompt, image tokens and answer).
       max_new_tokens: the longest answer generated.
-      decoding: "spans" (every phrase copies a span of the prompt, :mod:`utils.span_decoding`)
-        or "free" (plain greedy decoding).
+      decoding: "spans" (every phrase of a report copies a span of the prompt,
+        :mod:`utils.span_decoding`; VQA and class prompts decode freely) or "free" (plain
+        greedy decoding).
     """
 
     def __init__(self, model: Any, processor: Any, model_max_length: int = 512,
@@ -219,7 +220,7 @@ class Grounder:
         if self.decoding == "spans":
             image_token_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
             allowed = span_constraint(input_ids, self.tokenizer, image_token_id,
-                                      self.model.box_token_id)
+                                      self.model.box_token_id, [task])
         generated = self.model.generate(sam_image[None].to(self.device),
                                         encoded["pixel_values"].to(self.device), input_ids,
                                         torch.ones_like(input_ids), self.tokenizer,

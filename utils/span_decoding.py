@@ -13,6 +13,10 @@ The model still decides which phrases, how long and when to stop; the constraint
 removes continuations that are in no span of the text, and phrases that go back in it (a
 small model otherwise writes one phrase twice).
 
+Only the prompts of the tasks in :data:`SPAN_TASKS` (the report) are constrained: a report's
+phrases are its own words, while the phrases of a VQA or class sample (MS-CXR's phrases, for
+a question or a label) are not in its prompt, so those rows decode freely.
+
 The allowed tokens come from a small nondeterministic automaton over the answer so far. Its
 states are: inside a phrase (the set of prompt positions where the phrase so far ends, or,
 before its first token, "anywhere after the previous phrase's start"), inside the suffix
@@ -24,7 +28,7 @@ It plugs into ``generate`` as transformers' ``prefix_allowed_tokens_fn``.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
@@ -32,6 +36,7 @@ from utils.prompts import NO_FINDING_ANSWER, answer_text
 
 DECODINGS = ("spans", "free")
 DEFAULT_DECODING = "spans"
+SPAN_TASKS = frozenset({"report"})  # the tasks whose phrases are spans of the prompt's text
 
 
 class _Phrase(NamedTuple):
@@ -169,17 +174,28 @@ def prompt_sources(input_ids: torch.Tensor, image_token_id: int, pad_token_id: i
 
 
 def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int,
-                    box_token_id: int) -> Callable[[int, torch.Tensor], list[int]]:
+                    box_token_id: int, tasks: Sequence[str]
+                    ) -> Callable[[int, torch.Tensor], list[int]] | None:
     """``prefix_allowed_tokens_fn`` for greedy generation from the prompts ``input_ids``
-    (B,L, left-padded): row b's phrases are spans of row b's prompt text."""
+    (B,L, left-padded) of samples of ``tasks`` (B,): row b's phrases are spans of row b's
+    prompt text when its task is in :data:`SPAN_TASKS`, any token is allowed in the other
+    rows; ``None`` when no row is constrained."""
+    if len(tasks) != input_ids.shape[0]:
+        raise ValueError(f"{len(tasks)} tasks for {input_ids.shape[0]} prompts")
+    if not SPAN_TASKS.intersection(tasks):
+        return None
     answer = AnswerFormat.of(tokenizer, box_token_id)
-    automata = [SpanAutomaton(source, answer) for source in
-                prompt_sources(input_ids, image_token_id, tokenizer.pad_token_id)]
+    automata = [SpanAutomaton(source, answer) if task in SPAN_TASKS else None
+                for source, task in zip(prompt_sources(input_ids, image_token_id,
+                                                       tokenizer.pad_token_id), tasks)]
+    every_token = list(range(len(tokenizer)))
     prompt_length = input_ids.shape[1]
     progress: dict[int, tuple[int, frozenset[State]]] = {}
 
     def allowed_tokens(batch_id: int, sequence: torch.Tensor) -> list[int]:
         automaton = automata[batch_id]
+        if automaton is None:
+            return every_token
         generated = sequence[prompt_length:].tolist()
         read, states = progress.get(batch_id, (0, automaton.start))
         if read > len(generated):
