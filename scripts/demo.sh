@@ -3,9 +3,11 @@
 # recipe, under the deepspeed launcher (CPU, 1 rank): LoRA r 8 / alpha 16 on q_proj,v_proj plus
 # the trainable [BOX] rows of embed_tokens and lm_head (as for 7B), the pretrained tiny SAM
 # frozen with its embeddings cached, the box decoder initialised from its mask decoder, umhp
-# with 3 hypotheses and the IoU head (u = the combined signal). Then the safe consolidation,
-# the LoRA merge, the calibration on the val split (calibration.json in the exported folder)
-# and test.py on the test split. The grounding parts learn at --grounding_lr, the text loss
+# with 3 hypotheses and the IoU head (u = the combined signal). Then the safe consolidation of
+# the last checkpoint (the schedule's end; the 32 validation reports only monitor: picking the
+# best of them chose a worse epoch, and calibrating on val after selecting on it breaks the
+# calibration's guarantee; docs/experiments.md, 2026-12-06), the LoRA merge, the calibration
+# on the val split (calibration.json in the exported folder) and test.py on the test split. The grounding parts learn at --grounding_lr, the text loss
 # weighs 10x (--ce_loss_weight) and batches are grouped by length; docs/experiments.md has
 # the measurements behind each choice. Settings come from the environment so a shorter or another
 # run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
@@ -36,7 +38,7 @@ rm -rf "$RUN"
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
   --iou_head --uncertainty combined --val_max_samples 32 --val_batch_size 16 --workers 1
 trained=$(date +%s)
-$PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag best
+$PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag latest
 $PY merge_lora_weights_and_save_hf_model.py --version pretrained/tiny/llava \
   --vision_pretrained pretrained/tiny/sam_tiny.pth --weight "$RUN/fp32" --save_path "$RUN/hf"
 $PY test.py --version "$RUN/hf" --dataset_dir "$DATA" --split val --calibrate \
