@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{error}\nno metrics written")
     outside = result.metrics["n_phrases_outside_text"]
     if outside and args.decoding == "spans":
-        logger.warning("%d of the %d ground-truth phrases are not spans of their prompt's text; "
-                       "span decoding cannot write them word for word: compare with "
+        logger.warning("%d of the %d findings are report phrases that are not spans of their "
+                       "report; span decoding cannot write them word for word: compare with "
                        "--decoding free", outside, result.metrics["n_findings"])
     if args.calibrate:
         calibrate(model, args, result)

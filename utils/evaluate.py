@@ -10,8 +10,8 @@ Two measurements, labelled for what they are:
   (same finding and side words, token F1 >= 0.8), so a phrase naming another finding or side
   never takes a box.
 - ``decoding``: how the end-to-end answers were generated: ``spans`` (the default; every
-  phrase is a span of the prompt's text, :mod:`utils.span_decoding`) or ``free`` greedy
-  decoding.
+  phrase of a report sample is a span of the prompt's text, :mod:`utils.span_decoding`) or
+  ``free`` greedy decoding.
 - ``n_phrases_outside_text``: ground-truth phrases of report samples (the task span
   decoding constrains) that are not a span of the prompt's text (case aside); span decoding
   cannot write them word for word, so a data set with many should be evaluated with
@@ -133,8 +133,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     skips METEOR (a Java process), as per-epoch validation does. ``match_threshold`` is the
     token F1 a generated phrase needs to take a finding's box; ``grounding_strict`` scores
     the same boxes counting only strict pairs (``utils.evaluation.matching.strict_match``).
-    ``decoding`` is ``"spans"`` (each generated phrase copies a span of the prompt,
-    :mod:`utils.span_decoding`) or ``"free"`` (plain greedy decoding).
+    ``decoding`` is ``"spans"`` (each generated phrase of a report sample copies a span of
+    the prompt, :mod:`utils.span_decoding`) or ``"free"`` (plain greedy decoding).
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding {decoding!r} is not one of {DECODINGS}")
