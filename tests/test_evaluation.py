@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,22 @@ def test_single_pass_evaluation_equals_the_two_pass_one(tiny_dir, synth_dir, mon
         assert single["given_phrase"]["box"] == pytest.approx(
             double["given_phrase"]["box"], abs=0.02
         )
+
+
+def test_report_phrases_outside_their_report_are_counted_and_warned(exported, synth_dir,
+                                                                     tmp_path, capfd):
+    """Span decoding cannot write a phrase its report does not hold: test.py counts those
+    findings (n_phrases_outside_text) and says so."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    rows = [json.loads(line) for line in (data / "report_test.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if row["findings"]][:2]
+    rows[0]["findings"][0]["phrase"] = "a paraphrase the report does not hold"
+    (data / "report_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run_test_cli(["--version", str(exported), "--dataset_dir", str(data), "--split", "test",
+                  "--out", str(out), "--max_new_tokens", "8", "--batch_size", "2"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_phrases_outside_text"] == 1 and metrics["decoding"] == "spans"
+    warned = capfd.readouterr().err  # test.py's logging writes to stderr
+    assert "1 of the" in warned and "--decoding free" in warned
