@@ -7,9 +7,9 @@
 # the last checkpoint (the schedule's end; the 32 validation reports only monitor: picking the
 # best of them chose a worse epoch, and calibrating on val after selecting on it breaks the
 # calibration's guarantee; docs/experiments.md, 2026-12-06), the LoRA merge, the calibration
-# on the val split (calibration.json in the exported folder) and test.py on the test split. The grounding parts learn at --grounding_lr, the text loss
-# weighs 10x (--ce_loss_weight) and batches are grouped by length; docs/experiments.md has
-# the measurements behind each choice. Settings come from the environment so a shorter or another
+# on the val split (calibration.json in the exported folder) and test.py on the test split.
+# The grounding parts learn at --grounding_lr, the text loss weighs 10x (--ce_loss_weight) and
+# batches are grouped by length; docs/experiments.md has the measurements behind each choice. Settings come from the environment so a shorter or another
 # run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
 # DEMO_LORA_TARGETS, DEMO_DATA (the SynthCXR folder) and DEMO_MAX_BOXES (train.py's
 # --max_boxes_per_phrase; default 1, the paper's single-box reference; 4 is the several-boxes
