@@ -8,9 +8,11 @@
 # best of them chose a worse epoch, and calibrating on val after selecting on it breaks the
 # calibration's guarantee; docs/experiments.md, 2026-12-06), the LoRA merge, the calibration
 # on the val split (calibration.json in the exported folder) and test.py on the test split.
-# The grounding parts learn at --grounding_lr, the text loss weighs 10x (--ce_loss_weight) and
-# batches are grouped by length; docs/experiments.md has the measurements behind each choice. Settings come from the environment so a shorter or another
-# run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
+# The grounding parts learn at --grounding_lr, the text loss weighs 10x (--ce_loss_weight),
+# batches are grouped by length, and the training process loads its own batches (--workers 0:
+# on 2 cores a loader worker competes with torch's threads for the cores); docs/experiments.md
+# has the measurements behind each choice. Settings come from the environment so a shorter or
+# another run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
 # DEMO_LORA_TARGETS, DEMO_DATA (the SynthCXR folder) and DEMO_MAX_BOXES (train.py's
 # --max_boxes_per_phrase; default 1, the paper's single-box reference; 4 is the several-boxes
 # variant).
@@ -36,7 +38,7 @@ rm -rf "$RUN"
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
   --lora_r 8 --lora_alpha 16 --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
-  --iou_head --uncertainty combined --val_max_samples 32 --val_batch_size 16 --workers 1
+  --iou_head --uncertainty combined --val_max_samples 32 --val_batch_size 16 --workers 0
 trained=$(date +%s)
 $PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag latest
 $PY merge_lora_weights_and_save_hf_model.py --version pretrained/tiny/llava \
