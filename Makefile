@@ -11,12 +11,16 @@ export PYTHONHASHSEED := 0
 
 install: $(VENV)/.installed
 
+# The last step builds DeepSpeed's shared-memory communication op, which its CPU backend would
+# otherwise compile (~40 s on 2 cores) when training first starts (into TORCH_EXTENSIONS_DIR;
+# nothing to build on GPUs).
 $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-torch.txt
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $@
 
 data: $(SYNTHCXR)/pretrain/meta.json
