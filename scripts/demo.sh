@@ -10,14 +10,17 @@
 # worse epoch, and calibrating on val after selecting on it breaks the calibration's
 # guarantee; docs/experiments.md, 2026-12-06), the LoRA merge, the calibration on the val
 # split (calibration.json in the exported folder) and test.py on the test split.
-# The grounding parts learn at --grounding_lr, the text loss weighs 10x (--ce_loss_weight),
-# batches are grouped by length, and the training process loads its own batches (--workers 0:
-# on 2 cores a loader worker competes with torch's threads for the cores); docs/experiments.md
-# has the measurements behind each choice. Settings come from the environment so a shorter or
-# another run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN,
-# DEMO_LORA_TARGETS, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight) and
-# DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase; default 1, the paper's single-box
-# reference; 4 is the several-boxes variant).
+# LoRA without dropout (--lora_dropout 0; train.py's default is LISA's 0.05): over three seeds
+# better given-phrase boxes and failure ranking, and a 5 % faster step (docs/experiments.md,
+# 2026-12-07). The grounding parts learn at --grounding_lr, the text loss weighs 10x
+# (--ce_loss_weight), batches are grouped by length, and the training process loads its own
+# batches (--workers 0: on 2 cores a loader worker competes with torch's threads for the
+# cores); docs/experiments.md has the measurements behind each choice. Settings come from the
+# environment so a shorter or another run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH,
+# DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS, DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR
+# folder), DEMO_IOU_WEIGHT (--iou_loss_weight) and DEMO_MAX_BOXES (train.py's
+# --max_boxes_per_phrase; default 1, the paper's single-box reference; 4 is the several-boxes
+# variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -31,6 +34,7 @@ TARGETS=${DEMO_LORA_TARGETS:-q_proj,v_proj}
 DATA=${DEMO_DATA:-ln_data/synthcxr}
 MAX_BOXES=${DEMO_MAX_BOXES:-1}
 IOU_WEIGHT=${DEMO_IOU_WEIGHT:-5}
+LORA_DROPOUT=${DEMO_LORA_DROPOUT:-0}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
@@ -39,7 +43,7 @@ rm -rf "$RUN"
   --exp_name "$(basename "$RUN")" --log_base_dir "$(dirname "$RUN")" --seed "$SEED" \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
-  --lora_r 8 --lora_alpha 16 --lora_target_modules "$TARGETS" \
+  --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
   --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
   --val_max_samples 32 --val_batch_size 16 --workers 0
