@@ -12,7 +12,10 @@
 # split (calibration.json in the exported folder) and test.py on the test split.
 # LoRA without dropout (--lora_dropout 0; train.py's default is LISA's 0.05): over three seeds
 # better given-phrase boxes and failure ranking, and a 5 % faster step (docs/experiments.md,
-# 2026-12-07). The grounding parts learn at --grounding_lr, the text loss weighs 10x
+# 2026-12-07). 5 x 190 steps: the tiny SAM's 800 pretraining steps (`make tiny`) place the
+# boxes better than 400 and cost about a minute, paid for by 150 fewer fine-tune steps
+# (docs/experiments.md, 2026-12-07). The grounding parts learn at --grounding_lr, the text
+# loss weighs 10x
 # (--ce_loss_weight), batches are grouped by length, and the training process loads its own
 # batches (--workers 0: on 2 cores a loader worker competes with torch's threads for the
 # cores); docs/experiments.md has the measurements behind each choice. Settings come from the
@@ -26,7 +29,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN=${DEMO_RUN:-runs/demo}
 EPOCHS=${DEMO_EPOCHS:-5}
-STEPS=${DEMO_STEPS:-220}
+STEPS=${DEMO_STEPS:-190}
 BATCH=${DEMO_BATCH:-16}
 LR=${DEMO_LR:-5e-3}
 SEED=${DEMO_SEED:-0}

@@ -44,7 +44,7 @@ LESION_NUMBER = re.compile(r" \d+$")  # "nodule 2": lesion 2 of a multifocal fin
 class SamSettings:
     """Optimisation of the SAM pretraining."""
 
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 8
     lr: float = 4e-3
     warmup_fraction: float = 0.1
