@@ -18,12 +18,12 @@
 # (docs/experiments.md, 2026-12-07). The grounding parts learn at --grounding_lr, the text
 # loss weighs 10x (--ce_loss_weight), batches are grouped by length, and the training
 # process loads its own batches (--workers 0: on 2 cores a loader worker competes with
-# torch's threads for the cores); docs/experiments.md has the measurements behind each choice. Settings come from the
-# environment so a shorter or another run can be tried: DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH,
-# DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS, DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR
-# folder), DEMO_IOU_WEIGHT (--iou_loss_weight) and DEMO_MAX_BOXES (train.py's
-# --max_boxes_per_phrase; default 1, the paper's single-box reference; 4 is the several-boxes
-# variant).
+# torch's threads for the cores); docs/experiments.md has the measurements behind each
+# choice. Settings come from the environment so a shorter or another run can be tried:
+# DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS,
+# DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight) and
+# DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase; default 1, the paper's single-box
+# reference; 4 is the several-boxes variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
