@@ -20,7 +20,9 @@ class GroundingConfig:
     ``version``/``vision_pretrained`` are the base checkpoints (a llava-hf folder, a SAM /
     MedSAM / tiny state dict). ``lora_r = 0`` trains the whole language model instead of LoRA.
     ``query_layers`` are the LM hidden-state layers (0 = token embeddings, -1 = last layer)
-    whose phrase states make a ``[BOX]``'s query (see :mod:`model.phrase_query`).
+    whose phrase states make a ``[BOX]``'s query (see :mod:`model.phrase_query`), pooled by
+    ``query_heads`` heads (a config saved before the setting existed loads with 1; train.py's
+    default is ``DEFAULT_QUERY_HEADS``).
     ``gradient_checkpointing`` recomputes the language model's activations in the backward
     pass (training only; LISA turns it on for 7B/13B).
     ``max_boxes_per_phrase`` is K, the boxes each ``[BOX]`` may yield (box slots of the
@@ -50,6 +52,7 @@ class GroundingConfig:
     train_vision_encoder: bool = False
     lora_sam_rank: int = 0
     query_layers: list[int] = field(default_factory=lambda: [0, -1])
+    query_heads: int = 1
     gradient_checkpointing: bool = False
     ce_weight: float = 1.0
     box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
@@ -70,6 +73,8 @@ class GroundingConfig:
         if isinstance(self.box_loss, dict):
             self.box_loss = BoxLossConfig(**self.box_loss)
         self.box_loss.mode = self.box_head
+        if not isinstance(self.query_heads, int) or self.query_heads < 1:
+            raise ValueError(f"query_heads {self.query_heads!r} must be an integer >= 1")
         if not self.query_layers:
             raise ValueError("query_layers is empty: name at least one LM layer, e.g. -1")
         if self.uncertainty not in UNCERTAINTY_SIGNALS:

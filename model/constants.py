@@ -18,6 +18,9 @@ DEFAULT_MAX_NEW_TOKENS = 128  # tokens generated per answer at evaluation
 # Box slots per [BOX] of a new training run (train.py --max_boxes_per_phrase); a config that
 # does not name it (one saved before the setting existed) has 1, the single-box model.
 DEFAULT_MAX_BOXES_PER_PHRASE = 4
+# Pooling heads of a [BOX]'s phrase query (model/phrase_query.py) in a new training run
+# (train.py --query_heads); a config that does not name it has 1, the pooling before heads.
+DEFAULT_QUERY_HEADS = 4
 # The batch keys a UMedGround forward takes (collated by utils.dataset.GroundingCollator).
 MODEL_INPUTS = ("sam_images", "pixel_values", "input_ids", "attention_mask", "labels",
                 "box_targets", "box_set_targets", "box_set_index")

@@ -162,7 +162,8 @@ class UMedGround(nn.Module):
                                             sam.state_dict() if init_decoder_from_sam else None,
                                             config.max_boxes_per_phrase, config.iou_head)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                          len(config.query_layers), sam_config.prompt_embed_dim)
+                                          len(config.query_layers), sam_config.prompt_embed_dim,
+                                          config.query_heads)
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
                     processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
         for part in (model.sam_encoder, model.phrase_query, model.box_decoder):

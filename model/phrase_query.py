@@ -5,7 +5,10 @@ token embedding, -1 the last layer). Each layer's state is layer-normalised on i
 embedding (norm ~0.3 at initialisation) weighs as much as a last-layer state (norm ~16). A
 learned score per position, softmax over the phrase, pools them (attention pooling): the
 words that say where to look ("left", "apex", "nodule") can outweigh "in", "the" and "It
-is". An MLP (LISA's ``text_hidden_fcs`` shape) maps the pooled vector to the decoder width.
+is". With ``heads`` > 1 each head has its own score and pools on its own, so one head can
+read the finding's type while another reads its side and zone; the pooled vectors are
+concatenated. An MLP (LISA's ``text_hidden_fcs`` shape) maps the pooled vector(s) to the
+decoder width. One head is the pooling of models saved before ``heads`` existed.
 """
 from __future__ import annotations
 
@@ -20,26 +23,30 @@ class PhraseQuery(nn.Module):
       hidden_size: H, the LM width.
       num_layers: L, how many LM layers each position contributes.
       out_dim: C, the box decoder width.
+      heads: P, the pooling heads.
     """
 
-    def __init__(self, hidden_size: int, num_layers: int, out_dim: int):
+    def __init__(self, hidden_size: int, num_layers: int, out_dim: int, heads: int = 1):
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads {heads} must be at least 1")
         self.hidden_size = hidden_size
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(num_layers))
         width = hidden_size * num_layers
-        self.score = nn.Linear(width, 1, bias=False)  # a softmax ignores a shared bias
-        self.projection = nn.Sequential(nn.Linear(width, hidden_size), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden_size, out_dim))
+        self.score = nn.Linear(width, heads, bias=False)  # a softmax ignores a shared bias
+        self.projection = nn.Sequential(nn.Linear(width * heads, hidden_size),
+                                        nn.ReLU(inplace=True), nn.Linear(hidden_size, out_dim))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``states`` (Q,T,L*H), ``mask`` (Q,T) true on phrase positions (≥ 1 per row)."""
         parts = states.split(self.hidden_size, dim=-1)
         normed = torch.cat([norm(part) for norm, part in zip(self.norms, parts)], dim=-1)
-        logits = self.score(normed).squeeze(-1).masked_fill(~mask, float("-inf"))
-        weights = logits.softmax(dim=-1)
-        pooled = torch.einsum("qt,qtd->qd", weights, normed)
+        logits = self.score(normed).masked_fill(~mask.unsqueeze(-1), float("-inf"))  # (Q,T,P)
+        weights = logits.softmax(dim=1)
+        pooled = torch.einsum("qtp,qtd->qpd", weights, normed).flatten(1)  # (Q,P*L*H)
         return self.projection(pooled)
 
 
-def build_phrase_query(hidden_size: int, num_layers: int, out_dim: int) -> PhraseQuery:
-    return PhraseQuery(hidden_size, num_layers, out_dim)
+def build_phrase_query(hidden_size: int, num_layers: int, out_dim: int,
+                       heads: int = 1) -> PhraseQuery:
+    return PhraseQuery(hidden_size, num_layers, out_dim, heads)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.box_decoder import build_box_decoder  # noqa: E402
 from model.build import _set_trainable, count_parameters  # noqa: E402
 from model.config import GroundingConfig  # noqa: E402
+from model.constants import DEFAULT_QUERY_HEADS  # noqa: E402
 from model.grounding_model import UMedGround
 from model.llava_builder import apply_lm_lora  # noqa: E402
 from model.phrase_query import build_phrase_query  # noqa: E402
@@ -42,7 +43,8 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
         sam = build_sam(sam_config)
         decoder, _ = build_box_decoder(sam_config, config.num_hypotheses)
         phrase_query = build_phrase_query(llava_config.text_config.hidden_size,
-                                        len(config.query_layers), sam_config.prompt_embed_dim)
+                                        len(config.query_layers), sam_config.prompt_embed_dim,
+                                        config.query_heads)
         if config.lora_r > 0:
             llava = apply_lm_lora(llava, config.lora_r, config.lora_alpha, 0.0,
                                   config.lora_target_modules)
@@ -52,8 +54,9 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
 
 
 def main() -> None:
-    demo = GroundingConfig("tiny", "tiny", lora_r=8, lora_alpha=16)
-    real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16)
+    demo = GroundingConfig("tiny", "tiny", lora_r=8, lora_alpha=16, query_heads=DEFAULT_QUERY_HEADS)
+    real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16,
+                           query_heads=DEFAULT_QUERY_HEADS)
     rows = [("tiny, demo settings (LoRA r=8 on q/v, SAM frozen)", LLAVA_TINY, SAM_TINY_CONFIG,
              demo),
             ("llava-1.5-7b + SAM vit_h, LoRA r=8 on q/v", LLAVA_7B, OFFICIAL_CONFIGS["vit_h"],

@@ -21,9 +21,9 @@
 # torch's threads for the cores); docs/experiments.md has the measurements behind each
 # choice. Settings come from the environment so a shorter or another run can be tried:
 # DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS,
-# DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight) and
-# DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase; default 1, the paper's single-box
-# reference; 4 is the several-boxes variant).
+# DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight),
+# DEMO_QUERY_HEADS (--query_heads) and DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase;
+# default 1, the paper's single-box reference; 4 is the several-boxes variant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -38,6 +38,7 @@ DATA=${DEMO_DATA:-ln_data/synthcxr}
 MAX_BOXES=${DEMO_MAX_BOXES:-1}
 IOU_WEIGHT=${DEMO_IOU_WEIGHT:-5}
 LORA_DROPOUT=${DEMO_LORA_DROPOUT:-0}
+QUERY_HEADS=${DEMO_QUERY_HEADS:-4}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
@@ -48,7 +49,7 @@ rm -rf "$RUN"
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
   --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
-  --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
+  --query_heads "$QUERY_HEADS" --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
   --val_max_samples 32 --val_batch_size 16 --workers 0
 trained=$(date +%s)
 $PY -m training.consolidate "$RUN/ckpt" "$RUN/fp32" --tag latest

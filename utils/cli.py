@@ -18,6 +18,7 @@ from model.constants import (
     DEFAULT_MAX_BOXES_PER_PHRASE,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL_MAX_LENGTH,
+    DEFAULT_QUERY_HEADS,
     UNCERTAINTY_SIGNALS,
     VISION_MODELS,
 )
@@ -138,6 +139,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
+    group.add_argument("--query_heads", type=positive_int, default=DEFAULT_QUERY_HEADS,
+                       help="attention-pooling heads of a [BOX]'s phrase query, each pooling "
+                            "the phrase on its own (1: one pooled vector)")
     defaults = BoxLossConfig()
     group.add_argument("--ce_loss_weight", type=float, default=1.0)
     group.add_argument("--l1_loss_weight", type=float, default=defaults.l1_weight)
@@ -270,7 +274,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
-        query_layers=list(args.query_layers),
+        query_layers=list(args.query_layers), query_heads=args.query_heads,
         gradient_checkpointing=args.gradient_checkpointing,
         ce_weight=args.ce_loss_weight, iou_head=args.iou_head, uncertainty=args.uncertainty,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,

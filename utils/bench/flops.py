@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
 from model.box_decoder import build_box_decoder
+from model.constants import DEFAULT_QUERY_HEADS
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import OFFICIAL_CONFIGS, build_sam
 from utils.bench.shapes import LLAVA_7B
@@ -45,7 +46,7 @@ def head_share_at_7b() -> dict[str, Any]:
         encoder = build_sam(sam_config).image_encoder.requires_grad_(False)
         sam = counted(lambda: encoder(torch.zeros(1, 3, 1024, 1024)))
         decoder, _ = build_box_decoder(sam_config, 3)
-        query = build_phrase_query(4096, 2, sam_config.prompt_embed_dim)
+        query = build_phrase_query(4096, 2, sam_config.prompt_embed_dim, DEFAULT_QUERY_HEADS)
         states = torch.zeros(PHRASES, 12, 2 * 4096)
         mask = torch.ones(PHRASES, 12, dtype=torch.bool)
         embedding = torch.zeros(1, sam_config.prompt_embed_dim, 64, 64)

@@ -26,7 +26,7 @@ from transformers import (
 
 from model.box_decoder import build_box_decoder
 from model.config import GroundingConfig
-from model.constants import BOX_TOKEN
+from model.constants import BOX_TOKEN, DEFAULT_QUERY_HEADS
 from model.grounding_model import UMedGround
 from model.llava_builder import apply_lm_lora, load_processor
 from model.phrase_query import build_phrase_query
@@ -67,9 +67,10 @@ def build_model(tiny_dir: Path, size: str, device: torch.device) -> tuple[UMedGr
     decoder, _ = build_box_decoder(sam_config, 3, sam.state_dict())
     grounding = GroundingConfig(version=str(tiny_dir / "llava"), vision_pretrained=size,
                                 lora_r=LORA["r"], lora_alpha=LORA["alpha"], ce_weight=1.0,
-                                sam=asdict(sam_config))
+                                query_heads=DEFAULT_QUERY_HEADS, sam=asdict(sam_config))
     phrase_query = build_phrase_query(config.text_config.hidden_size,
-                                      len(grounding.query_layers), sam_config.prompt_embed_dim)
+                                      len(grounding.query_layers), sam_config.prompt_embed_dim,
+                                      grounding.query_heads)
     model = UMedGround(llava, sam.image_encoder, phrase_query, decoder,
                        processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), grounding)
     set_trainable(model)
