@@ -23,7 +23,9 @@ is a box with its own N hypotheses, mean, variance and u, and a presence logit r
 from the mean of its N output tokens. How many boxes the phrase reports is read apart from
 which: a count head (an MLP on the ``[BOX]`` token's output, which has attended to the image)
 classifies the number of boxes, 1..K, and the phrase reports that many slots, the most
-present first. Training matches slots to ground-truth boxes (:mod:`model.box_set_losses`):
+present first, passing over a slot whose mean box overlaps a more present reported one (above
+``SLOT_OVERLAP_IOU``: two slots on one lesion are one box, docs/experiments.md, 2026-12-07).
+Training matches slots to ground-truth boxes (:mod:`model.box_set_losses`):
 the presence learns which slots hold a box, the count how many there are. A presence
 threshold alone counted badly: with slots matched anew each step the presences of a short
 run stay near 0.5 for the first two slots, so single-box findings reported a second box
@@ -54,9 +56,13 @@ from segment_anything.modeling import TwoWayTransformer
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, box_iou
 
 from model.sam_encoder import SamConfig
+
+# A box slot whose mean box overlaps a more present reported slot of its phrase above this IoU
+# is passed over for the next one (BoxSlots.reported).
+SLOT_OVERLAP_IOU = 0.3
 
 
 @dataclass
@@ -93,9 +99,12 @@ class BoxSlots:
 
     @property
     def present(self) -> torch.Tensor:
-        """(Q,K) bool: each query's ``count`` most present slots."""
-        rank = self.order.argsort(dim=1)  # 0: the most present slot
-        return rank < self.count.unsqueeze(1)
+        """(Q,K) bool: the slots each query reports (:meth:`reported`)."""
+        present = torch.zeros(self.presence_logits.shape, dtype=torch.bool,
+                              device=self.presence_logits.device)
+        for query, slots in enumerate(self.reported()):
+            present[query, slots] = True
+        return present
 
     def reported_iou(self) -> torch.Tensor | None:
         """(Q,) the predicted IoU of each query's reported box: the presence-weighted mean of
@@ -107,9 +116,22 @@ class BoxSlots:
         return (weights * slot_iou).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
 
     def reported(self) -> list[list[int]]:
-        """Per query, its reported slots (0..K-1), the most present first."""
-        count = self.count.tolist()
-        return [row[:n] for row, n in zip(self.order.tolist(), count)]
+        """Per query, its reported slots (0..K-1), the most present first: its ``count`` most
+        present slots whose mean boxes overlap no slot reported before them at IoU above
+        ``SLOT_OVERLAP_IOU`` (non-maximum suppression over the slots), topped up by presence
+        from the suppressed ones when fewer than ``count`` remain."""
+        queries, slots = self.presence_logits.shape
+        corners = box_convert(self.boxes.box.detach().view(queries, slots, 4), "cxcywh", "xyxy")
+        chosen = []
+        for boxes, order, count in zip(corners, self.order.tolist(), self.count.tolist()):
+            overlap = box_iou(boxes, boxes)
+            kept: list[int] = []
+            for slot in order:
+                if all(overlap[slot, other] <= SLOT_OVERLAP_IOU for other in kept):
+                    kept.append(slot)
+            kept += [slot for slot in order if slot not in kept]
+            chosen.append(sorted(kept[:count], key=order.index))
+        return chosen
 
 
 @dataclass

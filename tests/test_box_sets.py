@@ -10,7 +10,13 @@ import pytest
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from model.box_decoder import BoxPrediction, BoxSlots, build_box_decoder, enclosing_hypotheses
+from model.box_decoder import (
+    SLOT_OVERLAP_IOU,
+    BoxPrediction,
+    BoxSlots,
+    build_box_decoder,
+    enclosing_hypotheses,
+)
 from model.box_losses import BoxLossConfig, compute_box_losses
 from model.box_matching import match_slots, matching_cost
 from model.box_set_losses import compute_box_set_losses
@@ -119,6 +125,21 @@ def test_present_is_the_counted_number_of_most_present_slots(count_logits, prese
     assert slots.present.tolist() == present
     assert slots.reported() == [[k for k in order if present[q][k]]
                                 for q, order in enumerate([[1, 2, 0], [0, 2, 1]])]
+
+
+@pytest.mark.parametrize("count,reported", [(1, [0]), (2, [0, 2]), (3, [0, 1, 2])])
+def test_a_slot_on_a_more_present_slots_box_is_passed_over(count, reported):
+    """Slot 1 sits on slot 0's box (IoU 0.9 > SLOT_OVERLAP_IOU), slot 2 elsewhere: two boxes
+    are slots 0 and 2 although slot 1 is more present than slot 2; three take slot 1 back."""
+    xyxy = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.3, 0.28], [0.6, 0.6, 0.8, 0.8]])
+    assert box_iou(xyxy[:1], xyxy[1:2]).item() > SLOT_OVERLAP_IOU
+    hypotheses = box_convert(xyxy, "xyxy", "cxcywh").unsqueeze(1)  # (K,1,4): N = 1
+    count_logits = torch.full((1, 3), -5.0)
+    count_logits[0, count - 1] = 5.0
+    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses), torch.tensor([[3.0, 2.0, 1.0]]),
+                     count_logits)
+    assert slots.reported() == [reported]
+    assert slots.present.tolist() == [[k in reported for k in range(3)]]
 
 
 def boxes_xyxy(*rows: list[float]) -> torch.Tensor:
