@@ -50,6 +50,7 @@ are no slots and ``iou`` is the single-box head's, unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from segment_anything.modeling import TwoWayTransformer
@@ -102,7 +103,7 @@ class BoxSlots:
         """(Q,K) bool: the slots each query reports (:meth:`reported`)."""
         present = torch.zeros(self.presence_logits.shape, dtype=torch.bool,
                               device=self.presence_logits.device)
-        for query, slots in enumerate(self.reported()):
+        for query, slots in enumerate(self._reported):
             present[query, slots] = True
         return present
 
@@ -120,14 +121,23 @@ class BoxSlots:
         present slots whose mean boxes overlap no slot reported before them at IoU above
         ``SLOT_OVERLAP_IOU`` (non-maximum suppression over the slots), topped up by presence
         from the suppressed ones when fewer than ``count`` remain."""
+        return [list(slots) for slots in self._reported]
+
+    @cached_property
+    def _reported(self) -> list[list[int]]:
+        """:meth:`reported`, computed once per prediction (``present`` and the IoU head's
+        reported IoU read it too) and with one transfer of the overlaps to the host."""
         queries, slots = self.presence_logits.shape
         corners = box_convert(self.boxes.box.detach().view(queries, slots, 4), "cxcywh", "xyxy")
+        rows = torch.arange(queries, device=corners.device)
+        overlaps = box_iou(corners.flatten(0, 1), corners.flatten(0, 1)).view(
+            queries, slots, queries, slots)[rows, :, rows]  # (Q,K,K) within each query
         chosen = []
-        for boxes, order, count in zip(corners, self.order.tolist(), self.count.tolist()):
-            overlap = box_iou(boxes, boxes)
+        for overlap, order, count in zip(overlaps.tolist(), self.order.tolist(),
+                                         self.count.tolist()):
             kept: list[int] = []
             for slot in order:
-                if all(overlap[slot, other] <= SLOT_OVERLAP_IOU for other in kept):
+                if all(overlap[slot][other] <= SLOT_OVERLAP_IOU for other in kept):
                     kept.append(slot)
             kept += [slot for slot in order if slot not in kept]
             chosen.append(sorted(kept[:count], key=order.index))
