@@ -33,7 +33,8 @@ def allowed_after(generated: list[int], source: list[int] = SOURCE) -> set[int]:
     ([11, 12], {13, 5}),
     ([14], {5}),                                          # the end of the text: only the suffix
     ([11, 12, 5], {6}),                                   # "." is not in the text: the suffix
-    ([11, 12, *SUFFIX], {12, 13, 11, 14, 2}),             # a phrase starting later, or eos
+    ([11, 12, *SUFFIX], {13, 11, 14, 2}),                 # a phrase after this one, or eos
+    ([10, 11, 12, *SUFFIX], {13, 11, 14, 2}),             # not the phrase's own tail (11 12)
     ([13, *SUFFIX], {11, 14, 2}),                         # text order: nothing before 13
     ([11, 12, *SUFFIX, 2], {2}),                          # finished
     ([11, 12, *SUFFIX, 14, *SUFFIX], {2}),                # nothing after the text's last word

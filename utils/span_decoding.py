@@ -8,10 +8,11 @@ consolidation"). Span decoding keeps the greedy choice but allows, at each step,
 tokens that keep the answer in that format with every phrase a contiguous run of the
 prompt's tokens (the tokens after the image; the template words are allowed too, they are
 part of the prompt), and the phrases in text order, as the training answers are
-(``utils.dataset.ordered_findings``): each phrase starts after the start of the one before.
+(``utils.dataset.ordered_findings``): each phrase starts after the end of the one before.
 The model still decides which phrases, how long and when to stop; the constraint only
-removes continuations that are in no span of the text, and phrases that go back in it (a
-small model otherwise writes one phrase twice).
+removes continuations that are in no span of the text, and phrases that go back in it or
+overlap the one before (a small model otherwise writes one phrase twice, or the tail of the
+phrase it just wrote, "small left pleural effusion" then "left pleural effusion").
 
 Only the prompts of the tasks in :data:`SPAN_TASKS` (the report) are constrained: a report's
 phrases are its own words, while the phrases of a VQA or class sample (MS-CXR's phrases, for
@@ -19,7 +20,7 @@ a question or a label) are not in its prompt, so those rows decode freely.
 
 The allowed tokens come from a small nondeterministic automaton over the answer so far. Its
 states are: inside a phrase (the set of prompt positions where the phrase so far ends, or,
-before its first token, "anywhere after the previous phrase's start"), inside the suffix
+before its first token, "anywhere after the previous phrase's end"), inside the suffix
 ``". It is [BOX]."`` (its token index), inside the no-finding answer, or finished. A "."
 after a phrase token may both continue the span (the prompt has "1.5 cm") and start the
 suffix, so both states are kept.
@@ -48,7 +49,7 @@ class _Phrase(NamedTuple):
 
 class _Suffix(NamedTuple):
     index: int
-    after: int  # the earliest start of the phrase it closes
+    after: int  # the last prompt position of the phrase it closes (its earliest occurrence)
 
 
 class _NoFinding(NamedTuple):
@@ -139,7 +140,7 @@ class SpanAutomaton:
                 if ends:
                     following.add(_Phrase(ends, state.length + 1, state.after_box, state.after))
                 if state.length and token == answer.suffix[0]:
-                    following.add(self._suffix_state(1, min(state.ends) - state.length))
+                    following.add(self._suffix_state(1, min(state.ends) - 1))
                 if not state.length and state.after_box and token == answer.eos:
                     following.add(_Finished())
             elif isinstance(state, _Suffix):
