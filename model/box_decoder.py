@@ -35,6 +35,14 @@ hypothesis n is the box enclosing hypothesis n of every reported slot, and mean,
 u follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
 parameters and its outputs are those of the single-box decoder.
 
+The phrase box (``phrase_box``, K > 1 only): N more hypothesis tokens, after the slots', make
+one more box per query, the phrase's own, which :mod:`model.box_set_losses` trains as a K = 1
+decoder's box is trained, on the box enclosing the finding's boxes. A phrase whose count is
+one reports its phrase box instead of a slot; a count of two or more reports slots. Its
+presence is the count head's probability of one box. Slots alone placed single boxes worse
+than K = 1: the reported slot of a single finding was often the mirror image on the other
+side of the chest (docs/experiments.md, 2026-12-07).
+
 With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
 the IoU of the mean box with the target: an MLP (3 layers, sigmoid output) reads the
 transformer's output tokens of the query, the N hypothesis tokens and the ``[BOX]`` token
@@ -70,23 +78,34 @@ SLOT_OVERLAP_IOU = 0.3
 class BoxSlots:
     """The K box slots of Q queries (K > 1), cxcywh in the normalised frame of SAM's input.
 
-    boxes: a :class:`BoxPrediction` of Q*K rows, query-major (row q*K + k is slot k of query
-    q); presence_logits: (Q,K); count_logits: (Q,K), logit j for j + 1 boxes. ``present`` is
-    the (Q,K) mask of the boxes a phrase reports.
+    boxes: a :class:`BoxPrediction` of Q*R rows, query-major (row q*R + k is box k of query
+    q), R = :attr:`rows`: the K slots, then, with ``phrase_box``, the phrase's own box (row
+    K); presence_logits: (Q,K), the slots'; count_logits: (Q,K), logit j for j + 1 boxes.
+    ``present`` is the (Q,R) mask of the boxes a phrase reports.
     """
 
     boxes: "BoxPrediction"
     presence_logits: torch.Tensor
     count_logits: torch.Tensor
+    phrase_box: bool = False
 
     @property
     def max_boxes(self) -> int:
         return self.presence_logits.shape[1]
 
     @property
+    def rows(self) -> int:
+        """R, the boxes per query in ``boxes``: K, plus the phrase box when there is one."""
+        return self.max_boxes + int(self.phrase_box)
+
+    @property
     def presence(self) -> torch.Tensor:
-        """(Q,K) presence probabilities."""
-        return torch.sigmoid(self.presence_logits)
+        """(Q,R) presence probabilities: the slots', then the phrase box's, the count head's
+        probability of one box."""
+        slots = torch.sigmoid(self.presence_logits)
+        if not self.phrase_box:
+            return slots
+        return torch.cat([slots, self.count_logits.softmax(dim=1)[:, :1]], dim=1)
 
     @property
     def count(self) -> torch.Tensor:
@@ -96,12 +115,12 @@ class BoxSlots:
     @property
     def order(self) -> torch.Tensor:
         """(Q,K) each query's slots, the most present first."""
-        return self.presence.detach().argsort(dim=1, descending=True, stable=True)
+        return self.presence_logits.detach().argsort(dim=1, descending=True, stable=True)
 
     @property
     def present(self) -> torch.Tensor:
-        """(Q,K) bool: the slots each query reports (:meth:`reported`)."""
-        present = torch.zeros(self.presence_logits.shape, dtype=torch.bool,
+        """(Q,R) bool: the boxes each query reports (:meth:`reported`)."""
+        present = torch.zeros((self.presence_logits.shape[0], self.rows), dtype=torch.bool,
                               device=self.presence_logits.device)
         for query, slots in enumerate(self._reported):
             present[query, slots] = True
@@ -109,7 +128,7 @@ class BoxSlots:
 
     def reported_iou(self) -> torch.Tensor | None:
         """(Q,) the predicted IoU of each query's reported box: the presence-weighted mean of
-        its reported slots' predicted IoUs; None without the IoU head."""
+        its reported boxes' predicted IoUs; None without the IoU head."""
         if self.boxes.iou is None:
             return None
         weights = self.presence.detach() * self.present
@@ -117,10 +136,11 @@ class BoxSlots:
         return (weights * slot_iou).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-12)
 
     def reported(self) -> list[list[int]]:
-        """Per query, its reported slots (0..K-1), the most present first: its ``count`` most
-        present slots whose mean boxes overlap no slot reported before them at IoU above
-        ``SLOT_OVERLAP_IOU`` (non-maximum suppression over the slots), topped up by presence
-        from the suppressed ones when fewer than ``count`` remain."""
+        """Per query, its reported boxes (rows 0..R-1 of the query), the most present first.
+        With the phrase box and a count of one: the phrase box (row K). Otherwise its
+        ``count`` most present slots whose mean boxes overlap no slot reported before them at
+        IoU above ``SLOT_OVERLAP_IOU`` (non-maximum suppression over the slots), topped up by
+        presence from the suppressed ones when fewer than ``count`` remain."""
         return [list(slots) for slots in self._reported]
 
     @cached_property
@@ -128,13 +148,17 @@ class BoxSlots:
         """:meth:`reported`, computed once per prediction (``present`` and the IoU head's
         reported IoU read it too) and with one transfer of the overlaps to the host."""
         queries, slots = self.presence_logits.shape
-        corners = box_convert(self.boxes.box.detach().view(queries, slots, 4), "cxcywh", "xyxy")
+        means = self.boxes.box.detach().view(queries, self.rows, 4)[:, :slots]
+        corners = box_convert(means, "cxcywh", "xyxy")
         rows = torch.arange(queries, device=corners.device)
         overlaps = box_iou(corners.flatten(0, 1), corners.flatten(0, 1)).view(
             queries, slots, queries, slots)[rows, :, rows]  # (Q,K,K) within each query
         chosen = []
         for overlap, order, count in zip(overlaps.tolist(), self.order.tolist(),
                                          self.count.tolist()):
+            if self.phrase_box and count == 1:
+                chosen.append([slots])
+                continue
             kept: list[int] = []
             for slot in order:
                 if all(overlap[slot][other] <= SLOT_OVERLAP_IOU for other in kept):
@@ -211,16 +235,20 @@ class UncertainBoxDecoder(nn.Module):
       num_hypotheses: N.
       max_boxes: K, the box slots per query (1: the single-box decoder, no presence head).
       iou_head: add the IoU-prediction head (see the module docstring).
+      phrase_box: with K > 1, add the phrase box (see the module docstring); ignored for K = 1.
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
-                 num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False):
+                 num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False,
+                 phrase_box: bool = False):
         super().__init__()
         if max_boxes < 1:
             raise ValueError(f"max_boxes {max_boxes} must be at least 1")
         self.num_hypotheses = num_hypotheses
         self.max_boxes = max_boxes
-        tokens = num_hypotheses * max_boxes  # slot k holds tokens k*N .. k*N + N-1
+        self.phrase_box = phrase_box and max_boxes > 1
+        # box k (slot k, then the phrase box as box K) holds tokens k*N .. k*N + N-1
+        tokens = num_hypotheses * (max_boxes + int(self.phrase_box))
         self.hypothesis_tokens = nn.Embedding(tokens, transformer_dim)
         self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
         self.transformer = transformer
@@ -266,31 +294,34 @@ class UncertainBoxDecoder(nn.Module):
         centres = (torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * cell_size  # (hw,2)
         centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
         boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
-        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,K*N,4)
-        slot_iou = self._predict_iou(hidden)  # (Q*K,) or None
+        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,R*N,4)
+        slot_iou = self._predict_iou(hidden)  # (Q*R,) or None
         if self.max_boxes == 1:
             return BoxPrediction.from_hypotheses(hypotheses, slot_iou)
-        slot_tokens = hidden[:, :tokens].reshape(queries, self.max_boxes, self.num_hypotheses,
-                                                 channels).mean(dim=2)  # (Q,K,C)
+        rows = tokens // self.num_hypotheses
+        slot_tokens = hidden[:, :self.max_boxes * self.num_hypotheses].reshape(
+            queries, self.max_boxes, self.num_hypotheses, channels).mean(dim=2)  # (Q,K,C)
         slots = BoxSlots(BoxPrediction.from_hypotheses(
-            hypotheses.reshape(queries * self.max_boxes, self.num_hypotheses, 4), slot_iou),
-            self.presence_head(slot_tokens).squeeze(-1), self.count_head(hidden[:, -1]))
-        per_slot = hypotheses.view(queries, self.max_boxes, self.num_hypotheses, 4)
+            hypotheses.reshape(queries * rows, self.num_hypotheses, 4), slot_iou),
+            self.presence_head(slot_tokens).squeeze(-1), self.count_head(hidden[:, -1]),
+            self.phrase_box)
+        per_slot = hypotheses.view(queries, rows, self.num_hypotheses, 4)
         prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present),
                                                    slots.reported_iou())
         prediction.slots = slots
         return prediction
 
     def _predict_iou(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """The IoU head on the transformer's output tokens ``hidden`` (Q,K*N+1,C): per slot,
-        its N tokens and the ``[BOX]`` token concatenated, (Q*K,) query-major; None without
-        the head. With K = 1 the input is ``hidden`` flattened, the single-box head's."""
+        """The IoU head on the transformer's output tokens ``hidden`` (Q,R*N+1,C): per box
+        (slot, or the phrase box), its N tokens and the ``[BOX]`` token concatenated, (Q*R,)
+        query-major; None without the head. With K = 1 the input is ``hidden`` flattened, the
+        single-box head's."""
         if self.iou_prediction_head is None:
             return None
-        queries, _, channels = hidden.shape
-        slot_tokens = hidden[:, :-1].reshape(queries, self.max_boxes,
-                                             self.num_hypotheses * channels)
-        box_token = hidden[:, -1:].expand(queries, self.max_boxes, channels)
+        queries, length, channels = hidden.shape
+        rows = (length - 1) // self.num_hypotheses
+        slot_tokens = hidden[:, :-1].reshape(queries, rows, self.num_hypotheses * channels)
+        box_token = hidden[:, -1:].expand(queries, rows, channels)
         head_input = torch.cat([slot_tokens, box_token], dim=-1).flatten(0, 1)  # (Q*K,(N+1)C)
         return self.iou_prediction_head(head_input).squeeze(-1)
 
@@ -299,8 +330,8 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
                               sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
 
-    With K > 1 slots the mask tokens go to the first slot's N tokens, the other slots'
-    tokens start random. Tensors whose shapes differ are skipped and reported; the centre
+    With K > 1 slots the mask tokens go to the first slot's N tokens and to the phrase box's,
+    the other slots' tokens start random. Tensors whose shapes differ are skipped and reported; the centre
     hypernetworks, the per-cell box head, the presence and count heads and the IoU head are
     always new.
     """
@@ -312,8 +343,11 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
     mask_tokens = sam_state_dict.get("mask_decoder.mask_tokens.weight")
     if mask_tokens is not None and decoder.num_hypotheses <= mask_tokens.shape[0]:
         first_slot = mask_tokens[: decoder.num_hypotheses]
-        sources["hypothesis_tokens.weight"] = torch.cat(
-            [first_slot, decoder.hypothesis_tokens.weight.detach()[decoder.num_hypotheses:]])
+        tokens = decoder.hypothesis_tokens.weight.detach().clone()
+        tokens[: decoder.num_hypotheses] = first_slot
+        if decoder.phrase_box:
+            tokens[-decoder.num_hypotheses:] = first_slot
+        sources["hypothesis_tokens.weight"] = tokens
     own = decoder.state_dict()
     with torch.no_grad():
         for name, tensor in own.items():
@@ -331,17 +365,17 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
                       sam_state_dict: dict[str, torch.Tensor] | None = None,
-                      max_boxes: int = 1, iou_head: bool = False
+                      max_boxes: int = 1, iou_head: bool = False, phrase_box: bool = False
                       ) -> tuple[UncertainBoxDecoder, LoadReport]:
     """A decoder sized like the SAM config's mask decoder (``max_boxes`` slots of
     ``num_hypotheses`` boxes), initialised from it when given; ``iou_head`` adds the
-    IoU-prediction head."""
+    IoU-prediction head and ``phrase_box`` (K > 1) the phrase box."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
     decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
-                                  max_boxes, iou_head)
+                                  max_boxes, iou_head, phrase_box)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

@@ -13,6 +13,10 @@ over the queries and weighted by ``count_weight``: the term ``box_count``, also 
 predicted IoU takes :func:`model.box_losses.iou_prediction_loss` against the detached IoU of
 its mean box with its ground-truth box (unmatched slots take none): the term ``box_iou``,
 kept out of ``box_total`` as for one box.
+
+With the decoder's phrase box, that box takes the single-box loss of the head mode against the
+phrase's enclosing box (as a K = 1 decoder's box does), and its predicted IoU the IoU loss; each
+term adds to the slots' term of the same name.
 """
 from __future__ import annotations
 
@@ -25,13 +29,16 @@ from model.box_matching import match_slots
 
 
 def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor,
-                           target_query: torch.Tensor, config: BoxLossConfig
+                           target_query: torch.Tensor, config: BoxLossConfig,
+                           enclosing_xyxy: torch.Tensor | None = None
                            ) -> dict[str, torch.Tensor]:
     """Arguments:
       prediction: the decoder output for Q queries, with its K slots (``prediction.slots``).
       targets_xyxy: (G,4) ground-truth boxes, normalised xyxy in the decoder's frame.
       target_query: (G,) the query each box belongs to.
       config: the head mode and its weights.
+      enclosing_xyxy: (Q,4) each query's enclosing box, the phrase box's target; needed when
+        the decoder has the phrase box.
     Returns:
       ``box_l1``, ``box_giou``, ``box_hyp``, ``box_presence``, ``box_count``, ``box_total``
       and, with the IoU head, ``box_iou`` (scalars, weighted).
@@ -46,8 +53,11 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
                          f"query index {tuple(target_query.shape)}; expected (G, 4) and (G,)")
     queries, count = slots.presence_logits.shape
     boxes = slots.boxes
-    slot_rows, target_rows = match_slots(boxes.box.view(queries, count, 4), targets_xyxy,
-                                         target_query, config.l1_weight, config.giou_weight)
+    slot_rows, target_rows = match_slots(boxes.box.view(queries, slots.rows, 4)[:, :count],
+                                         targets_xyxy, target_query, config.l1_weight,
+                                         config.giou_weight)
+    presence_rows = slot_rows
+    slot_rows = slot_rows // count * slots.rows + slot_rows % count  # rows of ``boxes``
     matched = BoxPrediction(boxes.hypotheses[slot_rows], boxes.box[slot_rows],
                             boxes.variance[slot_rows], boxes.uncertainty[slot_rows],
                             None if boxes.iou is None else boxes.iou[slot_rows])
@@ -56,7 +66,7 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
     logits = slots.presence_logits.flatten()
     if logits.numel():
         wanted = torch.zeros_like(logits)
-        wanted[slot_rows] = 1.0
+        wanted[presence_rows] = 1.0
         presence = F.binary_cross_entropy_with_logits(logits, wanted)
     else:
         presence = 0.0 * logits.sum()
@@ -72,4 +82,19 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
               "box_total": losses["box_total"] + weighted + weighted_count}
     if matched.iou is not None:
         result["box_iou"] = iou_prediction_loss(matched, matched_targets, config)
+    if slots.phrase_box:
+        if enclosing_xyxy is None or enclosing_xyxy.shape != (queries, 4):
+            raise ValueError(f"the phrase box needs each query's enclosing box, (Q, 4) = "
+                             f"({queries}, 4); got "
+                             f"{None if enclosing_xyxy is None else tuple(enclosing_xyxy.shape)}")
+        rows = torch.arange(queries, device=slot_rows.device) * slots.rows + count
+        phrase = BoxPrediction(boxes.hypotheses[rows], boxes.box[rows], boxes.variance[rows],
+                               boxes.uncertainty[rows], None if boxes.iou is None
+                               else boxes.iou[rows])
+        phrase_losses = compute_box_losses(phrase, enclosing_xyxy, config)
+        for name in ("box_l1", "box_giou", "box_hyp", "box_total"):
+            result[name] = result[name] + phrase_losses[name]
+        if phrase.iou is not None:
+            result["box_iou"] = result["box_iou"] + iou_prediction_loss(phrase, enclosing_xyxy,
+                                                                        config)
     return result

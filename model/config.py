@@ -28,7 +28,10 @@ class GroundingConfig:
     ``max_boxes_per_phrase`` is K, the boxes each ``[BOX]`` may yield (box slots of the
     decoder, :mod:`model.box_decoder`); 1 is the single-box model of the paper, and a config
     saved before this setting existed loads with 1. train.py's default is
-    ``DEFAULT_MAX_BOXES_PER_PHRASE``.
+    ``DEFAULT_MAX_BOXES_PER_PHRASE``. ``phrase_box`` (K > 1 only; False for K = 1) adds the
+    decoder's phrase box, the single box a phrase reports when its count is one
+    (:mod:`model.box_decoder`); a config saved before it existed loads without it, and
+    train.py turns it on unless told ``--no_phrase_box``.
     ``iou_head`` adds the box decoder's IoU-prediction head; ``uncertainty`` is the signal a
     box's ``u`` reports (one of ``UNCERTAINTY_SIGNALS``, see :mod:`model.uncertainty`; ``iou``
     and ``combined`` need the head). Folders saved before these fields load with the defaults.
@@ -45,6 +48,7 @@ class GroundingConfig:
     box_head: str = "umhp"
     num_hypotheses: int = 3
     max_boxes_per_phrase: int = 1
+    phrase_box: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -70,6 +74,8 @@ class GroundingConfig:
         if not isinstance(self.max_boxes_per_phrase, int) or self.max_boxes_per_phrase < 1:
             raise ValueError(f"max_boxes_per_phrase {self.max_boxes_per_phrase!r} must be an "
                              "integer >= 1")
+        if self.max_boxes_per_phrase == 1:
+            self.phrase_box = False
         if isinstance(self.box_loss, dict):
             self.box_loss = BoxLossConfig(**self.box_loss)
         self.box_loss.mode = self.box_head

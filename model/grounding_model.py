@@ -160,7 +160,8 @@ class UMedGround(nn.Module):
         config.sam = asdict(sam_config)
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
                                             sam.state_dict() if init_decoder_from_sam else None,
-                                            config.max_boxes_per_phrase, config.iou_head)
+                                            config.max_boxes_per_phrase, config.iou_head,
+                                            config.phrase_box)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
                                           len(config.query_layers), sam_config.prompt_embed_dim,
                                           config.query_heads)
@@ -390,7 +391,7 @@ class UMedGround(nn.Module):
                         rows.numel(), device=box_targets.device)
                 box_losses = compute_box_set_losses(
                     prediction, box_set_targets.to(prediction.box.dtype), box_set_index,
-                    self.config.box_loss)
+                    self.config.box_loss, box_targets.to(prediction.box.dtype))
             losses.update(box_losses)
             total = ce + box_losses["box_total"]
             if "box_iou" in box_losses:

@@ -310,3 +310,78 @@ def test_a_two_box_finding_trains_towards_two_separate_boxes():
     ious = box_iou(boxes, targets)
     assert ious.max(dim=0).values.min() > 0.5, ious
     assert ious.argmax(dim=0).unique().numel() == 2  # one box per region
+
+
+def test_the_phrase_box_decoder_shapes_and_initialisation():
+    torch.manual_seed(0)
+    sam = build_sam(SAM_TINY_CONFIG)
+    mask_tokens = sam.state_dict()["mask_decoder.mask_tokens.weight"][:3]
+    decoder, report = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(), max_boxes=4,
+                                        iou_head=True, phrase_box=True)
+    tokens = decoder.hypothesis_tokens.weight
+    assert tokens.shape == (15, 64) and "hypothesis_tokens.weight" in report.loaded
+    assert torch.equal(tokens[:3], mask_tokens) and torch.equal(tokens[12:], mask_tokens)
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(5, 64), torch.arange(5) % 2)
+    slots = prediction.slots
+    assert slots.rows == 5 and slots.boxes.hypotheses.shape == (25, 3, 4)
+    assert slots.presence_logits.shape == (5, 4) and slots.boxes.iou.shape == (25,)
+    torch.testing.assert_close(slots.presence[:, 4], slots.count_logits.softmax(dim=1)[:, 0])
+    assert not slots.present[:, 4].any()  # counts of 2-4: slots only
+    expected = enclosing_hypotheses(slots.boxes.hypotheses.view(5, 5, 3, 4), slots.present)
+    torch.testing.assert_close(prediction.hypotheses, expected)
+    with torch.no_grad():  # a count head sure of one box: every phrase reports its phrase box
+        decoder.count_head.layers[-1].weight.zero_()
+        decoder.count_head.layers[-1].bias.copy_(torch.tensor([9.0, 0.0, 0.0, 0.0]))
+    prediction = decoder(torch.randn(2, 64, 16, 16), torch.randn(5, 64), torch.arange(5) % 2)
+    assert prediction.slots.present.tolist() == [[False] * 4 + [True]] * 5
+    torch.testing.assert_close(prediction.box, prediction.slots.boxes.box.view(5, 5, 4)[:, 4])
+    torch.testing.assert_close(prediction.iou, prediction.slots.boxes.iou.view(5, 5)[:, 4])
+    single, _ = build_box_decoder(SAM_TINY_CONFIG, 3, max_boxes=1, phrase_box=True)
+    assert not single.phrase_box and single.hypothesis_tokens.weight.shape == (3, 64)
+    assert not GroundingConfig("v", "s").phrase_box  # a config saved before the phrase box
+    assert not GroundingConfig("v", "s", max_boxes_per_phrase=1, phrase_box=True).phrase_box
+
+
+@pytest.mark.parametrize("count,reported", [(1, [3]), (2, [0, 2]), (3, [0, 1, 2])])
+def test_a_phrase_counted_as_one_box_reports_its_phrase_box(count, reported):
+    """Rows 0-2 are the slots of the suppression case above, row 3 the phrase box: one box
+    is the phrase box, more are slots (the phrase box never joins them)."""
+    xyxy = torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.3, 0.28], [0.6, 0.6, 0.8, 0.8],
+                         [0.12, 0.1, 0.3, 0.3]])
+    hypotheses = box_convert(xyxy, "xyxy", "cxcywh").unsqueeze(1)
+    count_logits = torch.full((1, 3), -5.0)
+    count_logits[0, count - 1] = 5.0
+    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses, torch.tensor([0.1, 0.2, 0.3, 0.4])),
+                     torch.tensor([[3.0, 2.0, 1.0]]), count_logits, phrase_box=True)
+    assert slots.reported() == [reported]
+    assert slots.present.tolist() == [[k in reported for k in range(4)]]
+    if count == 1:
+        assert slots.reported_iou().tolist() == pytest.approx([0.4])
+
+
+def test_set_loss_trains_the_phrase_box_on_the_enclosing_box():
+    """The slots hit both targets; the phrase box (row 3) takes the single-box loss against
+    the enclosing box, added to the slots' terms."""
+    slots_xyxy = torch.tensor([[0.6, 0.6, 0.8, 0.8], [0.1, 0.1, 0.3, 0.3], [0.4, 0.0, 0.5, 0.1],
+                               [0.2, 0.1, 0.7, 0.7]])
+    targets = boxes_xyxy([0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8])
+    enclosing = boxes_xyxy([0.1, 0.1, 0.8, 0.8])
+    hypotheses = box_convert(slots_xyxy, "xyxy", "cxcywh").unsqueeze(1).requires_grad_(True)
+    iou = torch.tensor([0.5, 0.5, 0.5, 0.5], requires_grad=True)
+    slots = BoxSlots(BoxPrediction.from_hypotheses(hypotheses, iou),
+                     torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]]),
+                     phrase_box=True)
+    prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(
+        hypotheses.view(1, 4, 1, 4), slots.present))
+    prediction.slots = slots
+    config = BoxLossConfig(mode="single")
+    losses = compute_box_set_losses(prediction, targets, torch.tensor([0, 0]), config, enclosing)
+    phrase = BoxPrediction.from_hypotheses(hypotheses[3:].detach(), iou[3:].detach())
+    direct = compute_box_losses(phrase, enclosing, config)
+    for key in ("box_l1", "box_giou"):  # the slots' own terms are 0: they hit their targets
+        assert float(losses[key].detach()) == pytest.approx(float(direct[key]), rel=1e-5), key
+    assert float(losses["box_l1"].detach()) > 0
+    losses["box_total"].backward()
+    assert hypotheses.grad[3].abs().sum() > 0 and hypotheses.grad[2].abs().sum() == 0
+    with pytest.raises(ValueError, match="enclosing box"):
+        compute_box_set_losses(prediction, targets, torch.tensor([0, 0]), config)

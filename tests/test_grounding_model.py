@@ -39,8 +39,10 @@ def built(tiny_dir):
 
 @pytest.fixture(scope="module")
 def several(tiny_dir):
-    """The model of ``built`` with 3 box slots per phrase, the IoU head and 2 query heads."""
-    return build_tiny(tiny_dir, max_boxes_per_phrase=3, iou_head=True, query_heads=2)
+    """The model of ``built`` with 3 box slots per phrase and the phrase box, the IoU head and
+    2 query heads."""
+    return build_tiny(tiny_dir, max_boxes_per_phrase=3, phrase_box=True, iou_head=True,
+                      query_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +261,7 @@ def test_save_pretrained_and_from_pretrained(request, which, samples, tmp_path):
     torch.testing.assert_close(after.hypotheses, before.hypotheses, atol=1e-5, rtol=1e-5)
     assert loaded.config.max_boxes_per_phrase == model.config.max_boxes_per_phrase
     assert loaded.config.query_heads == model.config.query_heads
+    assert loaded.config.phrase_box == model.config.phrase_box
     if which == "several":
         torch.testing.assert_close(after.slots.presence_logits, before.slots.presence_logits,
                                    atol=1e-5, rtol=1e-5)

@@ -136,6 +136,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="boxes each [BOX] may yield (box slots, each with its hypotheses "
                             "and a presence); 1 is the paper's single-box model, trained on "
                             "the box enclosing a finding's boxes")
+    group.add_argument("--phrase_box", action=argparse.BooleanOptionalAction, default=True,
+                       help="with --max_boxes_per_phrase > 1, also predict the phrase's own box "
+                            "(trained on the enclosing box, as the single-box model), which a "
+                            "phrase reports when its count is one")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
@@ -270,6 +274,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         version=args.version, vision_pretrained=args.vision_pretrained,
         vision_model=args.vision_model, box_head=args.box_head,
         num_hypotheses=args.num_hypotheses, max_boxes_per_phrase=args.max_boxes_per_phrase,
+        phrase_box=args.phrase_box,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],

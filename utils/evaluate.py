@@ -305,7 +305,7 @@ def pixel_box_sets(prediction: BoxPrediction, box_batch_index: torch.Tensor,
         u = reported_uncertainty(prediction, signal).float().cpu()
         return [PixelBoxSet(boxes[q:q + 1], hypotheses[q:q + 1], u[q:q + 1], None)
                 for q in range(len(sizes))]
-    count = slots.max_boxes
+    count = slots.rows
     boxes, hypotheses = prediction_to_pixels(slots.boxes, scale.repeat_interleave(count, dim=0),
                                              [size for size in sizes for _ in range(count)])
     u = reported_uncertainty(slots.boxes, signal).float().cpu().view(-1, count)

@@ -285,7 +285,7 @@ def phrase_boxes(prediction: Any, scale: torch.Tensor, width: int, height: int,
       variance_scale: (4,) what turns a normalised (cx, cy, w, h) spread into pixels.
     """
     slots = prediction.slots
-    source, count = (prediction, 1) if slots is None else (slots.boxes, slots.max_boxes)
+    source, count = (prediction, 1) if slots is None else (slots.boxes, slots.rows)
     rows = len(source.box)
     boxes, hypotheses = prediction_to_pixels(source, scale.repeat_interleave(count, dim=0),
                                              [(width, height)] * rows)
