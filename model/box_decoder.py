@@ -331,9 +331,9 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
     """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
 
     With K > 1 slots the mask tokens go to the first slot's N tokens and to the phrase box's,
-    the other slots' tokens start random. Tensors whose shapes differ are skipped and reported; the centre
-    hypernetworks, the per-cell box head, the presence and count heads and the IoU head are
-    always new.
+    the other slots' tokens start random. Tensors whose shapes differ are skipped and
+    reported; the centre hypernetworks, the per-cell box head, the presence and count heads
+    and the IoU head are always new.
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
