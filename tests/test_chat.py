@@ -110,12 +110,13 @@ def test_json_schema_and_overlay(exported, row, tmp_path, monkeypatch, capsys):
 
 def test_a_several_box_model_lists_every_box_of_a_phrase(tiny_dir, row, tmp_path, monkeypatch,
                                                          capsys):
-    """An export with 3 box slots per phrase loads and reports each box the count head asks
-    for (1..3, the most present first); the phrase's hypotheses enclose them."""
+    """An export with 3 box slots per phrase and the phrase box loads and reports each box the
+    count head asks for (one: the phrase box; 2..3: the most present slots first); the
+    phrase's hypotheses enclose them."""
     torch.manual_seed(0)
     config = GroundingConfig(version=str(tiny_dir / "llava"),
                              vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
-                             max_boxes_per_phrase=3)
+                             max_boxes_per_phrase=3, phrase_box=True)
     model, processor, _ = build_umedground(config)
     folder = model.save_pretrained(tmp_path / "export", processor)
     script_from_pretrained(monkeypatch, scripted_answer(row))

@@ -133,8 +133,9 @@ def test_phrase_prior_baseline_on_tiny_synthcxr(synth_dir, tmp_path):
     assert record["pred_phrase"] == record["phrase"] and len(record["box"]) == 4
 
 
-@pytest.mark.parametrize("max_boxes", [1, 3])
-def test_every_box_of_a_phrase_is_recorded_and_scored(tiny_dir, synth_dir, max_boxes):
+@pytest.mark.parametrize("max_boxes,phrase_box", [(1, False), (3, False), (3, True)])
+def test_every_box_of_a_phrase_is_recorded_and_scored(tiny_dir, synth_dir, max_boxes,
+                                                       phrase_box):
     """Given the phrase: each finding's record lists the boxes its phrase reports (one for a
     single-box model, where the per-box IoU of a one-box finding is its IoU) and one IoU per
     ground-truth box; the phrase's box encloses its boxes; the blocks count the findings."""
@@ -143,7 +144,7 @@ def test_every_box_of_a_phrase_is_recorded_and_scored(tiny_dir, synth_dir, max_b
     torch.manual_seed(0)
     config = GroundingConfig(version=str(tiny_dir / "llava"),
                              vision_pretrained=str(tiny_dir / "sam_tiny.pth"), lora_r=4,
-                             max_boxes_per_phrase=max_boxes)
+                             max_boxes_per_phrase=max_boxes, phrase_box=phrase_box)
     model, processor, _ = build_umedground(config)
     model.eval()
     samples = load_annotations(synth_dir / "report_train.jsonl")
@@ -156,9 +157,10 @@ def test_every_box_of_a_phrase_is_recorded_and_scored(tiny_dir, synth_dir, max_b
         given = record["given_phrase"]
         assert len(given["box_ious"]) == len(record["gt_boxes"])
         assert 1 <= len(given["boxes"]) <= max_boxes
-        if max_boxes == 1:
-            assert given["boxes"] == [{"box": given["box"], "hypotheses": given["hypotheses"],
-                                       "u": given["u"], "presence": None}]
+        if max_boxes == 1 or (phrase_box and len(given["boxes"]) == 1):  # one box: the phrase's
+            assert [{**b, "presence": None} for b in given["boxes"]] == [
+                {"box": given["box"], "hypotheses": given["hypotheses"], "u": given["u"],
+                 "presence": None}]
             if len(record["gt_boxes"]) == 1:
                 assert given["box_ious"][0] == pytest.approx(given["iou"], abs=1e-6)
         for part in given["boxes"]:
