@@ -322,7 +322,7 @@ class UncertainBoxDecoder(nn.Module):
         rows = (length - 1) // self.num_hypotheses
         slot_tokens = hidden[:, :-1].reshape(queries, rows, self.num_hypotheses * channels)
         box_token = hidden[:, -1:].expand(queries, rows, channels)
-        head_input = torch.cat([slot_tokens, box_token], dim=-1).flatten(0, 1)  # (Q*K,(N+1)C)
+        head_input = torch.cat([slot_tokens, box_token], dim=-1).flatten(0, 1)  # (Q*R,(N+1)C)
         return self.iou_prediction_head(head_input).squeeze(-1)
 
 

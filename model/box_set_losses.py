@@ -87,7 +87,7 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
             raise ValueError(f"the phrase box needs each query's enclosing box, (Q, 4) = "
                              f"({queries}, 4); got "
                              f"{None if enclosing_xyxy is None else tuple(enclosing_xyxy.shape)}")
-        rows = torch.arange(queries, device=slot_rows.device) * slots.rows + count
+        rows = torch.arange(queries, device=boxes.box.device) * slots.rows + count
         phrase = BoxPrediction(boxes.hypotheses[rows], boxes.box[rows], boxes.variance[rows],
                                boxes.uncertainty[rows], None if boxes.iou is None
                                else boxes.iou[rows])
