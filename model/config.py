@@ -74,6 +74,8 @@ class GroundingConfig:
         if not isinstance(self.max_boxes_per_phrase, int) or self.max_boxes_per_phrase < 1:
             raise ValueError(f"max_boxes_per_phrase {self.max_boxes_per_phrase!r} must be an "
                              "integer >= 1")
+        if not isinstance(self.phrase_box, bool):
+            raise ValueError(f"phrase_box {self.phrase_box!r} must be true or false")
         if self.max_boxes_per_phrase == 1:
             self.phrase_box = False
         if isinstance(self.box_loss, dict):
@@ -110,7 +112,7 @@ class GroundingConfig:
             raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}")
         try:
             return cls(**raw)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(f"{source}: {error}") from None
 
     @classmethod

@@ -340,6 +340,12 @@ def test_the_phrase_box_decoder_shapes_and_initialisation():
     assert not single.phrase_box and single.hypothesis_tokens.weight.shape == (3, 64)
     assert not GroundingConfig("v", "s").phrase_box  # a config saved before the phrase box
     assert not GroundingConfig("v", "s", max_boxes_per_phrase=1, phrase_box=True).phrase_box
+    with pytest.raises(ValueError, match="phrase_box 'yes' must be true or false"):
+        GroundingConfig("v", "s", max_boxes_per_phrase=4, phrase_box="yes")
+    with pytest.raises(ValueError, match="^folder/grounding_config.json: phrase_box 'yes'"):
+        GroundingConfig.from_dict({"version": "v", "vision_pretrained": "s",
+                                   "max_boxes_per_phrase": 4, "phrase_box": "yes"},
+                                  "folder/grounding_config.json")
 
 
 @pytest.mark.parametrize("count,reported", [(1, [3]), (2, [0, 2]), (3, [0, 1, 2])])
