@@ -194,6 +194,11 @@ class BoxPrediction:
         size = mean[:, [2, 3, 2, 3]].clamp_min(1e-6)
         return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1), iou)
 
+    def select(self, rows: torch.Tensor) -> "BoxPrediction":
+        """The predictions of ``rows`` (M,) (indices into the Q rows), without slots."""
+        return BoxPrediction(self.hypotheses[rows], self.box[rows], self.variance[rows],
+                             self.uncertainty[rows], None if self.iou is None else self.iou[rows])
+
 
 def enclosing_hypotheses(hypotheses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Hypothesis n of each query's enclosing box: the box enclosing hypothesis n of its

@@ -58,9 +58,7 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
                                          config.giou_weight)
     presence_rows = slot_rows
     slot_rows = slot_rows // count * slots.rows + slot_rows % count  # rows of ``boxes``
-    matched = BoxPrediction(boxes.hypotheses[slot_rows], boxes.box[slot_rows],
-                            boxes.variance[slot_rows], boxes.uncertainty[slot_rows],
-                            None if boxes.iou is None else boxes.iou[slot_rows])
+    matched = boxes.select(slot_rows)
     matched_targets = targets_xyxy[target_rows]
     losses = compute_box_losses(matched, matched_targets, config)
     logits = slots.presence_logits.flatten()
@@ -88,9 +86,7 @@ def compute_box_set_losses(prediction: BoxPrediction, targets_xyxy: torch.Tensor
                              f"({queries}, 4); got "
                              f"{None if enclosing_xyxy is None else tuple(enclosing_xyxy.shape)}")
         rows = torch.arange(queries, device=boxes.box.device) * slots.rows + count
-        phrase = BoxPrediction(boxes.hypotheses[rows], boxes.box[rows], boxes.variance[rows],
-                               boxes.uncertainty[rows], None if boxes.iou is None
-                               else boxes.iou[rows])
+        phrase = boxes.select(rows)
         phrase_losses = compute_box_losses(phrase, enclosing_xyxy, config)
         for name in ("box_l1", "box_giou", "box_hyp", "box_total"):
             result[name] = result[name] + phrase_losses[name]
