@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     grounder = Grounder(model, processor, args.model_max_length, args.max_new_tokens,
-                        args.decoding)
+                        args.decoding, args.phrase_start_ratio)
     examples_dir = Path(args.examples_dir)
     demo = build_demo(grounder, load_examples(examples_dir), args.image_window,
                       args.max_image_pixels)

@@ -82,7 +82,7 @@ def load_grounder(args: argparse.Namespace) -> Grounder:
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     return Grounder(model, processor, args.model_max_length, args.max_new_tokens,
-                    args.decoding)
+                    args.decoding, args.phrase_start_ratio)
 
 
 def read_input(args: argparse.Namespace, image_path: str):

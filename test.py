@@ -47,7 +47,7 @@ from utils.cli import (
     open_unit_float,
     positive_int,
     set_uncertainty_signal,
-    similarity_threshold,
+    unit_float,
     writable_folder,
 )
 from utils.dataset import PromptTooLongError
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_noise_std", default="",
                         help="comma-separated Gaussian noise levels (0..255 pixel units) for the "
                              "robustness table, e.g. 0,10,25")
-    parser.add_argument("--match_threshold", type=similarity_threshold,
+    parser.add_argument("--match_threshold", type=unit_float,
                         default=DEFAULT_MATCH_THRESHOLD,
                         help="token F1 a generated phrase needs to take a finding's box end to "
                              "end (grounding_strict always uses the strict rule)")
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                                      max_image_pixels=args.max_image_pixels)
         result = evaluate_model(model, processor, dataset, args.batch_size, args.max_new_tokens,
                                 args.test_dataset, args.split,
-                                match_threshold=args.match_threshold, decoding=args.decoding)
+                                match_threshold=args.match_threshold, decoding=args.decoding,
+                                phrase_start_ratio=args.phrase_start_ratio)
     except (PromptTooLongError, ImageReadError) as error:
         raise SystemExit(f"{error}\nno metrics written")
     outside = result.metrics["n_phrases_outside_text"]
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(evaluate_model(model, processor, dataset, args.batch_size,
                                        args.max_new_tokens, args.test_dataset, args.split,
                                        match_threshold=args.match_threshold,
-                                       decoding=args.decoding).metrics)
+                                       decoding=args.decoding,
+                                       phrase_start_ratio=args.phrase_start_ratio).metrics)
         (out / "noise.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         logger.info("\n%s", format_noise_table(rows))
 

@@ -288,7 +288,8 @@ def validate_epoch(model: torch.nn.Module, processor: Any, dataset: Any,
     metrics = validate(model, processor, dataset,
                        zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
                        batch_size=args.val_batch_size, max_new_tokens=args.max_new_tokens,
-                       dataset_name=args.val_dataset, decoding=args.decoding)
+                       dataset_name=args.val_dataset, decoding=args.decoding,
+                       phrase_start_ratio=args.phrase_start_ratio)
     if rank() == 0:
         log.write("val", state.global_step, metrics)
         value = metric_value(metrics, args.best_metric)

@@ -30,7 +30,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from segment_anything.modeling import Sam
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from model.box_decoder import BoxPrediction, LoadReport, UncertainBoxDecoder, build_box_decoder
 from model.box_losses import compute_box_losses, iou_prediction_loss
@@ -406,21 +407,22 @@ class UMedGround(nn.Module):
                  input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
                  max_new_tokens: int = 128,
                  image_embeddings: torch.Tensor | None = None,
-                 allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None
+                 logits_processor: LogitsProcessor | None = None
                  ) -> GenerationOutput:
         """Greedy generation from left-padded prompts (B,L), with the boxes of every ``[BOX]``.
 
         ``image_embeddings`` (B,C,h,w), when given, are used instead of encoding ``sam_images``.
-        ``allowed_tokens(row, ids)``, when given, restricts each step to the token ids it
-        returns for the row's sequence so far (transformers' ``prefix_allowed_tokens_fn``;
-        ``utils.span_decoding`` builds one).
+        ``logits_processor``, when given, processes each step's scores (B,V) before the
+        greedy choice (``utils.span_decoding.SpanLogitsProcessor`` keeps the phrases spans of
+        the prompt).
         """
         generated = self.llava.generate(
             input_ids=input_ids, attention_mask=attention_mask,
             pixel_values=pixel_values.to(self.llava.dtype), max_new_tokens=max_new_tokens,
             do_sample=False, num_beams=1, output_hidden_states=True, return_dict_in_generate=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            prefix_allowed_tokens_fn=allowed_tokens)
+            logits_processor=LogitsProcessorList([logits_processor] if logits_processor
+                                                 else []))
         new_tokens = generated.sequences[:, input_ids.shape[1]:]
         batch = new_tokens.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=new_tokens.device)

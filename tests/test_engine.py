@@ -92,6 +92,8 @@ def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     (["--match_threshold", "0"], "--match_threshold: must be a number in (0, 1], not 0.0"),
     (["--match_threshold", "1.5"], "--match_threshold: must be a number in (0, 1], not 1.5"),
     (["--match_threshold", "high"], "--match_threshold: must be a number in (0, 1], not 'high'"),
+    (["--phrase_start_ratio", "0"], "--phrase_start_ratio: must be a number in (0, 1], not 0.0"),
+    (["--phrase_start_ratio", "nan"], "--phrase_start_ratio: must be a number in (0, 1], not nan"),
 ])
 def test_test_py_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
     out = [] if "--out" in flags else ["--out", str(tmp_path / "eval")]

@@ -17,6 +17,7 @@ from model.llava_builder import load_processor
 from utils.annotations import load_annotations
 from utils.dataset import GroundingCollator, GroundingDataset
 from utils.prompts import answer_text
+from utils.span_decoding import DEFAULT_PHRASE_START_RATIO
 
 _SPEC = importlib.util.spec_from_file_location(
     "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py"
@@ -97,6 +98,7 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
                for k in runs[0]["grounding"])
     assert runs[0]["match_threshold"] == 0.5
     assert runs[0]["decoding"] == "spans"
+    assert runs[0]["phrase_start_ratio"] == DEFAULT_PHRASE_START_RATIO
     assert runs[0]["n_phrases_outside_text"] == 0  # SynthCXR's phrases are report spans
     assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou", "spread"}
     assert set(runs[0]["uncertainty"]["spread"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou",

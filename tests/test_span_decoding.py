@@ -1,6 +1,8 @@
-"""Span decoding: the allowed tokens by hand, and answers that always copy prompt spans."""
+"""Span decoding: the allowed tokens and the earliest plausible phrase start by hand, and answers
+that always copy prompt spans."""
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -10,7 +12,13 @@ from model.constants import BOX_TOKEN
 from model.llava_builder import load_processor
 from utils.evaluation.matching import generated_phrases
 from utils.prompts import NO_FINDING_ANSWER, answer_text, prompt_text
-from utils.span_decoding import AnswerFormat, SpanAutomaton, prompt_sources, span_constraint
+from utils.span_decoding import (
+    AnswerFormat,
+    SpanAutomaton,
+    SpanLogitsProcessor,
+    prompt_sources,
+    span_constraint,
+)
 
 # ids: 5 ".", 6 "It", 7 "is", 99 [BOX], 20 21 the no-finding answer, 2 eos, 0 a special token
 FORMAT = AnswerFormat(suffix=(5, 6, 7, 99, 5), no_finding=(20, 21, 5), eos=2,
@@ -45,6 +53,74 @@ def allowed_after(generated: list[int], source: list[int] = SOURCE) -> set[int]:
 ])
 def test_allowed_tokens(generated, expected):
     assert allowed_after(generated) == expected
+
+
+def states_after(automaton: SpanAutomaton, generated: list[int]):
+    states = automaton.start
+    for token in generated:
+        states = automaton.advance(states, token)
+    return states
+
+
+@pytest.mark.parametrize("generated, source, expected", [
+    ([], SOURCE, {10: 0, 11: 1, 12: 2, 13: 3, 14: 5}),   # the earliest place of each token
+    ([11, 12, *SUFFIX], SOURCE, {13: 3, 11: 4, 14: 5, 2: 6}),  # after the phrase; eos last
+    ([11], SOURCE, {}),                                   # inside a phrase
+    ([11, 12, 5], SOURCE, {}),                            # inside the suffix
+    ([], [20, 10, 20], {10: 1}),                          # never the no-finding answer's start
+    ([20], [20, 10, 20], {}),
+])
+def test_phrase_starts(generated, source, expected):
+    automaton = SpanAutomaton(source, FORMAT)
+    assert automaton.phrase_starts(states_after(automaton, generated)) == expected
+
+
+VOCABULARY = 100
+
+
+def chosen(generated: list[int], probabilities: dict[int, float], ratio: float,
+           source: list[int] = SOURCE) -> set[int]:
+    """The tokens left with a finite score after one step of the processor."""
+    scores = torch.full((1, VOCABULARY), math.log(1e-6))
+    for token, probability in probabilities.items():
+        scores[0, token] = math.log(probability)
+    processor = SpanLogitsProcessor([SpanAutomaton(source, FORMAT)], prompt_length=2,
+                                    phrase_start_ratio=ratio)
+    processed = processor(torch.tensor([[1, 1, *generated]]), scores)
+    return set(torch.isfinite(processed[0]).nonzero().flatten().tolist())
+
+
+AFTER_FIRST = [10, *SUFFIX]  # a first phrase at the text's start; 11..14 may follow, or eos
+
+
+@pytest.mark.parametrize("generated, probabilities, ratio, expected", [
+    # the greedy token starts the later phrase (14); 11 starts one earlier and is plausible
+    (AFTER_FIRST, {14: 0.5, 11: 0.2, 2: 0.1}, 0.3, {11}),
+    (AFTER_FIRST, {14: 0.5, 11: 0.1, 2: 0.1}, 0.3, {14}),     # 11 is below the ratio
+    (AFTER_FIRST, {2: 0.6, 13: 0.3}, 0.3, {13}),              # eos counts as after the text
+    (AFTER_FIRST, {2: 0.6, 13: 0.1}, 0.3, {2}),
+    (AFTER_FIRST, {14: 0.5, 11: 0.4}, 1.0, {11, 12, 13, 14, 2}),  # ratio 1: plain greedy
+    ([], {20: 0.5, 10: 0.4}, 0.3, {10, 11, 12, 13, 14, 20}),  # the no-finding answer stays
+    ([], {12: 0.5, 11: 0.4}, 0.3, {11}),                      # the answer's first phrase
+    ([11], {12: 0.5, 5: 0.4}, 0.3, {12, 14, 5}),              # inside a phrase: spans only
+])
+def test_the_earliest_plausible_phrase_start(generated, probabilities, ratio, expected):
+    assert chosen(generated, probabilities, ratio) == expected
+
+
+def test_unconstrained_rows_keep_their_scores():
+    scores = torch.randn(2, VOCABULARY)
+    processor = SpanLogitsProcessor([None, SpanAutomaton(SOURCE, FORMAT)], prompt_length=2,
+                                    phrase_start_ratio=1.0)
+    processed = processor(torch.ones((2, 2), dtype=torch.long), scores.clone())
+    assert torch.equal(processed[0], scores[0])
+    assert torch.isfinite(processed[1]).sum() == len({10, 11, 12, 13, 14, 20})
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5, float("nan")])
+def test_the_ratio_is_in_zero_one(ratio):
+    with pytest.raises(ValueError, match="phrase_start_ratio must be in"):
+        SpanLogitsProcessor([None], prompt_length=1, phrase_start_ratio=ratio)
 
 
 def test_a_dot_inside_the_text_both_continues_the_span_and_starts_the_suffix():
@@ -94,7 +170,7 @@ def test_random_walks_write_only_answers_whose_phrases_are_spans_of_the_prompt(t
     rng = random.Random(seed)
     sequence = prompt[0]
     for _ in range(80):
-        sequence = torch.cat([sequence, torch.tensor([rng.choice(allowed(0, sequence))])])
+        sequence = torch.cat([sequence, torch.tensor([rng.choice(allowed.allowed(0, sequence))])])
         if int(sequence[-1]) == tokenizer.eos_token_id:
             break
     generated = sequence[prompt.shape[1]:].tolist()
@@ -135,9 +211,9 @@ def test_only_report_prompts_are_constrained(tokenizer, tasks, constrained):
         assert allowed is None
         return
     for row, is_constrained in enumerate(constrained):
-        tokens = allowed(row, prompts[row])
-        assert (len(tokens) == len(tokenizer)) is not is_constrained
-        assert is_constrained is (len(tokens) < 20)
+        tokens = allowed.allowed(row, prompts[row])
+        assert (tokens is None) is not is_constrained
+        assert tokens is None or len(tokens) < 20
 
 
 def test_tasks_must_match_the_prompts(tokenizer):

@@ -23,7 +23,11 @@ from model.constants import (
     VISION_MODELS,
 )
 from utils.image_io import DEFAULT_MAX_PIXELS, WINDOWS
-from utils.span_decoding import DECODINGS, DEFAULT_DECODING
+from utils.span_decoding import (
+    DECODINGS,
+    DEFAULT_DECODING,
+    DEFAULT_PHRASE_START_RATIO,
+)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,7 +52,7 @@ def _bounded_int(text: str, least: int) -> int:
     return value
 
 
-def similarity_threshold(text: str) -> float:
+def unit_float(text: str) -> float:
     """An argparse type: a number in (0, 1]."""
     return _unit_float(text, include_one=True)
 
@@ -204,6 +208,12 @@ def add_decoding_arg(parser: argparse.ArgumentParser | Any) -> None:
                              "prompt's text (utils.span_decoding; VQA and class prompts decode "
                              "freely, their phrases are not in the prompt); free: plain greedy "
                              "decoding")
+    parser.add_argument("--phrase_start_ratio", type=unit_float,
+                        default=DEFAULT_PHRASE_START_RATIO,
+                        help="span decoding: where a phrase may start, write the one starting "
+                             "earliest in the text among the tokens at least this fraction as "
+                             "probable as the greedy one (ending the answer counts as after the "
+                             "text); 1 is plain greedy (utils.span_decoding)")
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ Two measurements, labelled for what they are:
   never takes a box.
 - ``decoding``: how the end-to-end answers were generated: ``spans`` (the default; every
   phrase of a report sample is a span of the prompt's text, :mod:`utils.span_decoding`) or
-  ``free`` greedy decoding.
+  ``free`` greedy decoding; ``phrase_start_ratio``: span decoding's ratio for the earliest
+  plausible phrase start (1: plain greedy spans).
 - ``n_phrases_outside_text``: ground-truth phrases of report samples (the task span
   decoding constrains) that are not a span of the prompt's text (case aside); span decoding
   cannot write them word for word, so a data set with many should be evaluated with
@@ -64,7 +65,14 @@ from utils.evaluation.uncertainty import signal_metrics, uncertainty_metrics
 from utils.image_io import DEFAULT_MAX_PIXELS
 from utils.prompts import question_text
 from utils.sam_transforms import padded_to_image_boxes
-from utils.span_decoding import DECODINGS, DEFAULT_DECODING, SPAN_TASKS, span_constraint
+from utils.span_decoding import (
+    DECODINGS,
+    DEFAULT_DECODING,
+    DEFAULT_PHRASE_START_RATIO,
+    SPAN_TASKS,
+    check_phrase_start_ratio,
+    span_constraint,
+)
 
 
 @dataclass
@@ -124,7 +132,8 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                    max_new_tokens: int = 128, dataset_name: str = "", split: str = "",
                    progress: bool = True, meteor: bool = True,
                    match_threshold: float = DEFAULT_MATCH_THRESHOLD,
-                   decoding: str = DEFAULT_DECODING) -> EvaluationResult:
+                   decoding: str = DEFAULT_DECODING,
+                   phrase_start_ratio: float = DEFAULT_PHRASE_START_RATIO) -> EvaluationResult:
     """Evaluate end to end and given the phrase; see the module docstring for the rules.
 
     One pass over ``dataset``: each batch is read and preprocessed once, the SAM encoder runs
@@ -134,10 +143,12 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     token F1 a generated phrase needs to take a finding's box; ``grounding_strict`` scores
     the same boxes counting only strict pairs (``utils.evaluation.matching.strict_match``).
     ``decoding`` is ``"spans"`` (each generated phrase of a report sample copies a span of
-    the prompt, :mod:`utils.span_decoding`) or ``"free"`` (plain greedy decoding).
+    the prompt, :mod:`utils.span_decoding`, with ``phrase_start_ratio``) or ``"free"``
+    (plain greedy decoding).
     """
     if decoding not in DECODINGS:
         raise ValueError(f"decoding {decoding!r} is not one of {DECODINGS}")
+    check_phrase_start_ratio(phrase_start_ratio)
     started = time.time()
     model.eval()
     device = next(model.box_decoder.parameters()).device
@@ -156,14 +167,14 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
         prompts = generate_batch["input_ids"].to(device)
-        allowed = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id,
-                                   [s.task for s in generate_batch["samples"]])
-                   if decoding == "spans" else None)
+        spans = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id,
+                                 [s.task for s in generate_batch["samples"]], phrase_start_ratio)
+                 if decoding == "spans" else None)
         generated = model.generate(generate_batch["sam_images"].to(device),
                                    generate_batch["pixel_values"].to(device), prompts,
                                    generate_batch["attention_mask"].to(device), tokenizer,
                                    max_new_tokens=max_new_tokens, image_embeddings=embeddings,
-                                   allowed_tokens=allowed)
+                                   logits_processor=spans)
         forced = model(**{k: forced_batch[k].to(device) for k in
                           ("sam_images", "pixel_values", "input_ids", "attention_mask",
                            "labels")}, image_embeddings=embeddings)
@@ -223,6 +234,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
             [r["iou"] if r["strict_match"] else 0.0 for r in records]),
         "match_threshold": match_threshold,
         "decoding": decoding,
+        "phrase_start_ratio": phrase_start_ratio,
         "grounding_given_phrase": grounding_metrics(given),
         "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
         "grounding_boxes_given_phrase": box_set_metrics(

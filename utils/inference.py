@@ -39,7 +39,13 @@ from utils.evaluation.calibration import inflate_boxes
 from utils.evaluation.matching import generated_phrases
 from utils.prompts import prompt_text, question_text
 from utils.sam_transforms import preprocess_for_sam
-from utils.span_decoding import DECODINGS, DEFAULT_DECODING, span_constraint
+from utils.span_decoding import (
+    DECODINGS,
+    DEFAULT_DECODING,
+    DEFAULT_PHRASE_START_RATIO,
+    check_phrase_start_ratio,
+    span_constraint,
+)
 from utils.visualize import draw_grounding
 
 logger = logging.getLogger(__name__)
@@ -144,14 +150,19 @@ class Grounder:
       decoding: "spans" (every phrase of a report copies a span of the prompt,
         :mod:`utils.span_decoding`; VQA and class prompts decode freely) or "free" (plain
         greedy decoding).
+      phrase_start_ratio: span decoding's ratio for the earliest plausible phrase start
+        (:mod:`utils.span_decoding`; 1: plain greedy spans).
     """
 
     def __init__(self, model: Any, processor: Any, model_max_length: int = 512,
-                 max_new_tokens: int = 128, decoding: str = DEFAULT_DECODING):
+                 max_new_tokens: int = 128, decoding: str = DEFAULT_DECODING,
+                 phrase_start_ratio: float = DEFAULT_PHRASE_START_RATIO):
         if decoding not in DECODINGS:
             raise ValueError(f"decoding {decoding!r} is not one of {DECODINGS}")
+        check_phrase_start_ratio(phrase_start_ratio)
         self.model = model
         self.decoding = decoding
+        self.phrase_start_ratio = phrase_start_ratio
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.model_max_length = model_max_length
@@ -216,16 +227,16 @@ class Grounder:
         sam_image, content_scale = preprocess_for_sam(image, self.model.sam_encoder.img_size)
         encoded = self.processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
         input_ids = encoded["input_ids"].to(self.device)
-        allowed = None
+        spans = None
         if self.decoding == "spans":
             image_token_id = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
-            allowed = span_constraint(input_ids, self.tokenizer, image_token_id,
-                                      self.model.box_token_id, [task])
+            spans = span_constraint(input_ids, self.tokenizer, image_token_id,
+                                    self.model.box_token_id, [task], self.phrase_start_ratio)
         generated = self.model.generate(sam_image[None].to(self.device),
                                         encoded["pixel_values"].to(self.device), input_ids,
                                         torch.ones_like(input_ids), self.tokenizer,
                                         max_new_tokens=self.max_new_tokens,
-                                        allowed_tokens=allowed)
+                                        logits_processor=spans)
         prediction = generated.prediction
         count = len(generated.box_batch_index)
         scale = torch.tensor(content_scale, dtype=torch.float32).expand(count, 2)

@@ -14,9 +14,14 @@ removes continuations that are in no span of the text, and phrases that go back 
 overlap the one before (a small model otherwise writes one phrase twice, or the tail of the
 phrase it just wrote, "small left pleural effusion" then "left pleural effusion").
 
-Only the prompts of the tasks in :data:`SPAN_TASKS` (the report) are constrained: a report's
-phrases are its own words, while the phrases of a VQA or class sample (MS-CXR's phrases, for
-a question or a label) are not in its prompt, so those rows decode freely.
+**The earliest plausible phrase start** (``phrase_start_ratio`` r < 1). Where a phrase may
+start (the answer's start, or after a ``[BOX]``) and the greedy token starts a phrase or ends
+the answer, the token written is the one whose phrase starts earliest in the text among
+those at least r times as probable as the greedy token (ending the answer counts as after
+the text's end). The training answers list the phrases in text order, so the next phrase is
+the earliest finding not yet written; a small model often ranks a later finding's first word
+(or the end) above it and skips that finding. The no-finding answer is never chosen by this
+rule, nor replaced by it. r = 1 is plain greedy span decoding.
 
 The allowed tokens come from a small nondeterministic automaton over the answer so far. Its
 states are: inside a phrase (the set of prompt positions where the phrase so far ends, or,
@@ -24,19 +29,22 @@ before its first token, "anywhere after the previous phrase's end"), inside the 
 ``". It is [BOX]."`` (its token index), inside the no-finding answer, or finished. A "."
 after a phrase token may both continue the span (the prompt has "1.5 cm") and start the
 suffix, so both states are kept.
-It plugs into ``generate`` as transformers' ``prefix_allowed_tokens_fn``.
+It plugs into ``generate`` as a transformers ``LogitsProcessor`` (:class:`SpanLogitsProcessor`).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
+from transformers import LogitsProcessor
 
 from utils.prompts import NO_FINDING_ANSWER, answer_text
 
 DECODINGS = ("spans", "free")
 DEFAULT_DECODING = "spans"
+DEFAULT_PHRASE_START_RATIO = 0.02  # chosen on the validation split, docs/experiments.md
 SPAN_TASKS = frozenset({"report"})  # the tasks whose phrases are spans of the prompt's text
 
 
@@ -125,6 +133,24 @@ class SpanAutomaton:
                            else answer.eos)
         return sorted(tokens) if tokens else [answer.eos]
 
+    def phrase_starts(self, states: frozenset[State]) -> dict[int, int]:
+        """Where each token that starts a new phrase would start it: the earliest prompt
+        position holding the token after the previous phrase's end; eos, where the answer may
+        end, at ``len(source)``. Tokens of the no-finding answer are left out. Empty
+        inside a phrase, the suffix or the no-finding answer."""
+        starts: dict[int, int] = {}
+        for state in states:
+            if isinstance(state, _Phrase) and state.ends is None:
+                for position in range(state.after + 1, len(self.source)):
+                    token = self.source[position]
+                    starts[token] = min(position, starts.get(token, position))
+                if state.after_box:
+                    starts[self.answer.eos] = len(self.source)
+        for state in states:
+            if isinstance(state, _NoFinding) and state.index < len(self.answer.no_finding):
+                starts.pop(self.answer.no_finding[state.index], None)
+        return starts
+
     def advance(self, states: frozenset[State], token: int) -> frozenset[State]:
         """The states after reading ``token``."""
         answer = self.answer
@@ -174,13 +200,78 @@ def prompt_sources(input_ids: torch.Tensor, image_token_id: int, pad_token_id: i
     return sources
 
 
+class SpanLogitsProcessor(LogitsProcessor):
+    """Span decoding for greedy ``generate``: per row, every token the row's automaton does
+    not allow gets −inf, and at a phrase start with ``phrase_start_ratio`` < 1 only the
+    earliest plausible start keeps its score (the module docstring). Rows without an
+    automaton (prompts whose phrases are not in their text) are left as they are.
+
+    Arguments:
+      automata: one per row of the prompts, or ``None`` for an unconstrained row.
+      prompt_length: the prompts' padded length L; generated tokens follow it.
+      phrase_start_ratio: r in (0, 1].
+    """
+
+    def __init__(self, automata: Sequence[SpanAutomaton | None], prompt_length: int,
+                 phrase_start_ratio: float = DEFAULT_PHRASE_START_RATIO):
+        check_phrase_start_ratio(phrase_start_ratio)
+        self.automata = list(automata)
+        self.prompt_length = prompt_length
+        self.log_ratio = math.log(phrase_start_ratio)
+        self.progress: dict[int, tuple[int, frozenset[State]]] = {}
+
+    def states(self, row: int, sequence: torch.Tensor) -> frozenset[State]:
+        """The automaton states of row ``row`` after its generated tokens (``sequence`` is
+        the prompt and the answer so far, (L+t,)); reads only the tokens added since the
+        last call."""
+        automaton = self.automata[row]
+        generated = sequence[self.prompt_length:].tolist()
+        read, states = self.progress.get(row, (0, automaton.start))
+        if read > len(generated):
+            read, states = 0, automaton.start
+        for token in generated[read:]:
+            states = automaton.advance(states, token)
+        self.progress[row] = (len(generated), states)
+        return states
+
+    def allowed(self, row: int, sequence: torch.Tensor) -> list[int] | None:
+        """The token ids row ``row`` may write next; ``None`` for an unconstrained row."""
+        automaton = self.automata[row]
+        return None if automaton is None else automaton.allowed(self.states(row, sequence))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` (B,L+t), ``scores`` (B,V) → the processed scores (B,V)."""
+        processed = torch.full_like(scores, -math.inf)
+        for row, automaton in enumerate(self.automata):
+            if automaton is None:
+                processed[row] = scores[row]
+                continue
+            states = self.states(row, input_ids[row])
+            keep = automaton.allowed(states)
+            greedy = keep[int(scores[row, keep].argmax())]
+            starts = automaton.phrase_starts(states) if self.log_ratio < 0 else {}
+            if greedy in starts:
+                floor = float(scores[row, greedy]) + self.log_ratio
+                plausible = [t for t in starts if float(scores[row, t]) >= floor]
+                keep = [min(plausible, key=lambda token: (starts[token], token))]
+            processed[row, keep] = scores[row, keep]
+        return processed
+
+
+def check_phrase_start_ratio(ratio: float) -> None:
+    if not 0 < ratio <= 1:
+        raise ValueError(f"phrase_start_ratio must be in (0, 1], got {ratio} (1: plain greedy "
+                         "span decoding)")
+
+
 def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int,
-                    box_token_id: int, tasks: Sequence[str]
-                    ) -> Callable[[int, torch.Tensor], list[int]] | None:
-    """``prefix_allowed_tokens_fn`` for greedy generation from the prompts ``input_ids``
-    (B,L, left-padded) of samples of ``tasks`` (B,): row b's phrases are spans of row b's
-    prompt text when its task is in :data:`SPAN_TASKS`, any token is allowed in the other
-    rows; ``None`` when no row is constrained."""
+                    box_token_id: int, tasks: Sequence[str],
+                    phrase_start_ratio: float = DEFAULT_PHRASE_START_RATIO
+                    ) -> SpanLogitsProcessor | None:
+    """The span decoding of greedy generation from the prompts ``input_ids`` (B,L,
+    left-padded) of samples of ``tasks`` (B,): row b's phrases are spans of row b's prompt
+    text when its task is in :data:`SPAN_TASKS`, the other rows are unconstrained; ``None``
+    when no row is constrained."""
     if len(tasks) != input_ids.shape[0]:
         raise ValueError(f"{len(tasks)} tasks for {input_ids.shape[0]} prompts")
     if not SPAN_TASKS.intersection(tasks):
@@ -189,21 +280,4 @@ def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int
     automata = [SpanAutomaton(source, answer) if task in SPAN_TASKS else None
                 for source, task in zip(prompt_sources(input_ids, image_token_id,
                                                        tokenizer.pad_token_id), tasks)]
-    every_token = list(range(len(tokenizer)))
-    prompt_length = input_ids.shape[1]
-    progress: dict[int, tuple[int, frozenset[State]]] = {}
-
-    def allowed_tokens(batch_id: int, sequence: torch.Tensor) -> list[int]:
-        automaton = automata[batch_id]
-        if automaton is None:
-            return every_token
-        generated = sequence[prompt_length:].tolist()
-        read, states = progress.get(batch_id, (0, automaton.start))
-        if read > len(generated):
-            read, states = 0, automaton.start
-        for token in generated[read:]:
-            states = automaton.advance(states, token)
-        progress[batch_id] = (len(generated), states)
-        return automaton.allowed(states)
-
-    return allowed_tokens
+    return SpanLogitsProcessor(automata, input_ids.shape[1], phrase_start_ratio)
