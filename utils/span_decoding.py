@@ -251,8 +251,10 @@ class SpanLogitsProcessor(LogitsProcessor):
             greedy = keep[int(scores[row, keep].argmax())]
             starts = automaton.phrase_starts(states) if self.log_ratio < 0 else {}
             if greedy in starts:
-                floor = float(scores[row, greedy]) + self.log_ratio
-                plausible = [t for t in starts if float(scores[row, t]) >= floor]
+                tokens = list(starts)
+                values = scores[row, tokens].tolist()  # one read of the row's scores
+                floor = values[tokens.index(greedy)] + self.log_ratio
+                plausible = [t for t, value in zip(tokens, values) if value >= floor]
                 keep = [min(plausible, key=lambda token: (starts[token], token))]
             processed[row, keep] = scores[row, keep]
         return processed
