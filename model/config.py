@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ class GroundingConfig:
     decoder's phrase box, the single box a phrase reports when its count is one
     (:mod:`model.box_decoder`); a config saved before it existed loads without it, and
     train.py turns it on unless told ``--no_phrase_box``.
+    ``ce_weight`` weighs the text loss against the box losses, and ``phrase_start_weight`` the
+    cross-entropy of the answer's phrase-start tokens against its other tokens inside it
+    (:mod:`model.text_loss`; 1, the plain mean, in configs saved before it existed).
     ``iou_head`` adds the box decoder's IoU-prediction head; ``uncertainty`` is the signal a
     box's ``u`` reports (one of ``UNCERTAINTY_SIGNALS``, see :mod:`model.uncertainty`; ``iou``
     and ``combined`` need the head). Folders saved before these fields load with the defaults.
@@ -59,6 +63,7 @@ class GroundingConfig:
     query_heads: int = 1
     gradient_checkpointing: bool = False
     ce_weight: float = 1.0
+    phrase_start_weight: float = 1.0
     box_loss: BoxLossConfig = field(default_factory=BoxLossConfig)
     sam: dict[str, Any] | None = None  # the SAM architecture, filled in when the model is built
     iou_head: bool = False
@@ -83,6 +88,10 @@ class GroundingConfig:
         self.box_loss.mode = self.box_head
         if not isinstance(self.query_heads, int) or self.query_heads < 1:
             raise ValueError(f"query_heads {self.query_heads!r} must be an integer >= 1")
+        if not (isinstance(self.phrase_start_weight, (int, float))
+                and math.isfinite(self.phrase_start_weight) and self.phrase_start_weight > 0):
+            raise ValueError(f"phrase_start_weight {self.phrase_start_weight!r} must be a "
+                             "number > 0")
         if not self.query_layers:
             raise ValueError("query_layers is empty: name at least one LM layer, e.g. -1")
         if self.uncertainty not in UNCERTAINTY_SIGNALS:

@@ -50,6 +50,7 @@ from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from model.llava_builder import check_quantization, load_llava, load_processor
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
+from model.text_loss import text_loss
 
 logger = logging.getLogger(__name__)
 
@@ -368,13 +369,14 @@ class UMedGround(nn.Module):
             single-box model trains on ``box_targets`` and ignores them.
         """
         outputs = self.llava(input_ids=input_ids, attention_mask=attention_mask,
-                             pixel_values=pixel_values.to(self.llava.dtype), labels=labels,
+                             pixel_values=pixel_values.to(self.llava.dtype),
                              output_hidden_states=True)
         rows, states, mask = self.phrase_states(self.query_states(outputs.hidden_states), labels)
         if image_embeddings is None:
             image_embeddings = self.encode_images(sam_images)
         prediction = self.decode_boxes(image_embeddings, states, mask, rows)
-        ce = outputs.loss * self.config.ce_weight
+        ce = text_loss(outputs.logits, labels, self.box_token_id,
+                       self.config.phrase_start_weight) * self.config.ce_weight
         losses = {"ce": ce}
         if box_targets is not None:
             if box_targets.shape[0] != rows.numel():

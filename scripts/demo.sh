@@ -25,6 +25,7 @@
 # choice. Settings come from the environment so a shorter or another run can be tried:
 # DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS,
 # DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight),
+# DEMO_PHRASE_START_WEIGHT (--phrase_start_loss_weight),
 # DEMO_QUERY_HEADS (--query_heads) and DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase,
 # default 4 as train.py's: several boxes per phrase, with the phrase box that a phrase counted
 # as one box reports, trained as the single-box model's box; over three seeds its enclosing
@@ -45,6 +46,7 @@ MAX_BOXES=${DEMO_MAX_BOXES:-4}
 IOU_WEIGHT=${DEMO_IOU_WEIGHT:-5}
 LORA_DROPOUT=${DEMO_LORA_DROPOUT:-0}
 QUERY_HEADS=${DEMO_QUERY_HEADS:-4}
+PHRASE_START_WEIGHT=${DEMO_PHRASE_START_WEIGHT:-1}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
@@ -53,6 +55,7 @@ rm -rf "$RUN"
   --exp_name "$(basename "$RUN")" --log_base_dir "$(dirname "$RUN")" --seed "$SEED" \
   --epochs "$EPOCHS" --steps_per_epoch "$STEPS" --batch_size "$BATCH" --grad_accumulation_steps 1 \
   --lr "$LR" --grounding_lr 3e-3 --ce_loss_weight 10 --warmup_steps 30 --group_by_length \
+  --phrase_start_loss_weight "$PHRASE_START_WEIGHT" \
   --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
   --query_heads "$QUERY_HEADS" --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \

@@ -5,6 +5,7 @@ Flag names follow the reference code (LISA conventions) where it had one.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,17 @@ def _bounded_int(text: str, least: int) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {text!r}")
     if value < least:
         raise argparse.ArgumentTypeError(f"must be an integer >= {least}, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    if not (math.isfinite(value) and value > 0.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {value}")
     return value
 
 
@@ -152,6 +164,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "the phrase on its own (1: one pooled vector)")
     defaults = BoxLossConfig()
     group.add_argument("--ce_loss_weight", type=float, default=1.0)
+    group.add_argument("--phrase_start_loss_weight", type=positive_float, default=1.0,
+                       help="weight of the text loss at each phrase's first token and at the "
+                            "answer's end, against 1 for the other answer tokens (a weighted "
+                            "mean; model/text_loss.py)")
     group.add_argument("--l1_loss_weight", type=float, default=defaults.l1_weight)
     group.add_argument("--giou_loss_weight", type=float, default=defaults.giou_weight)
     group.add_argument("--hyp_loss_weight", type=float, default=defaults.hypothesis_weight,
@@ -291,7 +307,8 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         train_vision_encoder=args.train_vision_encoder, lora_sam_rank=args.lora_sam_rank,
         query_layers=list(args.query_layers), query_heads=args.query_heads,
         gradient_checkpointing=args.gradient_checkpointing,
-        ce_weight=args.ce_loss_weight, iou_head=args.iou_head, uncertainty=args.uncertainty,
+        ce_weight=args.ce_loss_weight, phrase_start_weight=args.phrase_start_loss_weight,
+        iou_head=args.iou_head, uncertainty=args.uncertainty,
         box_loss=BoxLossConfig(mode=args.box_head, l1_weight=args.l1_loss_weight,
                                giou_weight=args.giou_loss_weight,
                                hypothesis_weight=args.hyp_loss_weight,
