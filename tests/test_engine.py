@@ -75,6 +75,8 @@ BASE = ["--version", "v", "--vision_pretrained", "s"]
     (["--sample_rates", "0"], "each must be finite and >= 0"),
     (["--warmup_steps", "50", "--epochs", "1", "--steps_per_epoch", "10"], "exceeds the run's 10"),
     (["--best_mode", "lowest"], "--best_mode: invalid choice"),
+    (["--phrase_start_loss_weight", "0"], "--phrase_start_loss_weight: must be a finite number"),
+    (["--phrase_start_loss_weight", "nan"], "must be a finite number > 0, not nan"),
 ])
 def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit) as raised:
