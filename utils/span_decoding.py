@@ -261,6 +261,7 @@ class SpanLogitsProcessor(LogitsProcessor):
 
 
 def check_phrase_start_ratio(ratio: float) -> None:
+    """Raise ``ValueError`` unless ``ratio`` is in (0, 1]."""
     if not 0 < ratio <= 1:
         raise ValueError(f"phrase_start_ratio must be in (0, 1], got {ratio} (1: plain greedy "
                          "span decoding)")
