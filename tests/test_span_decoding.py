@@ -130,6 +130,34 @@ def test_a_dot_inside_the_text_both_continues_the_span_and_starts_the_suffix():
     assert allowed_after([10, 5, 11], source) == {5}
 
 
+@pytest.mark.parametrize("generated, expected", [
+    ([], {10, 11, 20}),                      # "." and "-" never start a phrase
+    ([10], {5}),                             # but continue one ("1.5"), or close it (".")
+    ([10, 5], {11, 6, 5}),
+    ([10, *SUFFIX], {11, 2}),                # after a phrase: a word, or the end
+])
+def test_a_phrase_never_starts_with_punctuation(generated, expected):
+    source = [10, 5, 11, 8]  # 5 ".", 8 "-": punctuation
+    automaton = SpanAutomaton(source, FORMAT, non_words=frozenset({5, 8}))
+    states = automaton.start
+    for token in generated:
+        states = automaton.advance(states, token)
+    assert set(automaton.allowed(states)) == expected
+    assert not set(automaton.phrase_starts(states)) & {5, 8}
+
+
+def test_span_constraint_finds_the_punctuation_tokens(tokenizer):
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
+    prompt = tokenizer(prompt_text("Report: A 1.5 cm nodule, chest X-ray.", "<image>"),
+                       return_tensors="pt").input_ids
+    automaton = span_constraint(prompt, tokenizer, image_id, box_id, ["report"]).automata[0]
+    words = {tokenizer.decode([t]).strip() for t in automaton.non_words}
+    assert {".", "-"} <= words <= {".", ",", "-", ":"}  # not the "▁" before "1"
+    starts = automaton.phrase_starts(automaton.start)
+    assert not set(starts) & automaton.non_words and starts
+
+
 def test_special_tokens_and_box_are_never_copied():
     assert allowed_after([], [0, 99, 10, 2]) == {10, 20}
 

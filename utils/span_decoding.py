@@ -8,9 +8,10 @@ consolidation"). Span decoding keeps the greedy choice but allows, at each step,
 tokens that keep the answer in that format with every phrase a contiguous run of the
 prompt's tokens (the tokens after the image; the template words are allowed too, they are
 part of the prompt), and the phrases in text order, as the training answers are
-(``utils.dataset.ordered_findings``): each phrase starts after the end of the one before.
-The model still decides which phrases, how long and when to stop; the constraint only
-removes continuations that are in no span of the text, and phrases that go back in it or
+(``utils.dataset.ordered_findings``): each phrase starts after the end of the one before,
+and not with punctuation (a small model otherwise writes "." or "-" as a phrase). The model
+still decides which phrases, how long and when to stop; the constraint only removes
+continuations that are in no span of the text, and phrases that go back in it or
 overlap the one before (a small model otherwise writes one phrase twice, or the tail of the
 phrase it just wrote, "small left pleural effusion" then "left pleural effusion").
 
@@ -102,11 +103,15 @@ class SpanAutomaton:
     Arguments:
       source: the token ids the phrases may copy from (the prompt after the image).
       answer: the answer format.
+      non_words: the ids of punctuation tokens ("." "-" ",", :func:`is_punctuation`), which
+        may continue a phrase ("1.5 cm", "X-ray") but never start one.
     """
 
-    def __init__(self, source: list[int], answer: AnswerFormat):
+    def __init__(self, source: list[int], answer: AnswerFormat,
+                 non_words: frozenset[int] = frozenset()):
         self.source = [t for t in source if t not in answer.excluded]
         self.answer = answer
+        self.non_words = non_words
         self.positions: dict[int, list[int]] = defaultdict(list)
         for position, token in enumerate(self.source):
             self.positions[token].append(position)
@@ -119,7 +124,8 @@ class SpanAutomaton:
         for state in states:
             if isinstance(state, _Phrase):
                 if state.ends is None:
-                    tokens.update(self.source[state.after + 1:])
+                    tokens.update(t for t in self.source[state.after + 1:]
+                                  if t not in self.non_words)
                 else:
                     tokens.update(self.source[e] for e in state.ends if e < len(self.source))
                 if state.length:
@@ -143,7 +149,8 @@ class SpanAutomaton:
             if isinstance(state, _Phrase) and state.ends is None:
                 for position in range(state.after + 1, len(self.source)):
                     token = self.source[position]
-                    starts[token] = min(position, starts.get(token, position))
+                    if token not in self.non_words:
+                        starts[token] = min(position, starts.get(token, position))
                 if state.after_box:
                     starts[self.answer.eos] = len(self.source)
         for state in states:
@@ -159,7 +166,7 @@ class SpanAutomaton:
             if isinstance(state, _Phrase):
                 if state.ends is None:
                     ends = frozenset(p + 1 for p in self.positions.get(token, ())
-                                     if p > state.after)
+                                     if p > state.after and token not in self.non_words)
                 else:
                     ends = frozenset(e + 1 for e in state.ends
                                      if e < len(self.source) and self.source[e] == token)
@@ -260,6 +267,12 @@ class SpanLogitsProcessor(LogitsProcessor):
         return processed
 
 
+def is_punctuation(text: str) -> bool:
+    """Whether a token's text is punctuation only: some character, none a letter or digit (a
+    lone word boundary, "▁" before a number, is not)."""
+    return bool(text.strip()) and not any(c.isalnum() for c in text)
+
+
 def check_phrase_start_ratio(ratio: float) -> None:
     """Raise ``ValueError`` unless ``ratio`` is in (0, 1]."""
     if not 0 < ratio <= 1:
@@ -280,7 +293,9 @@ def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int
     if not SPAN_TASKS.intersection(tasks):
         return None
     answer = AnswerFormat.of(tokenizer, box_token_id)
-    automata = [SpanAutomaton(source, answer) if task in SPAN_TASKS else None
-                for source, task in zip(prompt_sources(input_ids, image_token_id,
-                                                       tokenizer.pad_token_id), tasks)]
+    sources = prompt_sources(input_ids, image_token_id, tokenizer.pad_token_id)
+    non_words = frozenset(token for token in set().union(*sources)
+                          if is_punctuation(tokenizer.decode([token])))
+    automata = [SpanAutomaton(source, answer, non_words) if task in SPAN_TASKS else None
+                for source, task in zip(sources, tasks)]
     return SpanLogitsProcessor(automata, input_ids.shape[1], phrase_start_ratio)
