@@ -131,14 +131,17 @@ def test_a_dot_inside_the_text_both_continues_the_span_and_starts_the_suffix():
 
 
 @pytest.mark.parametrize("generated, expected", [
-    ([], {10, 11, 20}),                      # "." and "-" never start a phrase
-    ([10], {5}),                             # but continue one ("1.5"), or close it (".")
-    ([10, 5], {11, 6, 5}),
-    ([10, *SUFFIX], {11, 2}),                # after a phrase: a word, or the end
+    ([], {10, 13, 11, 20}),                  # "." and "-" never start a phrase; a blank may
+    ([10], {5}),                             # punctuation continues a phrase ("1.5") or closes it
+    ([10, 5], {13, 6, 5}),
+    ([13], {11}),                            # a blank alone is no phrase: only its word follows
+    ([13, 11], {8, 5}),                      # "▁4": a phrase now
+    ([10, *SUFFIX], {13, 11, 2}),            # after a phrase: no punctuation first either
 ])
-def test_a_phrase_never_starts_with_punctuation(generated, expected):
-    source = [10, 5, 11, 8]  # 5 ".", 8 "-": punctuation
-    automaton = SpanAutomaton(source, FORMAT, non_words=frozenset({5, 8}))
+def test_a_phrase_starts_without_punctuation_and_holds_a_word(generated, expected):
+    source = [10, 5, 13, 11, 8]  # 5 ".", 8 "-": punctuation; 13 "▁", a blank before "4" (11)
+    automaton = SpanAutomaton(source, FORMAT, punctuation=frozenset({5, 8}),
+                              blanks=frozenset({13}))
     states = automaton.start
     for token in generated:
         states = automaton.advance(states, token)
@@ -146,16 +149,18 @@ def test_a_phrase_never_starts_with_punctuation(generated, expected):
     assert not set(automaton.phrase_starts(states)) & {5, 8}
 
 
-def test_span_constraint_finds_the_punctuation_tokens(tokenizer):
+def test_span_constraint_finds_the_punctuation_and_the_blanks(tokenizer):
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     box_id = tokenizer.convert_tokens_to_ids(BOX_TOKEN)
     prompt = tokenizer(prompt_text("Report: A 1.5 cm nodule, chest X-ray.", "<image>"),
                        return_tensors="pt").input_ids
     automaton = span_constraint(prompt, tokenizer, image_id, box_id, ["report"]).automata[0]
-    words = {tokenizer.decode([t]).strip() for t in automaton.non_words}
-    assert {".", "-"} <= words <= {".", ",", "-", ":"}  # not the "▁" before "1"
+    punctuation = {tokenizer.decode([t]).strip() for t in automaton.punctuation}
+    assert {".", "-"} <= punctuation <= {".", ",", "-", ":"}
+    blanks = automaton.not_words - automaton.punctuation
+    assert all(not tokenizer.decode([t]).strip() for t in blanks)
     starts = automaton.phrase_starts(automaton.start)
-    assert not set(starts) & automaton.non_words and starts
+    assert starts and not set(starts) & automaton.punctuation
 
 
 def test_special_tokens_and_box_are_never_copied():

@@ -9,7 +9,8 @@ tokens that keep the answer in that format with every phrase a contiguous run of
 prompt's tokens (the tokens after the image; the template words are allowed too, they are
 part of the prompt), and the phrases in text order, as the training answers are
 (``utils.dataset.ordered_findings``): each phrase starts after the end of the one before,
-and not with punctuation (a small model otherwise writes "." or "-" as a phrase). The model
+not with punctuation, and holding a word (a small model otherwise writes ".", "-" or a lone
+space as a phrase). The model
 still decides which phrases, how long and when to stop; the constraint only removes
 continuations that are in no span of the text, and phrases that go back in it or
 overlap the one before (a small model otherwise writes one phrase twice, or the tail of the
@@ -54,6 +55,7 @@ class _Phrase(NamedTuple):
     length: int
     after_box: bool  # a whole "phrase. It is [BOX]." was written before this phrase
     after: int  # the phrase starts at a prompt position above this one
+    worded: bool = False  # the phrase so far holds a word (a token with a letter or digit)
 
 
 class _Suffix(NamedTuple):
@@ -103,15 +105,20 @@ class SpanAutomaton:
     Arguments:
       source: the token ids the phrases may copy from (the prompt after the image).
       answer: the answer format.
-      non_words: the ids of punctuation tokens ("." "-" ",", :func:`is_punctuation`), which
-        may continue a phrase ("1.5 cm", "X-ray") but never start one.
+      punctuation: the ids of punctuation tokens ("." "-" ",", :func:`is_punctuation`),
+        which may continue a phrase ("1.5 cm", "X-ray") but never start one.
+      blanks: the ids of tokens of white space alone (SentencePiece's "▁" before a number),
+        which may start a phrase but, as punctuation, never make one alone: a phrase ends
+        only once it holds a word.
     """
 
     def __init__(self, source: list[int], answer: AnswerFormat,
-                 non_words: frozenset[int] = frozenset()):
+                 punctuation: frozenset[int] = frozenset(),
+                 blanks: frozenset[int] = frozenset()):
         self.source = [t for t in source if t not in answer.excluded]
         self.answer = answer
-        self.non_words = non_words
+        self.punctuation = punctuation
+        self.not_words = punctuation | blanks
         self.positions: dict[int, list[int]] = defaultdict(list)
         for position, token in enumerate(self.source):
             self.positions[token].append(position)
@@ -125,12 +132,12 @@ class SpanAutomaton:
             if isinstance(state, _Phrase):
                 if state.ends is None:
                     tokens.update(t for t in self.source[state.after + 1:]
-                                  if t not in self.non_words)
+                                  if t not in self.punctuation)
                 else:
                     tokens.update(self.source[e] for e in state.ends if e < len(self.source))
-                if state.length:
+                if state.worded:
                     tokens.add(answer.suffix[0])
-                elif state.after_box:
+                elif not state.length and state.after_box:
                     tokens.add(answer.eos)
             elif isinstance(state, _Suffix):
                 tokens.add(answer.suffix[state.index])
@@ -149,7 +156,7 @@ class SpanAutomaton:
             if isinstance(state, _Phrase) and state.ends is None:
                 for position in range(state.after + 1, len(self.source)):
                     token = self.source[position]
-                    if token not in self.non_words:
+                    if token not in self.punctuation:
                         starts[token] = min(position, starts.get(token, position))
                 if state.after_box:
                     starts[self.answer.eos] = len(self.source)
@@ -166,13 +173,14 @@ class SpanAutomaton:
             if isinstance(state, _Phrase):
                 if state.ends is None:
                     ends = frozenset(p + 1 for p in self.positions.get(token, ())
-                                     if p > state.after and token not in self.non_words)
+                                     if p > state.after and token not in self.punctuation)
                 else:
                     ends = frozenset(e + 1 for e in state.ends
                                      if e < len(self.source) and self.source[e] == token)
                 if ends:
-                    following.add(_Phrase(ends, state.length + 1, state.after_box, state.after))
-                if state.length and token == answer.suffix[0]:
+                    following.add(_Phrase(ends, state.length + 1, state.after_box, state.after,
+                                          state.worded or token not in self.not_words))
+                if state.worded and token == answer.suffix[0]:
                     following.add(self._suffix_state(1, min(state.ends) - 1))
                 if not state.length and state.after_box and token == answer.eos:
                     following.add(_Finished())
@@ -294,8 +302,9 @@ def span_constraint(input_ids: torch.Tensor, tokenizer: Any, image_token_id: int
         return None
     answer = AnswerFormat.of(tokenizer, box_token_id)
     sources = prompt_sources(input_ids, image_token_id, tokenizer.pad_token_id)
-    non_words = frozenset(token for token in set().union(*sources)
-                          if is_punctuation(tokenizer.decode([token])))
-    automata = [SpanAutomaton(source, answer, non_words) if task in SPAN_TASKS else None
-                for source, task in zip(sources, tasks)]
+    texts = {token: tokenizer.decode([token]) for token in set().union(*sources)}
+    punctuation = frozenset(token for token, text in texts.items() if is_punctuation(text))
+    blanks = frozenset(token for token, text in texts.items() if not text.strip())
+    automata = [SpanAutomaton(source, answer, punctuation, blanks) if task in SPAN_TASKS
+                else None for source, task in zip(sources, tasks)]
     return SpanLogitsProcessor(automata, input_ids.shape[1], phrase_start_ratio)
