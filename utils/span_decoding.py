@@ -9,12 +9,16 @@ tokens that keep the answer in that format with every phrase a contiguous run of
 prompt's tokens (the tokens after the image; the template words are allowed too, they are
 part of the prompt), and the phrases in text order, as the training answers are
 (``utils.dataset.ordered_findings``): each phrase starts after the end of the one before,
-not with punctuation, and holding a word (a small model otherwise writes ".", "-" or a lone
-space as a phrase). The model
-still decides which phrases, how long and when to stop; the constraint only removes
-continuations that are in no span of the text, and phrases that go back in it or
-overlap the one before (a small model otherwise writes one phrase twice, or the tail of the
-phrase it just wrote, "small left pleural effusion" then "left pleural effusion").
+not with punctuation, and holds a word (a small model otherwise writes ".", "-" or a lone
+space as a phrase). The model still decides which phrases, how long and when to stop; the
+constraint only removes continuations that are in no span of the text, and phrases that go
+back in it or overlap the one before (a small model otherwise writes one phrase twice, or
+the tail of the phrase it just wrote, "small left pleural effusion" then "left pleural
+effusion").
+
+Only the prompts of the tasks in :data:`SPAN_TASKS` (the report) are constrained: a report's
+phrases are its own words, while the phrases of a VQA or class sample (MS-CXR's phrases, for
+a question or a label) are not in its prompt, so those rows decode freely.
 
 **The earliest plausible phrase start** (``phrase_start_ratio`` r < 1). Where a phrase may
 start (the answer's start, or after a ``[BOX]``) and the greedy token starts a phrase or ends
@@ -149,7 +153,8 @@ class SpanAutomaton:
     def phrase_starts(self, states: frozenset[State]) -> dict[int, int]:
         """Where each token that starts a new phrase would start it: the earliest prompt
         position holding the token after the previous phrase's end; eos, where the answer may
-        end, at ``len(source)``. Tokens of the no-finding answer are left out. Empty
+        end, at ``len(source)``. Punctuation and the no-finding answer's tokens are left
+        out. Empty
         inside a phrase, the suffix or the no-finding answer."""
         starts: dict[int, int] = {}
         for state in states:
