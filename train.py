@@ -136,10 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup_steps > args.epochs * args.steps_per_epoch:
         parser.error(f"--warmup_steps {args.warmup_steps} exceeds the run's "
                      f"{args.epochs * args.steps_per_epoch} steps (--epochs x --steps_per_epoch)")
-    if args.uncertainty != "spread" and not args.iou_head:
-        parser.error(f"--uncertainty {args.uncertainty} needs the IoU head: add --iou_head")
-    if args.iou_loss_weight < 0:
-        parser.error(f"--iou_loss_weight {args.iou_loss_weight} must not be negative")
+    try:
+        grounding_config_from_args(args)  # the model flags' checks, before anything is built
+    except ValueError as error:
+        parser.error(f"{error}; see train.py --help")
     if args.precision != "fp32" and not torch.cuda.is_available():
         parser.error(f"--precision {args.precision} needs a GPU; use fp32 on a CPU")
     return args

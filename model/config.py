@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from model.box_losses import BoxLossConfig
-from model.constants import UNCERTAINTY_SIGNALS
+from model.constants import BOX_HEADS, UNCERTAINTY_SIGNALS
 
 CONFIG_NAME = "grounding_config.json"
-BOX_HEADS = ("single", "mhp", "umhp", "hinge")
 
 
 @dataclass
@@ -92,6 +91,8 @@ class GroundingConfig:
                 and math.isfinite(self.phrase_start_weight) and self.phrase_start_weight > 0):
             raise ValueError(f"phrase_start_weight {self.phrase_start_weight!r} must be a "
                              "number > 0")
+        if not (isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1):
+            raise ValueError(f"lora_dropout {self.lora_dropout!r} must lie in [0, 1)")
         if not self.query_layers:
             raise ValueError("query_layers is empty: name at least one LM layer, e.g. -1")
         if self.uncertainty not in UNCERTAINTY_SIGNALS:

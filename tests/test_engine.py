@@ -77,6 +77,14 @@ BASE = ["--version", "v", "--vision_pretrained", "s"]
     (["--best_mode", "lowest"], "--best_mode: invalid choice"),
     (["--phrase_start_loss_weight", "0"], "--phrase_start_loss_weight: must be a finite number"),
     (["--phrase_start_loss_weight", "nan"], "must be a finite number > 0, not nan"),
+    # the model flags, checked by the GroundingConfig they build before anything is loaded
+    (["--num_hypotheses", "1"], "box_head 'umhp' needs --num_hypotheses >= 2"),
+    (["--mhp_epsilon", "2"], "mhp_epsilon 2.0 must lie in [0, 1)"),
+    (["--hinge_margin", "-1"], "hinge_margin -1.0 must not be negative"),
+    (["--presence_loss_weight", "-1"], "presence_weight -1.0 must not be negative"),
+    (["--iou_loss_weight", "-1"], "iou_weight -1.0 must not be negative"),
+    (["--lora_dropout", "5"], "lora_dropout 5.0 must lie in [0, 1)"),
+    (["--uncertainty", "combined"], "uncertainty 'combined' needs the IoU head (--iou_head)"),
 ])
 def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit) as raised:

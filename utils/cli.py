@@ -131,7 +131,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora_target_modules", default="q_proj,v_proj",
                        help="comma-separated LM module names (scoped to the language model)")
     group.add_argument("--train_vision_encoder", action="store_true",
-                       help="train the SAM encoder (frozen by default; the tiny one needs it)")
+                       help="train the SAM encoder (frozen by default, its embeddings then cached)")
     group.add_argument("--lora_sam_rank", type=non_negative_int, default=0,
                        help="LoRA rank on the SAM encoder's qkv layers (0 = none)")
     group.add_argument("--gradient_checkpointing", action="store_true",
@@ -171,7 +171,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--l1_loss_weight", type=float, default=defaults.l1_weight)
     group.add_argument("--giou_loss_weight", type=float, default=defaults.giou_weight)
     group.add_argument("--hyp_loss_weight", type=float, default=defaults.hypothesis_weight,
-                       help="weight of the mhp/umhp/hinge hypothesis term")
+                       help="weight of the extra box term: for mhp/umhp the L1 + GIoU of the "
+                            "hypotheses' mean box, for hinge the hypotheses' spacing hinge")
     group.add_argument("--mhp_epsilon", type=float, default=defaults.mhp_epsilon)
     group.add_argument("--umhp_temperature", type=float, default=defaults.umhp_temperature)
     group.add_argument("--hinge_margin", type=float, default=defaults.hinge_margin)
