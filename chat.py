@@ -5,7 +5,7 @@
     python chat.py --version runs/demo/hf --image x.png --question "Is there an effusion?" \
         --answer "Yes, on the left."                                          # the VQA task
     python chat.py --version runs/demo/hf --image x.png --label "pleural effusion"  # class task
-    python chat.py --version runs/demo/hf                                     # interactive
+    python chat.py --version runs/demo/hf [--task vqa]                        # interactive
 
 Writes ``OUT/<image stem>.json`` (each phrase with its mean box in pixels of the input image,
 xyxy, the N hypotheses, the per-coordinate variance and u, and each of its boxes when the model
@@ -14,8 +14,8 @@ gives several per phrase; schema in the README) and
 with ``calibration.json`` (``test.py --calibrate``) adds each phrase's calibrated box, drawn
 dotted, and flags the phrases it abstains on. Images:
 PNG/JPEG (8- or 16-bit, RGB or grayscale, any size) and DICOM (see ``utils/image_io.py``).
-Without ``--image`` it asks for an image path and a report, again and again (an empty image
-path or end of input stops it).
+Without ``--image`` it asks for an image path and the text of ``--task`` (a report by default),
+again and again (an empty image path or end of input stops it).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
+from model.constants import TASKS
 from model.grounding_model import UMedGround
 from utils.cli import PRECISIONS, add_inference_args, quantization_of, set_uncertainty_signal
 from utils.image_io import read_image
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--question", default=None, help="the question (VQA task, with --answer)")
     text.add_argument("--answer", default=None, help="its answer (VQA task)")
     text.add_argument("--label", default=None, help="a finding class (class task)")
+    text.add_argument("--task", choices=TASKS, default=None,
+                      help="the task the interactive mode asks for (default report); with "
+                           "--image the text flags name it")
     parser.add_argument("--out", "--vis_save_path", dest="out", default="vis_output",
                         help="folder for <stem>.json and <stem>.png")
     add_inference_args(parser)
@@ -57,10 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"give the text of one task only, not {' and '.join(tasks)}")
     if args.report is not None and args.report_file:
         parser.error("give --report or --report_file, not both")
-    args.task = tasks[0] if tasks else "report"
-    if args.image is not None and not tasks:
+    if args.image is None:
+        if tasks:
+            parser.error("without --image chat.py asks for each image and its text; pick the "
+                         "task it asks for with --task, or give --image with the text")
+        args.task = args.task or "report"
+    elif not tasks:
         parser.error("--image needs its text: --report/--report_file, --question and --answer, "
                      "or --label")
+    elif args.task not in (None, tasks[0]):
+        parser.error(f"--task {args.task} does not match the {tasks[0]} text given")
+    else:
+        args.task = tasks[0]
     args.quantization = quantization_of(args)
     return args
 

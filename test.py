@@ -58,6 +58,13 @@ from utils.logs import setup_logging
 logger = logging.getLogger("test")
 
 
+# Flags that act on a model's evaluation only: --baseline refuses them rather than ignore them.
+MODEL_ONLY_FLAGS = ("version", "weight", "vision_pretrained", "config", "vis", "image_noise_std",
+                    "match_threshold", "decoding", "phrase_start_ratio", "max_new_tokens",
+                    "precision", "embedding_cache", "no_embedding_cache",
+                    "embedding_cache_memory_mb")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--match_threshold", type=unit_float,
                         default=DEFAULT_MATCH_THRESHOLD,
                         help="token F1 a generated phrase needs to take a finding's box end to "
-                             "end (grounding_strict always uses the strict rule)")
+                             "end; grounding_strict keeps, of the pairs matched so, those that "
+                             "pass the strict rule (token F1 >= 0.8, the same finding and side "
+                             "words)")
     add_decoding_arg(parser)
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
@@ -129,6 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--version is required (unless --baseline)")
     if args.baseline and args.uncertainty:
         parser.error("--uncertainty picks a model's u; the baseline's u is its neighbours' spread")
+    if args.baseline:
+        given = [name for name in MODEL_ONLY_FLAGS
+                 if getattr(args, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"--baseline scores the image-free phrase prior, given each finding's "
+                         f"phrase; {', '.join('--' + name for name in given)} "
+                         f"{'applies' if len(given) == 1 else 'apply'} to a model only")
     try:
         args.noise_levels = [float(v) for v in args.image_noise_std.split(",") if v.strip()]
     except ValueError:
@@ -243,7 +259,7 @@ def save_overlays(out: Path, records: list[dict[str, Any]], count: int,
 
 
 def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict, list]:
-    from utils.baseline import PhrasePriorBaseline
+    from utils.baseline import build_phrase_prior
     from utils.evaluate import baseline_metrics
 
     try:
@@ -253,8 +269,8 @@ def run_baseline(args: argparse.Namespace, samples: list[Sample]) -> tuple[dict,
                          f"this dataset has no train split: {error.problems[0]}\n"
                          "Give a --dataset_dir / --test_dataset with a train split.")
     train = load_split(argparse.Namespace(**{**vars(args), "max_samples": None}), "train")
-    baseline = PhrasePriorBaseline(k=args.baseline_k).fit(
-        [(f.phrase, f.target_box()) for s in train for f in s.findings])
+    baseline = build_phrase_prior([(f.phrase, f.target_box()) for s in train for f in s.findings],
+                                  k=args.baseline_k)
     return baseline_metrics(baseline, samples, args.test_dataset, args.split)
 
 

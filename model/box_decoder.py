@@ -46,7 +46,8 @@ side of the chest (docs/experiments.md, 2026-12-07).
 With ``iou_head`` the decoder also predicts, as SAM's ``iou_prediction_head`` scores its masks,
 the IoU of the mean box with the target: an MLP (3 layers, sigmoid output) reads the
 transformer's output tokens of the query, the N hypothesis tokens and the ``[BOX]`` token
-(which no other head reads, so it plays SAM's IoU token), concatenated. It is trained on the
+(which, with one box per phrase, no other head reads, so it plays SAM's IoU token; with K > 1
+the count head reads it too), concatenated. It is trained on the
 detached IoU (:func:`model.box_losses.iou_prediction_loss`). With K > 1 slots the head
 reads, per slot, that slot's N output tokens and the ``[BOX]`` token (one head shared by the
 slots, so its input is the same (N+1) x C as with one box) and predicts the IoU of the slot's

@@ -15,6 +15,7 @@ VISION_MODELS = ("auto", "vit_h", "vit_l", "vit_b", "tiny")  # SAM / MedSAM enco
 REFERENCE_BOX_FRAME = 640  # the reference code's boxes are pixels of the image resized to 640²
 DEFAULT_MODEL_MAX_LENGTH = 512  # tokens of prompt + answer
 DEFAULT_MAX_NEW_TOKENS = 128  # tokens generated per answer at evaluation
+IGNORE_INDEX = -100  # a label the text loss skips (the prompt, padding), as in transformers
 # Box slots per [BOX] of a new training run (train.py --max_boxes_per_phrase); a config that
 # does not name it (one saved before the setting existed) has 1, the single-box model.
 DEFAULT_MAX_BOXES_PER_PHRASE = 4

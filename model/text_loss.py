@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from model.constants import IGNORE_INDEX
 
 
 def phrase_start_mask(labels: torch.Tensor, box_token_id: int) -> torch.Tensor:

@@ -271,6 +271,24 @@ def test_bad_input_exits_non_zero_without_a_traceback(tiny_dir, row, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--report", "x"], "without --image chat.py asks for each image and its text"),
+    (["--label", "nodule", "--task", "class"], "without --image chat.py asks"),
+    (["--image", "x.png", "--report", "x", "--task", "vqa"],
+     "--task vqa does not match the report text given"),
+    (["--image", "x.png"], "--image needs its text"),
+])
+def test_text_flags_are_checked_at_parse_time(args, message, capsys):
+    with pytest.raises(SystemExit):
+        chat.parse_args(["--version", "v", *args])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, flags", [(None, []), ("vqa", ["--task", "vqa"])])
+def test_interactive_task(task, flags):
+    assert chat.parse_args(["--version", "v", *flags]).task == (task or "report")
+
+
 @pytest.mark.parametrize("flag", ["--load_in_8bit", "--load_in_4bit"])
 def test_quantisation_flags_refuse_on_cpu(exported, row, tmp_path, flag):
     with pytest.raises(SystemExit, match=f"{flag} needs a CUDA GPU"):

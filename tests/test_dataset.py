@@ -9,11 +9,10 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from model.constants import BOX_TOKEN
+from model.constants import BOX_TOKEN, IGNORE_INDEX
 from model.llava_builder import load_processor
 from utils.annotations import load_annotations
 from utils.dataset import (
-    IGNORE_INDEX,
     GroundingCollator,
     GroundingDataset,
     PromptTooLongError,

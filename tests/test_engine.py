@@ -104,6 +104,11 @@ def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     (["--match_threshold", "high"], "--match_threshold: must be a number in (0, 1], not 'high'"),
     (["--phrase_start_ratio", "0"], "--phrase_start_ratio: must be a number in (0, 1], not 0.0"),
     (["--phrase_start_ratio", "nan"], "--phrase_start_ratio: must be a number in (0, 1], not nan"),
+    # the baseline refuses the flags that act on a model only (--version is the table's own)
+    (["--baseline", "phrase_prior"], "--version applies to a model only"),
+    (["--baseline", "phrase_prior", "--vis", "2"], "--version, --vis apply to a model only"),
+    (["--baseline", "phrase_prior", "--image_noise_std", "10", "--decoding", "free"],
+     "--version, --image_noise_std, --decoding apply to a model only"),
 ])
 def test_test_py_flags_are_checked_at_parse_time(flags, message, capsys, tmp_path):
     out = [] if "--out" in flags else ["--out", str(tmp_path / "eval")]

@@ -13,7 +13,7 @@ import torch
 from utils.annotations import load_annotations
 from utils.synthcxr.__main__ import main
 from utils.synthcxr.findings import FINDING_TYPES, MULTIFOCAL_P
-from utils.synthcxr.prior import label_prior_rate, label_prior_rates
+from utils.synthcxr.prior import label_prior_rates
 
 SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_pretrain", "24"]  # as synth_dir
 SPLITS = ("train", "val", "test")
@@ -164,8 +164,8 @@ def test_meta_records_the_prior_rate(synth_dir):
     assert meta["counts"] == {"train": 24, "val": 6, "test": 6}
     assert len(meta["finding_types"]) >= 6
     assert 0.0 <= meta["label_prior_acc@0.5"] <= 1.0
-    rate = label_prior_rate(rows(synth_dir, "report_train.jsonl"),
-                             rows(synth_dir, "report_test.jsonl"))
+    rate = label_prior_rates(rows(synth_dir, "report_train.jsonl"),
+                             rows(synth_dir, "report_test.jsonl"))["all"]
     assert meta["label_prior_acc@0.5"] == pytest.approx(rate, abs=1e-4)
 
 
@@ -223,10 +223,9 @@ def test_label_prior_rate_by_hand():
             row(finding([[0, 0, 20, 20]], "mass"))]  # unseen key: mean of all train targets
     # the effusion target is the enclosing box [0, 50, 100, 70] in both: IoU 1.0;
     # all-target mean box [10, 23.33, 50, 43.33] vs [0, 0, 20, 20]: no overlap.
-    assert label_prior_rate(train, test) == pytest.approx(0.5)
     assert label_prior_rates(train, test) == pytest.approx(
         {"all": 0.5, "effusion": 1.0, "mass": 0.0, "nodule": 0.5})
-    assert label_prior_rate(train, [row()]) == 0.0
+    assert label_prior_rates(train, [row()]) == {"all": 0.0}
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):

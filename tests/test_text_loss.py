@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from model.config import GroundingConfig
-from model.text_loss import IGNORE_INDEX, phrase_start_mask, text_loss
+from model.constants import IGNORE_INDEX
+from model.text_loss import phrase_start_mask, text_loss
 
 BOX, DOT, IT, IS, EOS = 9, 5, 6, 7, 2
 X = IGNORE_INDEX

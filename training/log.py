@@ -11,7 +11,8 @@ from torch.utils.tensorboard import SummaryWriter
 class TrainLog:
     """Writes ``tensorboard/`` event files and ``log.jsonl`` under the run folder.
 
-    Each JSON line holds a kind ("train" or "val"), the global step, and the values.
+    Each JSON line holds a kind ("train", "val", or "cache": the embedding cache's counts at
+    an epoch's end), the global step, and the values.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True):

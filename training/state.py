@@ -1,7 +1,7 @@
 """Where a training run is: the counters a checkpoint stores and a resume restores."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -37,6 +37,3 @@ class TrainState:
             raise ValueError(f"{source}: the training counters are missing or malformed "
                              f"({error!r})") from error
         return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if key != "rng"}

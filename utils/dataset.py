@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from model.constants import IGNORE_INDEX
 from utils.annotations import Sample
 from utils.image_io import DEFAULT_MAX_PIXELS, read_image
 from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
@@ -24,7 +25,6 @@ from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 SEQUENCE_OVERHEAD = 2  # tokens the processor adds around the prompt (BOS, separator)
 # what may be cut, in order, when a prompt is too long; the supervised answer never is
 CUTTABLE = {"report": ("report",), "vqa": ("question", "answer"), "class": ("description",)}

@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
+from model.constants import IGNORE_INDEX
 from utils.pretrain.data import read_gray
 from utils.prompts import BOX_TOKEN, prompt_text
 
 logger = logging.getLogger(__name__)
 
 REPORT_REQUEST = "Write the radiology report of this chest X-ray."
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

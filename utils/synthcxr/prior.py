@@ -55,14 +55,6 @@ def prior_hits(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[st
     return [(key[0], bool(iou >= threshold)) for (key, _), iou in zip(test, ious.tolist())]
 
 
-def label_prior_rate(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
-                      threshold: float = 0.5) -> float:
-    """Fraction of test findings whose key's mean train box has IoU >= ``threshold`` (0.0 when
-    the test rows hold no finding)."""
-    hits = prior_hits(train_rows, test_rows, threshold)
-    return sum(hit for _, hit in hits) / len(hits) if hits else 0.0
-
-
 def label_prior_rates(train_rows: Iterable[dict[str, Any]], test_rows: Iterable[dict[str, Any]],
                        threshold: float = 0.5) -> dict[str, float]:
     """The rate over all test findings (key "all") and per finding type (sorted keys)."""
