@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--task {args.task} does not match the {tasks[0]} text given")
     else:
         args.task = tasks[0]
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder for <stem>.json and <stem>.png")
     args.quantization = quantization_of(args)
     return args
 

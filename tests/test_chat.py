@@ -284,6 +284,13 @@ def test_text_flags_are_checked_at_parse_time(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_out_must_not_be_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit):
+        chat.parse_args(["--version", "v", "--out", str(tmp_path / "taken")])
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task, flags", [(None, []), ("vqa", ["--task", "vqa"])])
 def test_interactive_task(task, flags):
     assert chat.parse_args(["--version", "v", *flags]).task == (task or "report")

@@ -121,11 +121,24 @@ def test_pixel_limit_refuses_bombs(tmp_path, reader):
     with pytest.raises(ImageReadError, match=r"big\.png.*--max_image_pixels"):
         reader(tmp_path / "big.png", max_pixels=9_999)
     # PIL's own DecompressionBombWarning (> limit) and Error (> 2 x limit) are both refused
-    with pytest.raises(ImageReadError, match="big.png"):
+    with pytest.raises(ImageReadError, match="big.png") as raised:
         reader(tmp_path / "big.png", max_pixels=4_000)
+    assert "4,000 pixels" in str(raised.value) and "8000" not in str(raised.value)
     dicom = write_dicom(tmp_path / "big.dcm", RAMP_12BIT)
     with pytest.raises(ImageReadError, match=r"big\.dcm.*1,200 pixels"):
         reader(dicom, max_pixels=1_000)
+
+
+@pytest.mark.parametrize("reader", [read_image, image_size])
+@pytest.mark.parametrize("size, refused", [((4000, 3), True), ((3, 400), True), ((210, 10), True),
+                                           ((200, 10), False), ((1, 1), False)])
+def test_aspect_ratio_limit(tmp_path, reader, size, refused):
+    Image.new("L", size).save(tmp_path / "thin.png")
+    if refused:
+        with pytest.raises(ImageReadError, match=r"thin\.png is \d+x\d+ pixels, an aspect ratio"):
+            reader(tmp_path / "thin.png")
+    else:
+        reader(tmp_path / "thin.png")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -28,6 +28,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~100 Mpx; a 43 x 43 cm detector at 0.1 mm is ~18 Mpx
+MAX_ASPECT_RATIO = 20  # long side / short side; a long-leg or whole-spine film is about 3
 WINDOWS = ("full", "percentile")
 PERCENTILE_WINDOW = (0.5, 99.5)
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -55,11 +56,17 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image over ``max_pixels`` or of an aspect ratio over ``MAX_ASPECT_RATIO``."""
     if width * height > max_pixels:
         raise ImageReadError(
             f"image {path} has {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (a possible decompression bomb); downscale it, or raise "
             "--max_image_pixels if the image is genuine")
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageReadError(
+            f"image {path} is {width}x{height} pixels, an aspect ratio over "
+            f"{MAX_ASPECT_RATIO}:1 that no radiograph has (the model's square input would "
+            "squeeze its short side away); check the file, or crop it to the radiograph")
 
 
 def _check_window(window: str) -> None:
@@ -110,8 +117,8 @@ def _open_pil(path: Path, max_pixels: int) -> Image.Image:
             image = Image.open(path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageReadError(
-                f"image {path} is over the limit of {max_pixels:,} pixels ({error}); a possible "
-                "decompression bomb: downscale it, or raise --max_image_pixels if it is genuine"
+                f"image {path} is over the limit of {max_pixels:,} pixels: a possible "
+                "decompression bomb; downscale it, or raise --max_image_pixels if it is genuine"
             ) from error
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageReadError(f"image {path} cannot be read ({error}); check that it is a "
