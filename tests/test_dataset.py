@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoProcessor
 
 from model.constants import BOX_TOKEN, IGNORE_INDEX
@@ -18,7 +21,7 @@ from utils.dataset import (
     PromptTooLongError,
     ordered_findings,
 )
-from utils.image_io import read_image
+from utils.image_io import ImageReadError, read_image
 from utils.prompts import answer_text
 from utils.sam_transforms import image_to_padded_boxes, padded_to_image_boxes, preprocess_for_sam
 
@@ -150,3 +153,17 @@ def test_every_box_of_a_finding_is_a_target_with_its_box_number(tiny_dir, synth_
         mine = batch["box_set_targets"][batch["box_set_index"] == number]
         enclosing = torch.cat([mine[:, :2].min(dim=0).values, mine[:, 2:].max(dim=0).values])
         torch.testing.assert_close(batch["box_targets"][number], enclosing)
+
+
+def test_pixels_corrupt_after_a_valid_header_name_the_row(tiny_dir, synth_dir, tmp_path):
+    """Validation reads headers only; a JPEG cut after its header fails when its sample loads,
+    naming the annotation row and the file."""
+    sample = load_annotations(synth_dir / "report_train.jsonl")[0]
+    buffer = io.BytesIO()
+    Image.open(sample.image_path).convert("L").save(buffer, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    dataset = GroundingDataset([dataclasses.replace(sample, image_path=cut)],
+                               load_processor(tiny_dir / "llava"), 256, train=True)
+    with pytest.raises(ImageReadError, match=rf"{re.escape(sample.source)}: image .*cut\.jpg"):
+        dataset[0]

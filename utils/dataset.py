@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from model.constants import IGNORE_INDEX
 from utils.annotations import Sample
-from utils.image_io import DEFAULT_MAX_PIXELS, read_image
+from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
 from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
@@ -200,8 +200,12 @@ class GroundingDataset(Dataset):
         answer_ids = answer_ids + [self.tokenizer.eos_token_id]
         prompt, _ = self._fit_prompt(sample, len(answer_ids), rng)
 
-        image = read_image(sample.image_path, window=self.image_window,
-                           max_pixels=self.max_image_pixels)
+        try:
+            image = read_image(sample.image_path, window=self.image_window,
+                               max_pixels=self.max_image_pixels)
+        except ImageReadError as error:  # a file whose header read well but whose pixels don't
+            raise ImageReadError(f"{sample.source or sample.id}: {error}. Validation reads the "
+                                 "image headers only; fix the file, or remove this row") from error
         if self.image_noise_std > 0:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             noise = torch.randn(image.shape, generator=generator) * self.image_noise_std
