@@ -122,3 +122,35 @@ def test_reference_pth_round_trip(tmp_path):
     write_jsonl([s.to_canonical(tmp_path) for s in samples], out)
     again = load_annotations(out, tmp_path)
     assert again[0].findings == samples[0].findings
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"report": "Small left \ud800 effusion."}, "'report'"),
+    ({"findings": [{"phrase": "Small \udfff effusion", "boxes": [[10, 20, 50, 60]]}]},
+     "'findings[0].phrase'"),
+    ({"task": "vqa", "question": "Where \ud800?", "answer": "left"}, "'question'"),
+    ({"image": "images/a\ud800.png"}, "'image'"),
+], ids=["report", "phrase", "question", "image"])
+def test_lone_surrogates_are_row_problems(tmp_path, changes, where):
+    good = make_image(tmp_path, "a.png")
+    path = write(tmp_path, [row(good), {**row(good, id="bad"), **changes}])  # "\\ud800" escapes
+    with pytest.raises(AnnotationError) as raised:
+        load_annotations(path)
+    assert [(p.row, p.reason) for p in raised.value.problems] == [(2, "invalid text")]
+    assert f"{path}:2: {where} holds a lone surrogate" in str(raised.value)
+    assert [s.id for s in load_annotations(path, skip_invalid=True)] == [good]
+
+
+@pytest.mark.parametrize("column, value, where", [
+    ("image_paths", "images/a\ud800.png", "'image'"),
+    ("phrases", "left \ud800 effusion", "'findings[0].phrase'"),
+], ids=["image", "phrase"])
+def test_lone_surrogates_in_reference_pth(tmp_path, column, value, where):
+    images = [make_image(tmp_path, name, (320, 320)) for name in ("a.png", "b.png")]
+    data = {"image_paths": images, "bboxes": [(64, 64, 128, 64), (0, 0, 64, 64)],
+            "phrases": ["left effusion", "nodule"], "all_reports": [["Left effusion."]] * 2}
+    data[column][1] = value
+    torch.save(data, tmp_path / "ref.pth")
+    with pytest.raises(AnnotationError) as raised:
+        load_annotations(tmp_path / "ref.pth")
+    assert f"ref.pth:1: {where} holds a lone surrogate" in str(raised.value)

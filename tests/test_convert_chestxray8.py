@@ -115,3 +115,22 @@ def test_real_radiographs_end_to_end(tmp_path, nih_images, capsys):
     nodule = samples["00027426_000"]
     assert nodule.findings[0].phrase == "Nodule in the left upper lung zone"  # image right
     assert nodule.to_canonical(root)["findings"][0]["boxes"] == [[300, 150, 340, 190]]
+
+
+@pytest.mark.parametrize("size", [(1024, 800), (512, 1024), (1024, 1021)])
+def test_boxes_are_not_stretched_to_a_non_square_image(tmp_path, nih_root, capsys, size):
+    """00000003 on disk at ``size`` against the square 1024-px frame: its lines are refused;
+    00000004 (a 512-px copy) is converted."""
+    Image.new("L", size, 70).save(nih_root / "00000003_000.png")
+    out = tmp_path / "cxr8.jsonl"
+    code, err = convert(capsys, "chestxray8", "--bbox_csv", BBOX, "--data_entry", ENTRY,
+                        "--image_root", nih_root, "--out", out)
+    assert code == 0 and sorted(rows_of(out)) == ["00000004_000"]
+    assert f"{BBOX}:2: image of another aspect ratio: 00000003_000.png: the boxes are in " \
+           f"pixels of a 1024x1024 image, but the image on disk is {size[0]}x{size[1]}" in err
+    assert "(--box_frame 1024); line(s) 2, 3, 4 left out" in err
+    assert "image of another aspect ratio: 3" in err
+    code, err = convert(capsys, "chestxray8", "--bbox_csv", BBOX, "--data_entry", ENTRY,
+                        "--image_root", nih_root, "--out", out, "--stretched_copies")
+    assert code == 0 and sorted(rows_of(out)) == ["00000003_000", "00000004_000"]
+    assert "boxes scaled per axis (--stretched_copies): 1" in err

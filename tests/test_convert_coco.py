@@ -68,3 +68,51 @@ def test_bad_phrase_map_fails_before_writing(tmp_path, image_root, capsys):
     code, err = convert(capsys, "coco", "--coco", COCO, "--phrases", phrases,
                         "--image_root", image_root, "--out", out)
     assert code == 2 and not out.exists() and "'nodule'" in err and "{side}" in err
+
+
+def coco_with(tmp_path: Path, **changes: dict) -> Path:
+    """The fixture COCO file with entries changed: ``images={1: {"id": 1}}`` updates images[1]."""
+    data = json.loads(COCO.read_text())
+    for key, entries in changes.items():
+        for position, values in entries.items():
+            data[key][position].update(values)
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("key", ["images", "categories", "annotations"])
+def test_repeated_ids_fail_naming_the_list_and_index(tmp_path, image_root, capsys, key):
+    coco = coco_with(tmp_path, **{key: {2: {"id": 1}}})
+    out = tmp_path / "coco.jsonl"
+    code, err = convert(capsys, "coco", "--coco", coco, "--phrases", FIXTURES / "phrases.json",
+                        "--image_root", image_root, "--out", out)
+    assert code == 2 and not out.exists() and "nothing written" in err
+    assert f"{coco}: {key}[2] repeats id 1 ({key}[0])" in err and "own id" in err
+
+
+@pytest.mark.parametrize("width, height", [(400, 100), (200, 200), (100, 100), (203, 100)])
+def test_boxes_are_not_stretched_to_another_aspect_ratio(tmp_path, image_root, capsys, width,
+                                                         height):
+    """a.png is 400 x 200 on disk; b.png (200 x 100, declared so) is still converted."""
+    coco = coco_with(tmp_path, images={0: {"width": width, "height": height}})
+    out = tmp_path / "coco.jsonl"
+    code, err = convert(capsys, "coco", "--coco", coco, "--phrases", FIXTURES / "phrases.json",
+                        "--image_root", image_root, "--out", out)
+    assert code == 0 and sorted(rows_of(out)) == ["imgs/b"]
+    assert f"{coco}:1: image of another aspect ratio: image id 1 (imgs/a.png)" in err
+    assert f"{width}x{height} image" in err and "on disk is 400x200" in err
+
+
+@pytest.mark.parametrize("template", ["Nodule {side[0]}", "Nodule {side.upper}",
+                                      "Nodule {side!r}", "Nodule {zone:>9}"])
+def test_template_fields_must_be_plain_names(tmp_path, image_root, capsys, template):
+    phrases = tmp_path / "phrases.json"
+    phrases.write_text(json.dumps({"nodule": template, "effusion": "Effusion"}))
+    out = tmp_path / "coco.jsonl"
+    code, err = convert(capsys, "coco", "--coco", COCO, "--phrases", phrases,
+                        "--image_root", image_root, "--out", out)
+    field = template[template.index("{"):]
+    assert code == 2 and not out.exists()
+    assert f"phrase of 'nodule' ({template!r}) uses the field {field}" in err
+    assert "only the plain fields {side} and {zone}" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -99,3 +100,38 @@ def test_stats(tmp_path, capsys):
     assert stats["phrases_verbatim_in_report"] == 3 and stats["phrases_in_reports"] == 4
     assert stats["image_width"] == [64, 64] and stats["image_height"] == [48, 48]
     assert "== " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: [], "the file holds no row"),
+    (lambda rows: [{**r, "patient": ""} for r in rows], "no row has a patient id"),
+], ids=["empty file", "no patient"])
+def test_nothing_to_split_writes_nothing(tmp_path, capsys, change, message):
+    source = tmp_path / "all.jsonl"
+    write_jsonl(change(make_rows(tmp_path)[:4]), source)
+    assert main(["split", "--input", str(source), "--out_dir", str(tmp_path / "out")]) == 2
+    assert f"{source}: {message}, nothing to split" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_integer_patient_ids_are_patients(tmp_path, capsys):
+    rows = [{**r, "patient": int(r["patient"][1:])} for r in make_rows(tmp_path)[:4]]
+    assert rows[0]["patient"] == 0  # the schema allows integers, and 0 is one
+    source = tmp_path / "all.jsonl"
+    write_jsonl(rows, source)
+    assert main(["split", "--input", str(source), "--strict"]) == 0
+    assert "no patient id" not in capsys.readouterr().err
+    written = [r for s in ("train", "val", "test") for r in read(tmp_path / f"all_{s}.jsonl")]
+    assert sorted(r["id"] for r in written) == sorted(r["id"] for r in rows)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_split_never_writes_over_its_input(tmp_path, capsys, split):
+    source = tmp_path / f"report_{split}.jsonl"
+    write_jsonl(make_rows(tmp_path)[:10], source)
+    before = source.read_bytes()
+    assert main(["split", "--input", str(source), "--name", "report"]) == 2
+    assert f"{source}: the {split} split would be written over this input file" in \
+        capsys.readouterr().err
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [source.name]

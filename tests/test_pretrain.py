@@ -16,6 +16,7 @@ from model.build import build_umedground
 from model.config import GroundingConfig
 from model.llava_builder import load_processor
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam, load_sam_checkpoint
+from utils.annotations import SPLITS
 from utils.pretrain.data import load_rows, read_masks, split_by_patient
 from utils.pretrain.lm import LmSettings, encode, pretrain_lm
 from utils.pretrain.sam import SamSettings, layer_group, pretrain_sam
@@ -23,8 +24,6 @@ from utils.prompts import BOX_TOKEN
 from utils.synthcxr.findings import pixel_box
 from utils.synthcxr.pretrain import PRETRAIN_DIR, pack_layers, read_pretraining_rows, unpack_layers
 from utils.tiny_checkpoints import REPORT_NAME, build_tiny_llava, corpus_lines, train_tokenizer
-
-SPLITS = ("train", "val", "test")
 
 
 def jsonl(path: Path) -> list[dict]:

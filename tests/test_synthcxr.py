@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.annotations import load_annotations
+from utils.annotations import SPLITS, load_annotations
 from utils.synthcxr.__main__ import main
 from utils.synthcxr.findings import FINDING_TYPES, MULTIFOCAL_P
 from utils.synthcxr.prior import label_prior_rates
 
 SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_pretrain", "24"]  # as synth_dir
-SPLITS = ("train", "val", "test")
 HEART_NORMAL = ("Heart size is normal", "normal in size", "cardiomediastinal silhouette is normal")
 
 

@@ -22,10 +22,11 @@ from typing import Any, Iterable, Sequence
 
 from model.constants import TASKS
 from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size
-from utils.text_io import DEFAULT_ENCODING, loads_json, read_lines
+from utils.text_io import DEFAULT_ENCODING, loads_json, lone_surrogate, read_lines
 
 logger = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")  # the <name>_<split>.jsonl files of an annotation set
 REQUIRED_KEYS = {"id", "image", "findings"}
 TEXT_KEYS = ("patient", "report", "question", "answer", "label", "description", "source",
              "category")
@@ -139,12 +140,17 @@ class ReadOptions:
     fix_declared_size: a row's ``width``/``height`` that differ from the image file are taken
       as the frame of its boxes, which are rescaled to the file (counted); otherwise an error.
     encoding: the text encoding of the annotation file.
+    stretched_copies: (the converters) boxes drawn on an image of another aspect ratio than
+      the image on disk are scaled per axis to it, counted, as for a stretched copy such as a
+      512 x 512 resize; otherwise such an image is refused (a crop or a rotation would put
+      the boxes in the wrong place).
     """
 
     allow_outside_root: bool = False
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     fix_declared_size: bool = False
     encoding: str = DEFAULT_ENCODING
+    stretched_copies: bool = False
 
 
 def is_number(value: Any) -> bool:
@@ -161,13 +167,16 @@ def resolve_image(image_root: Path, image: Any, allow_outside_root: bool
                   ) -> tuple[Path | None, str | None]:
     """``image_root / image``, or why that is not an acceptable image path.
 
-    The path must be a non-empty string and, unless ``allow_outside_root``, resolve (after
-    ``..`` and symlinks) inside ``image_root``.
+    The path must be a non-empty string without NUL or lone surrogates and, unless
+    ``allow_outside_root``, resolve (after ``..`` and symlinks) inside ``image_root``.
     """
     if not isinstance(image, str) or not image.strip():
         return None, f"'image' must be a non-empty path string, got {image!r}"
     if "\0" in image:
         return None, f"image path {image!r} holds a NUL character"
+    message = lone_surrogate(image, "image")
+    if message:  # no file name can hold it
+        return None, message
     path = image_root / image
     if allow_outside_root:
         return path, None
@@ -260,6 +269,10 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
         return None, problems
     for message in _type_problems(row):
         bad(message, "wrong type")
+    message = lone_surrogate(row)
+    if message:  # no tokenizer, UTF-8 file or file name takes it
+        bad(message, "invalid text")
+        return None, problems
     task = row.get("task", "report")
     if task not in TASKS:
         bad(f"task {task!r} is not one of {list(TASKS)}")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 DEFAULT_ENCODING = "utf-8"
 MAX_ROW_BYTES = 16 * 2**20  # one JSONL row; a radiology report is a few kB
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds only lone ones: JSON pairs combine
 
 
 class TextDecodeError(ValueError):
@@ -95,14 +98,52 @@ def loads_json(text: str) -> tuple[Any, str | None]:
         return None, f"unusable JSON value ({error})"
 
 
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Why a JSON value cannot be written as UTF-8, or None.
+
+    A JSON escape such as ``"\\ud800"`` without its pair decodes to a lone surrogate, which
+    no UTF-8 file (and no tokenizer) takes. The message names the key path of the first one
+    (e.g. ``'findings[0].phrase'``; ``where`` is the path of ``value`` itself) and its place.
+    The walk is iterative: JSON nested as deep as the parser allows is fine.
+    """
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return (f"{repr(name) if name else 'the text'} holds a lone surrogate "
+                        f"\\u{ord(found.group()):04x} at character {found.start() + 1} (half of "
+                        "an escaped character pair); fix or remove it")
+        elif isinstance(item, dict):
+            for key in item:
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return f"key {key!r} holds a lone surrogate; fix or remove it"
+            stack.extend((f"{name}.{key}" if name else str(key), item[key])
+                         for key in reversed(list(item)))
+        elif isinstance(item, list):
+            stack.extend((f"{name}[{index}]", item[index])
+                         for index in reversed(range(len(item))))
+    return None
+
+
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     """Write rows as JSON Lines (sorted keys, UTF-8, "\\n" line ends), creating the folder;
     returns the row count. Non-finite numbers are refused (``allow_nan=False``): no file holds
-    a NaN box."""
+    a NaN box.
+
+    The whole content is encoded first and written to a temporary file beside ``path``, which
+    then replaces ``path``: an error (e.g. a lone surrogate) leaves an existing file as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
              for row in rows]
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(lines)
+    data = "".join(lines).encode("utf-8")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return len(lines)

@@ -1,7 +1,8 @@
 """``chestxray8``: NIH ChestX-ray8 boxes (BBox_List_2017.csv) -> MRG-ChestX-ray8.
 
 One row per boxed image. Boxes are given in pixels of the released 1024 x 1024 PNGs
-(``--box_frame``); they are scaled to the size of the image on disk (e.g. 512 px copies).
+(``--box_frame``); they are scaled to the size of the image on disk (e.g. 512 px copies); an
+image on disk that is not square is reported, as its boxes would be stretched.
 Data_Entry_2017.csv gives the patient id. Its ``OriginalImage[Width, Height]`` is the size
 *before* NIH resized the images to 1024 px, so it plays no part in the box scale.
 
@@ -18,10 +19,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-from utils.convert.geometry import box_problem, clip_box, position_words, scale_box, xywh_to_xyxy
+from utils.convert.geometry import (
+    ASPECT,
+    box_problem,
+    clip_box,
+    position_words,
+    refuse_aspect,
+    scale_box,
+    xywh_to_xyxy,
+)
 from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
-from utils.convert.output import add_output_arguments, finish, read_options
+from utils.convert.output import (
+    add_output_arguments,
+    add_stretched_copies_argument,
+    finish,
+    read_options,
+)
 from utils.convert.tables import MALFORMED, TableRow, parse_numbers, read_table
 from utils.convert.text import grounded_report_row, render_phrase, sentence_with
 from utils.convert.user_reports import NO_REPORT, UserReports, read_user_reports
@@ -67,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box_frame", type=_box_frame, default=1024.0,
                         help="size of the square image the BBox_List coordinates refer to")
     add_output_arguments(parser)
+    add_stretched_copies_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -183,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
         size = image_size_under(args.image_root, image, options)
         if isinstance(size, str):
             log.problem(file, boxes[0][0].line, MISSING_IMAGE, f"{size}; line(s) {lines} left out",
+                        rows=len(boxes))
+            continue
+        message = refuse_aspect((args.box_frame, args.box_frame), size, options.stretched_copies,
+                                log)
+        if message:
+            log.problem(file, boxes[0][0].line, ASPECT,
+                        f"{image}: {message} (--box_frame {args.box_frame:g}); line(s) {lines} "
+                        "left out; use the released square image or a uniformly resized copy",
                         rows=len(boxes))
             continue
         row = build_row(image, boxes, size, patients[image], reports, file, args.box_frame, log)

@@ -6,20 +6,39 @@ left) and ``{zone}`` (upper/middle/lower third), e.g. ``"Nodule in the {side} {z
 zone"``. Without ``--reports`` the report is the rendered phrases joined as sentences and rows
 get ``"templated": true``; with ``--reports`` each annotation's phrase is the first report
 sentence that holds its rendered phrase or its category name. Boxes (COCO ``[x, y, w, h]``
-in pixels of the image's ``width x height``) are scaled to the image on disk. The patient is
+in pixels of the image's ``width x height``) are scaled to the image on disk; an image on disk
+of another aspect ratio is reported, as its boxes would be stretched. The patient is
 the image entry's ``patient_id``, else the id in a MIMIC/NIH file name, else the image name.
+An id repeated within ``images``, ``categories`` or ``annotations`` is an error (nothing is
+written), as is a template field other than plain ``{side}`` / ``{zone}``.
 """
 from __future__ import annotations
 
 import argparse
+import string
 from pathlib import Path
 from typing import Any
 
+from pycocotools.coco import COCO
+
 from utils.annotations import ReadOptions, is_number
-from utils.convert.geometry import box_problem, clip_box, position_words, scale_box, xywh_to_xyxy
+from utils.convert.geometry import (
+    ASPECT,
+    box_problem,
+    clip_box,
+    position_words,
+    refuse_aspect,
+    scale_box,
+    xywh_to_xyxy,
+)
 from utils.convert.images import image_size_under
 from utils.convert.log import ConversionError, ConversionLog
-from utils.convert.output import add_output_arguments, finish, read_options
+from utils.convert.output import (
+    add_output_arguments,
+    add_stretched_copies_argument,
+    finish,
+    read_options,
+)
 from utils.convert.paths import patient_from_path
 from utils.convert.tables import MALFORMED, read_coco, read_json
 from utils.convert.text import grounded_report_row, render_phrase, sentence_with
@@ -34,6 +53,8 @@ NO_PHRASE = "category without a phrase"
 NOT_IN_REPORT = "finding not named in its report"
 NO_ANNOTATIONS = "image without annotations or report"
 NO_PATIENT = "no patient id (image name used)"
+ID_LISTS = ("images", "categories", "annotations")
+TEMPLATE_FIELDS = ("side", "zone")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +71,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="report texts: CSV 'image, report' or JSONL "
                              '{"image": ..., "report": ...}; default: templated sentences')
     add_output_arguments(parser)
+    add_stretched_copies_argument(parser)
     parser.set_defaults(func=run)
+
+
+def read_unique_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) -> COCO:
+    """:func:`read_coco`, refusing an id repeated within ``images``, ``categories`` or
+    ``annotations`` (pycocotools would silently keep one of the entries).
+
+    Raises :class:`ConversionError` listing every repeat as
+    ``<file>: <list>[<position>] repeats id <id> (<list>[<first position>])``.
+    """
+    data = read_json(path, "COCO JSON file", encoding)
+    repeats = []
+    for key in ID_LISTS:
+        entries = data.get(key) if isinstance(data, dict) else None
+        first: dict[int, int] = {}
+        for position, entry in enumerate(entries if isinstance(entries, list) else []):
+            entry_id = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+                continue  # read_coco reports it
+            if entry_id in first:
+                repeats.append(f"{path}: {key}[{position}] repeats id {entry_id} "
+                               f"({key}[{first[entry_id]}])")
+            else:
+                first[entry_id] = position
+    if repeats:
+        raise ConversionError("\n".join(repeats) + f"\n{path}: ids must be unique within each "
+                              "list; give every entry its own id, or delete the repeated entry")
+    return read_coco(path, log, encoding)
 
 
 def read_phrase_map(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, str]:
@@ -61,12 +110,30 @@ def read_phrase_map(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, s
     for category, template in phrases.items():
         if not isinstance(template, str) or not template.strip():
             raise ConversionError(f"{path}: phrase of {category!r} is not a non-empty string")
-        try:
-            render_phrase(template, {"side": "right", "zone": "upper"})
-        except (KeyError, IndexError, ValueError) as error:
-            raise ConversionError(f"{path}: phrase of {category!r} ({template!r}) uses a field "
-                                  f"other than {{side}} / {{zone}} ({error})") from error
+        problem = template_problem(template)
+        if problem:
+            raise ConversionError(
+                f"{path}: phrase of {category!r} ({template!r}) {problem}; a template may hold "
+                "only the plain fields {side} and {zone} (no index, attribute, conversion or "
+                "format), e.g. \"Nodule in the {side} {zone} lung zone\"; write {{ and }} for a "
+                "literal brace")
     return phrases
+
+
+def template_problem(template: str) -> str | None:
+    """What is wrong with a phrase template, or None when its fields are plain ``{side}`` and
+    ``{zone}`` (an index such as ``{side[0]}`` or an attribute such as ``{side.upper}`` is not
+    a field)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        return f"is not a valid template ({error})"
+    for name, spec, conversion in fields:
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            field = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"uses the field {{{field}}}"
+    return None
 
 
 def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dict[int, str],
@@ -96,6 +163,13 @@ def image_row(image: dict[str, Any], anns: list[dict[str, Any]], categories: dic
                     "numbers; fix them", rows=max(len(anns), 1))
         return None
     frame = (float(declared[0] or width), float(declared[1] or height))
+    message = refuse_aspect(frame, size, options.stretched_copies, log)
+    if message:
+        log.problem(file, anns[0]["id"] if anns else None, ASPECT,
+                    f"image id {image['id']} ({name}): {message}; use the image the boxes were "
+                    "drawn on (or a uniformly resized copy), or fix its width/height",
+                    rows=max(len(anns), 1))
+        return None
     findings: dict[str, dict[str, Any]] = {}
     seen: dict[tuple, int] = {}
     for ann in anns:
@@ -151,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     options = read_options(args)
     phrases = read_phrase_map(args.phrases, args.encoding)
     reports = read_user_reports(args.reports, log, args.encoding) if args.reports else None
-    coco = read_coco(args.coco, log, args.encoding)
+    coco = read_unique_coco(args.coco, log, args.encoding)
     categories = {cat_id: str(cat.get("name", "")) for cat_id, cat in coco.cats.items()}
     for ann_id in sorted(coco.anns):
         if coco.anns[ann_id].get("image_id") not in coco.imgs:

@@ -9,8 +9,12 @@ import math
 from typing import Sequence
 
 from utils.annotations import BOX_TOLERANCE_PX
+from utils.convert.log import ConversionLog
 
 PixelBox = list[float]
+ASPECT_TOLERANCE_PX = 1.0  # rounding of a uniformly resized copy moves a side by under 1 px
+ASPECT = "image of another aspect ratio"
+STRETCHED = "image of another aspect ratio, boxes scaled per axis (--stretched_copies)"
 
 
 def xywh_to_xyxy(x: float, y: float, w: float, h: float) -> PixelBox:
@@ -45,6 +49,33 @@ def scale_box(box: Sequence[float], sx: float, sy: float) -> PixelBox:
     """Scale x by ``sx`` and y by ``sy``, rounded to 1/1000 px."""
     x0, y0, x1, y1 = box
     return [round(x0 * sx, 3), round(y0 * sy, 3), round(x1 * sx, 3), round(y1 * sy, 3)]
+
+
+def aspect_problem(frame: Sequence[float], size: Sequence[float]) -> str | None:
+    """Why boxes drawn on a ``frame`` (width, height) cannot be scaled to an image of ``size``.
+
+    Scaling is only right for a uniformly resized image: the frame scaled to the image's width
+    must give its height, or scaled to its height its width, within ``ASPECT_TOLERANCE_PX``
+    (the rounding of a resized copy). None when that holds.
+    """
+    (frame_w, frame_h), (width, height) = frame, size
+    miss = min(abs(frame_h * width / frame_w - height), abs(frame_w * height / frame_h - width))
+    if miss <= ASPECT_TOLERANCE_PX:
+        return None
+    return (f"the boxes are in pixels of a {frame_w:g}x{frame_h:g} image, but the image on disk "
+            f"is {width:g}x{height:g}, another aspect ratio: scaling would stretch the boxes "
+            "(if it is a stretched resize, --stretched_copies scales them per axis)")
+
+
+def refuse_aspect(frame: Sequence[float], size: Sequence[float], stretched_copies: bool,
+                  log: ConversionLog) -> str | None:
+    """:func:`aspect_problem`, unless ``stretched_copies`` (``--stretched_copies``) lets the
+    boxes be scaled per axis: then None, and the image is counted."""
+    message = aspect_problem(frame, size)
+    if message and stretched_copies:
+        log.note(STRETCHED)
+        return None
+    return message
 
 
 def position_words(box: Sequence[float], width: float, height: float) -> dict[str, str]:

@@ -29,8 +29,12 @@ def row_labels(row: dict[str, Any]) -> list[str]:
 
 
 def row_patient(row: dict[str, Any]) -> str:
-    """The row's ``patient``, else the patient id in its image path, else ""."""
-    return str(row.get("patient") or "") or patient_from_path(str(row.get("image", "")))
+    """The row's ``patient`` (a string or, as the schema allows, an integer: 0 is an id), else
+    the patient id in its image path, else ""."""
+    patient = row.get("patient")
+    if patient is None or patient == "" or isinstance(patient, bool):
+        return patient_from_path(str(row.get("image", "")))
+    return str(patient)
 
 
 def read_rows(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING

@@ -7,13 +7,17 @@ all of their boxes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 from utils.convert.log import ConversionLog
 from utils.convert.mscxr import SOURCE, add_mscxr_input_arguments
 from utils.convert.mscxr_annotations import MsCxrImage, group_images, read_mscxr
 from utils.convert.output import add_output_arguments, finish, read_options
+
+HASH_CHARS = 8
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,14 +30,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def category_slugs(categories: Iterable[str]) -> dict[str, str]:
+    """Category name -> the id part of its rows, distinct for distinct names.
+
+    The slug is the lower-cased name with every run of other characters than (unicode)
+    letters and digits made one ``_`` ("Pleural Effusion" -> "pleural_effusion", "气胸" ->
+    "气胸"). A name whose slug is empty or shared with another name gets a short stable hash
+    of the name appended ("Lung opacity" and "lung-opacity" -> "lung_opacity_<hash>").
+    """
+    names = sorted(set(categories))
+    slugs = {name: re.sub(r"[\W_]+", "_", name.lower()).strip("_") for name in names}
+    shared = Counter(slugs.values())
+    for name, slug in slugs.items():
+        if not slug or shared[slug] > 1:
+            digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:HASH_CHARS]
+            slugs[name] = f"{slug}_{digest}" if slug else digest
+    return slugs
+
+
 def class_rows(images: list[MsCxrImage]) -> list[dict[str, Any]]:
-    """One task-"class" row per image and category."""
+    """One task-"class" row per image and category (id ``<dicom_id>-<category slug>``)."""
+    slugs = category_slugs(c for image in images for c in image.categories())
     rows = []
     for image in images:
         for category in image.categories():
-            slug = re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
             rows.append({
-                "id": f"{image.dicom_id}-{slug}", "image": image.path, "patient": image.patient,
+                "id": f"{image.dicom_id}-{slugs[category]}", "image": image.path,
+                "patient": image.patient,
                 "report": "",
                 "findings": [{"phrase": f.phrase, "boxes": f.boxes, "category": f.category}
                              for f in image.findings if f.category == category],

@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.annotations import ReadOptions, is_number
-from utils.convert.geometry import PixelBox, box_problem, clip_box, scale_box, xywh_to_xyxy
+from utils.convert.coco import read_unique_coco
+from utils.convert.geometry import (
+    ASPECT,
+    PixelBox,
+    box_problem,
+    clip_box,
+    refuse_aspect,
+    scale_box,
+    xywh_to_xyxy,
+)
 from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
 from utils.convert.paths import mimic_ids
-from utils.convert.tables import MALFORMED, parse_numbers, read_coco, read_table
+from utils.convert.tables import MALFORMED, parse_numbers, read_table
 from utils.text_io import DEFAULT_ENCODING
 
 BAD_BOX = "box beyond the image"
@@ -121,7 +130,7 @@ def _read_csv(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
 
 
 def _read_json(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
-    coco = read_coco(path, log, encoding)
+    coco = read_unique_coco(path, log, encoding)
     boxes = []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
@@ -158,7 +167,8 @@ def group_images(boxes: list[MsCxrBox], image_root: Path, log: ConversionLog,
 
     Duplicate rows (same image, phrase and box) and images missing under ``image_root`` are
     reported and left out. Boxes are scaled from ``image_width x image_height`` to the size of
-    the image on disk (they differ when the user keeps a resized copy of MIMIC-CXR-JPG).
+    the image on disk (they differ when the user keeps a resized copy of MIMIC-CXR-JPG); a row
+    whose image on disk has another aspect ratio is reported and left out.
     Image paths must resolve inside ``image_root`` and images stay under the pixel limit
     (``options``).
     """
@@ -186,16 +196,29 @@ def group_images(boxes: list[MsCxrBox], image_root: Path, log: ConversionLog,
                         f"{size}; row(s) {', '.join(str(r.row) for r in rows)} left out",
                         rows=len(rows))
             continue
+        rows = [row for row in rows if _same_aspect(row, path, size, options, log)]
+        if not rows:
+            continue
         width, height = size
-        patient, study, dicom_id = mimic_ids(path)
-        image = MsCxrImage(path, dicom_id, patient, study, width, height, rows[0].split,
-                           rows[0].file, rows[0].row)
         findings: dict[tuple[str, str], MsCxrFinding] = {}
         for row in rows:
             finding = findings.setdefault((row.phrase, row.category),
                                           MsCxrFinding(row.phrase, row.category))
             finding.boxes.append(scale_box(row.box, width / row.image_width,
                                            height / row.image_height))
-        image.findings = list(findings.values())
-        images.append(image)
+        patient, study, dicom_id = mimic_ids(path)
+        images.append(MsCxrImage(path, dicom_id, patient, study, width, height, rows[0].split,
+                                 rows[0].file, rows[0].row, list(findings.values())))
     return images
+
+
+def _same_aspect(row: MsCxrBox, path: str, size: tuple[int, int], options: ReadOptions,
+                 log: ConversionLog) -> bool:
+    """Whether the row's boxes can be scaled to the image on disk; reports the row if not."""
+    message = refuse_aspect((row.image_width, row.image_height), size, options.stretched_copies,
+                            log)
+    if message:
+        log.problem(row.file, row.row, ASPECT,
+                    f"{path}: {message}; use the image the boxes were drawn on (or a uniformly "
+                    "resized copy), or fix image_width/image_height")
+    return message is None

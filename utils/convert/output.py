@@ -40,10 +40,20 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                              "--image_root")
 
 
+def add_stretched_copies_argument(parser: argparse.ArgumentParser) -> None:
+    """``--stretched_copies``, for the converters that scale boxes to the images on disk."""
+    parser.add_argument("--stretched_copies", action="store_true",
+                        help="the images on disk may be stretched resizes of the annotated ones "
+                             "(e.g. 512x512 copies of non-square radiographs): scale the boxes "
+                             "per axis to them (counted) instead of refusing an image of "
+                             "another aspect ratio")
+
+
 def read_options(args: argparse.Namespace) -> ReadOptions:
     """The validation rules of a converter's command line."""
     return ReadOptions(allow_outside_root=args.allow_outside_root,
-                       max_image_pixels=args.max_image_pixels)
+                       max_image_pixels=args.max_image_pixels,
+                       stretched_copies=getattr(args, "stretched_copies", False))
 
 
 def finish(rows: list[dict[str, Any]], out: Path, image_root: Path, log: ConversionLog,

@@ -18,13 +18,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
+from utils.annotations import SPLITS
 from utils.convert.labels import read_rows, row_labels, row_patient
-from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionLog
+from utils.convert.log import EXIT_FAILED, EXIT_OK, ConversionError, ConversionLog
 from utils.text_io import DEFAULT_ENCODING, check_encoding, write_jsonl
 
 logger = logging.getLogger("convert")
 
-SPLITS = ("train", "val", "test")
 NO_PATIENT = "no patient id"
 SHOWN = 10
 
@@ -90,7 +90,16 @@ def assign_patients(patients: dict[str, list[dict[str, Any]]], fractions: Sequen
 
 def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float], seed: int,
                strict: bool, encoding: str = DEFAULT_ENCODING) -> int:
-    """Write ``<out_dir>/<name>_<split>.jsonl``; returns the exit code."""
+    """Write ``<out_dir>/<name>_<split>.jsonl``; returns the exit code.
+
+    Nothing is written (exit code 2) when ``strict`` finds problems or no row has a patient;
+    a :class:`ConversionError` when an output would overwrite the input.
+    """
+    targets = {s: out_dir / f"{name}_{SPLITS[s]}.jsonl" for s, f in enumerate(fractions) if f > 0}
+    for split, target in targets.items():
+        if target.exists() and path.exists() and target.samefile(path):
+            raise ConversionError(f"{path}: the {SPLITS[split]} split would be written over this "
+                                  "input file; pass another --name or --out_dir")
     log = ConversionLog()
     patients: dict[str, list[dict[str, Any]]] = {}
     for line, row in read_rows(path, log, encoding):
@@ -105,13 +114,18 @@ def split_file(path: Path, out_dir: Path, name: str, fractions: Sequence[float],
     if strict and log.problems:
         logger.error("--strict: %d problem(s), nothing written", len(log.problems))
         return EXIT_FAILED
+    if not patients:
+        logger.info("%s", log.summary(0, str(out_dir)))
+        logger.error("%s: %s, nothing to split; nothing written", path,
+                     "no row has a patient id" if log.problems else "the file holds no row")
+        return EXIT_FAILED
     assignment = assign_patients(patients, fractions, seed)
-    parts: dict[int, list[dict[str, Any]]] = {s: [] for s, f in enumerate(fractions) if f > 0}
+    parts: dict[int, list[dict[str, Any]]] = {s: [] for s in targets}
     for patient, rows in patients.items():
         parts[assignment[patient]].extend(rows)
     written = 0
     for split, rows in parts.items():
-        target = out_dir / f"{name}_{SPLITS[split]}.jsonl"
+        target = targets[split]
         written += write_jsonl(rows, target)
         labels = Counter(label for row in rows for label in row_labels(row))
         n_patients = sum(1 for s in assignment.values() if s == split)

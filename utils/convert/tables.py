@@ -12,9 +12,17 @@ from typing import Any, Iterator, Mapping, Sequence
 from pycocotools.coco import COCO
 
 from utils.convert.log import ConversionError, ConversionLog
-from utils.text_io import DEFAULT_ENCODING, TextDecodeError, loads_json, read_lines, read_text
+from utils.text_io import (
+    DEFAULT_ENCODING,
+    TextDecodeError,
+    loads_json,
+    lone_surrogate,
+    read_lines,
+    read_text,
+)
 
 MALFORMED = "malformed row"
+SHOWN_CHARS = 60  # of a value or a line quoted in a message
 
 
 @dataclass(frozen=True)
@@ -51,17 +59,14 @@ def read_table(path: Path, columns: Mapping[str, Sequence[str]], log: Conversion
       encoding: the file's text encoding (``--encoding``); a byte it cannot decode is a
         :class:`ConversionError` naming its line.
     Yields:
-      every well-formed row, with stripped values. A row with too few fields, an empty
-      required value or values beyond the header is reported and skipped. Blank lines are
-      skipped. Raises :class:`ConversionError` when a required column is not in the header.
+      every well-formed row, with stripped values; its line is the one it starts on (a quoted
+      field may hold line breaks). A row with too few fields, an empty required value, values
+      beyond the header or bad quoting is reported and skipped. Blank lines are skipped.
+      Raises :class:`ConversionError` when a required column is not in the header, or when a
+      quote is never closed (see :func:`_records`).
     """
-    text = read_input_text(path, "input table", encoding)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        yield from _rows(path, reader, columns, log, optional)
-    except csv.Error as error:
-        raise ConversionError(f"{path}:{reader.line_num}: not a readable CSV row ({error}); fix "
-                              "the quoting of this line") from error
+    lines = io.StringIO(read_input_text(path, "input table", encoding), newline="").readlines()
+    yield from _rows(path, _records(path, lines), columns, log, optional)
 
 
 def read_input_text(path: Path, what: str, encoding: str = DEFAULT_ENCODING) -> str:
@@ -73,10 +78,53 @@ def read_input_text(path: Path, what: str, encoding: str = DEFAULT_ENCODING) -> 
         raise ConversionError(str(error)) from error
 
 
-def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: ConversionLog,
-          optional: Sequence[str]) -> Iterator[TableRow]:
+def _excerpt(text: str) -> str:
+    """``text`` quoted, cut to ``SHOWN_CHARS`` characters: a value or a line in a message."""
+    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…")
+
+
+def _records(path: Path, lines: list[str]) -> Iterator[tuple[int, list[str] | None, str]]:
+    """``(first line, fields, "")`` for every CSV record, or ``(line, None, problem)`` for a
+    one-line record that is not readable CSV (e.g. text after a closing quote).
+
+    Quotes are parsed strictly, so a quoted field may hold line breaks, but a quote never
+    closed, or a multi-line record that turns unreadable, is a :class:`ConversionError` naming
+    the line the quote opened on: the rows it swallowed cannot be told apart.
+    """
+    reader = csv.reader(lines, strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            end, shown = reader.line_num, _excerpt(lines[start - 1].rstrip("\r\n"))
+            if "end of data" in str(error):
+                rest = f" (the rest of the file, to line {end}, would be one field)" \
+                    if end > start else ""
+                message = (f"a quote opened on this line is never closed{rest}: {shown}; close "
+                           "the quote or remove it")
+            elif end > start:
+                message = (f"a quoted field opened on this line runs to line {end}, where it is "
+                           f"not readable CSV ({error}); is a quote never closed? {shown}; fix "
+                           "the quoting")
+            else:
+                message = f"not readable CSV ({error}): {shown}; fix the quoting of this line"
+            if end > start:
+                raise ConversionError(f"{path}:{start}: {message}") from error
+            yield start, None, message
+            continue
+        yield start, fields, ""
+
+
+def _rows(path: Path, records: Iterator[tuple[int, list[str] | None, str]],
+          columns: Mapping[str, Sequence[str]], log: ConversionLog, optional: Sequence[str]
+          ) -> Iterator[TableRow]:
     """The rows after the header: see :func:`read_table`."""
-    header = next(reader, None)
+    line, header, problem = next(records, (1, None, ""))
+    if problem:
+        raise ConversionError(f"{path}:{line}: header: {problem}")
     if header is None:
         raise ConversionError(f"{path}: empty file, expected a CSV header")
     names = [_normal(h) for h in header]
@@ -92,8 +140,10 @@ def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: Co
                 f"{path}:1: header has no column {' / '.join(repr(a) for a in accepted)} "
                 f"(header: {header}); is this the right file?")
     needed = [c for c in columns if c not in optional]
-    for fields in reader:
-        line = reader.line_num
+    for line, fields, problem in records:
+        if fields is None:
+            log.problem(str(path), line, MALFORMED, problem)
+            continue
         if not any(f.strip() for f in fields):
             continue
         extra = [f for f in fields[len(names):] if f.strip()]
@@ -114,7 +164,8 @@ def _rows(path: Path, reader: Any, columns: Mapping[str, Sequence[str]], log: Co
 
 def read_jsonl(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
                ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, object)`` for every line of a JSON Lines file; bad lines are reported."""
+    """``(line, object)`` for every line of a JSON Lines file; bad lines (also text that is no
+    valid Unicode, which could not be written back) are reported."""
     require_file(path, "JSON Lines file")
     for line, text, message in read_lines(path, encoding):
         if message:
@@ -129,6 +180,10 @@ def read_jsonl(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING
         if not isinstance(value, dict):
             log.problem(str(path), line, MALFORMED,
                         f"expected a JSON object, got {type(value).__name__}")
+            continue
+        message = lone_surrogate(value)
+        if message:
+            log.problem(str(path), line, MALFORMED, message)
             continue
         yield line, value
 
@@ -149,9 +204,9 @@ def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
         try:
             value = float(text)
         except ValueError:
-            return f"{name}={text!r} is not a number"
+            return f"{name}={_excerpt(text)} is not a number"
         if not math.isfinite(value):
-            return f"{name}={text!r} is not a finite number"
+            return f"{name}={_excerpt(text)} is not a finite number"
         numbers.append(value)
     return numbers
 
@@ -164,8 +219,9 @@ def read_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) 
     """A COCO-style JSON file indexed by ``pycocotools`` (its progress prints are silenced).
 
     An entry of ``images``, ``annotations`` or ``categories`` that is not an object with an
-    integer ``id`` (and, for annotations, integer ``image_id`` and ``category_id``) is
-    reported as ``<file>:<list>[<position>]`` and left out; the rest is converted.
+    integer ``id`` (and, for annotations, integer ``image_id`` and ``category_id``), or that
+    holds a lone surrogate, is reported as ``<file>:<list>[<position>]`` and left out; the
+    rest is converted.
     """
     data = read_json(path, "COCO JSON file", encoding)
     if not isinstance(data, dict) or not all(
@@ -176,12 +232,14 @@ def read_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) 
                          ("annotations", ("id", "image_id", "category_id"))):
         kept = []
         for position, entry in enumerate(data[key]):
-            if isinstance(entry, dict) and all(_int_id(entry.get(k)) for k in id_keys):
+            if not isinstance(entry, dict) or not all(_int_id(entry.get(k)) for k in id_keys):
+                log.problem(f"{path}:{key}[{position}]", None, MALFORMED,
+                            f"not an object with integer {', '.join(id_keys)} "
+                            f"({entry!r:.80}); fix it or delete it")
+            elif message := lone_surrogate(entry):
+                log.problem(f"{path}:{key}[{position}]", None, MALFORMED, message)
+            else:
                 kept.append(entry)
-                continue
-            log.problem(f"{path}:{key}[{position}]", None, MALFORMED,
-                        f"not an object with integer {', '.join(id_keys)} "
-                        f"({str(entry)[:80]}); fix it or delete it")
         data[key] = kept
     coco = COCO()
     coco.dataset = data

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.annotations import SPLITS
 from utils.synthcxr.findings import FINDING_TYPES
 from utils.synthcxr.prior import label_prior_rates
 from utils.synthcxr.rows import class_rows, reference_dict, report_row, vqa_rows
@@ -24,7 +25,6 @@ from utils.synthcxr.study import save_study
 from utils.text_io import write_jsonl
 
 VERSION = 3  # 3: multifocal nodules and consolidations (several boxes under one phrase)
-SPLITS = ("train", "val", "test")
 
 
 def plan_patients(seed: int, counts: dict[str, int]) -> dict[str, list[tuple[int, int]]]:
