@@ -30,6 +30,7 @@ from model.grounding_model import UMedGround
 from utils.cli import PRECISIONS, add_inference_args, quantization_of, set_uncertainty_signal
 from utils.image_io import read_image
 from utils.inference import Grounder, overlay, task_inputs
+from utils.text_io import lone_surrogate
 
 logger = logging.getLogger("chat")
 
@@ -61,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"give the text of one task only, not {' and '.join(tasks)}")
     if args.report is not None and args.report_file:
         parser.error("give --report or --report_file, not both")
+    for name in ("report", "question", "answer", "label"):
+        if lone_surrogate(getattr(args, name) or ""):  # how Python keeps non-UTF-8 argv bytes
+            parser.error(f"--{name} holds bytes that are not UTF-8 (the terminal's encoding?); "
+                         "pass UTF-8 text, or put the text in a UTF-8 file (--report_file)")
     if args.image is None:
         if tasks:
             parser.error("without --image chat.py asks for each image and its text; pick the "

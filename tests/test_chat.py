@@ -277,6 +277,7 @@ def test_bad_input_exits_non_zero_without_a_traceback(tiny_dir, row, tmp_path):
     (["--image", "x.png", "--report", "x", "--task", "vqa"],
      "--task vqa does not match the report text given"),
     (["--image", "x.png"], "--image needs its text"),
+    (["--image", "x.png", "--report", "caf\udce9 effusion"], "--report holds bytes that are not"),
 ])
 def test_text_flags_are_checked_at_parse_time(args, message, capsys):
     with pytest.raises(SystemExit):

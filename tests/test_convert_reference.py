@@ -42,3 +42,11 @@ def test_reference_pth_rescaled_from_640_px(tmp_path, capsys):
     strict = tmp_path / "strict.jsonl"
     assert main(["reference", "--pth", str(pth), "--image_root", str(tmp_path),
                  "--out", str(strict), "--strict"]) == 2 and not strict.exists()
+
+
+def test_reference_takes_no_encoding(tmp_path, capsys):
+    """A .pth holds no encoded text: --encoding would do nothing, so it is not a flag."""
+    with pytest.raises(SystemExit):
+        main(["reference", "--pth", str(tmp_path / "x.pth"), "--image_root", str(tmp_path),
+              "--out", str(tmp_path / "out.jsonl"), "--encoding", "latin-1"])
+    assert "unrecognized arguments: --encoding latin-1" in capsys.readouterr().err

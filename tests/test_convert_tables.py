@@ -63,6 +63,22 @@ def test_long_values_are_cut_in_messages(tmp_path):
     assert "is not a number" in message and len(message) < 100
 
 
+def test_a_column_named_twice_is_refused(tmp_path):
+    with pytest.raises(ConversionError, match=r"t\.csv:1: header names column 'x' 2 times "
+                                              r"\(columns 3, 4\); keep one"):
+        table(tmp_path, "image,label,x,x\na.png,Mass,1,2\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("2_00", "x='2_00' is not a number"), ("1e400", "is not a finite number"),
+    (" 2.5 ", None), ("-3", None)])
+def test_numbers(tmp_path, text, message):
+    path = tmp_path / "t.csv"
+    path.write_text(f'{HEADER}a.png,Mass,"{text}"\n')
+    result = parse_numbers(next(read_table(path, COLUMNS, ConversionLog())), ["x"])
+    assert result == [float(text)] if message is None else message in result
+
+
 @pytest.mark.parametrize("line, where", [
     ('{"image": "a.png", "report": "Nodule \\ud800 seen."}', "'report'"),
     ('{"image": "a.png", "findings": [{"phrase": "x\\udfff"}]}', "'findings[0].phrase'"),

@@ -119,6 +119,11 @@ JSONL_CASES = [
         json.dumps(canonical(id="r2", width="abc")),
         "'width' must be a positive integer",
     ),
+    (
+        "width without height",
+        json.dumps(canonical(id="r2", width=400)),
+        "'width' and 'height' are the frame of the boxes: give both, or neither",
+    ),
     ("id an object", json.dumps(canonical(id={"a": 1})), "'id' must be a non-empty string"),
     (
         "findings not a list",

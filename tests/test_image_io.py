@@ -141,6 +141,15 @@ def test_aspect_ratio_limit(tmp_path, reader, size, refused):
         reader(tmp_path / "thin.png")
 
 
+@pytest.mark.parametrize("reader", [read_image, image_size])
+@pytest.mark.parametrize("suffix", [".tif", ".gif"])
+def test_multi_frame_images_are_refused(tmp_path, reader, suffix):
+    frames = [Image.new("L", (32, 32), value) for value in (0, 255)]
+    frames[0].save(tmp_path / f"two{suffix}", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match=rf"two\{suffix} holds 2 frames"):
+        reader(tmp_path / f"two{suffix}")
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     (b"", "cannot be read"),

@@ -236,6 +236,8 @@ def _type_problems(row: dict[str, Any]) -> list[str]:
         if key in row and (not isinstance(row[key], int) or isinstance(row[key], bool)
                            or row[key] <= 0):
             messages.append(f"{key!r} must be a positive integer, got {row[key]!r}")
+    if ("width" in row) != ("height" in row):
+        messages.append("'width' and 'height' are the frame of the boxes: give both, or neither")
     if "templated" in row and not isinstance(row["templated"], bool):
         messages.append(f"'templated' must be true or false, got {row['templated']!r}")
     return messages

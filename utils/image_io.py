@@ -127,6 +127,10 @@ def _open_pil(path: Path, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = saved
     try:
         _check_pixels(path, *image.size, max_pixels)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise ImageReadError(f"image {path} holds {frames} frames (a multi-page TIFF or an "
+                                 "animation); save the radiograph as a single-frame image")
     except ImageReadError:
         image.close()
         raise

@@ -17,21 +17,24 @@ INVALID = "not a valid canonical row"
 DUPLICATE_ID = "duplicate output id"
 
 
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--out``, ``--strict`` and the input rules (docs/data.md), shared by every converter."""
+def add_output_arguments(parser: argparse.ArgumentParser, text_inputs: bool = True) -> None:
+    """``--out``, ``--strict`` and the input rules (docs/data.md), shared by every converter;
+    ``text_inputs``: the converter reads text files, so ``--encoding`` applies."""
     parser.add_argument("--out", type=Path, required=True,
                         help="the canonical JSON Lines file to write (e.g. out/mscxr.jsonl)")
     parser.add_argument("--strict", action="store_true",
                         help="fail on any problem (exit code 2, nothing written) instead of "
                              "leaving the bad rows out")
-    add_input_arguments(parser)
+    add_input_arguments(parser, text_inputs)
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--encoding``, ``--max_image_pixels`` and ``--allow_outside_root``."""
-    parser.add_argument("--encoding", type=check_encoding, default=DEFAULT_ENCODING,
-                        help="text encoding of every text input (CSV, JSON, JSONL, report .txt; "
-                             "default utf-8, e.g. latin-1 or cp1252)")
+def add_input_arguments(parser: argparse.ArgumentParser, text_inputs: bool = True) -> None:
+    """``--encoding`` (with ``text_inputs``), ``--max_image_pixels`` and
+    ``--allow_outside_root``."""
+    if text_inputs:
+        parser.add_argument("--encoding", type=check_encoding, default=DEFAULT_ENCODING,
+                            help="text encoding of every text input (CSV, JSON, JSONL, report "
+                                 ".txt; default utf-8, e.g. latin-1 or cp1252)")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels (decompression bombs; default "
                              f"{DEFAULT_MAX_PIXELS:,})")

@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split_name",
                         help="write <out stem>_<split_name>.jsonl (e.g. --split_name test for "
                              "MS_CXR_test_gpt.pth), so train.py/test.py find it as <name>_<split>")
-    add_output_arguments(parser)
+    add_output_arguments(parser, text_inputs=False)  # a .pth holds no encoded text
     parser.set_defaults(func=run)
 
 

@@ -132,7 +132,12 @@ def _rows(path: Path, records: Iterator[tuple[int, list[str] | None, str]],
         names.pop()
     index: dict[str, int] = {}
     for logical, accepted in columns.items():
-        found = [names.index(_normal(a)) for a in accepted if _normal(a) in names]
+        found = [position for position, name in enumerate(names)
+                 if name in {_normal(a) for a in accepted}]
+        if len(found) > 1:
+            raise ConversionError(
+                f"{path}:1: header names column {' / '.join(repr(a) for a in accepted)} "
+                f"{len(found)} times (columns {', '.join(str(p + 1) for p in found)}); keep one")
         if found:
             index[logical] = found[0]
         elif logical not in optional:
@@ -202,6 +207,8 @@ def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
     for name in names:
         text = row.values[name]
         try:
+            if "_" in text:  # Python's float() reads "2_00" as 200; no table means that
+                raise ValueError(text)
             value = float(text)
         except ValueError:
             return f"{name}={_excerpt(text)} is not a number"
