@@ -32,6 +32,7 @@ from utils.cli import (  # noqa: E402
     PRECISIONS,
     add_inference_args,
     quantization_of,
+    set_test_time_shift,
     set_uncertainty_signal,
 )
 from utils.image_io import DEFAULT_MAX_PIXELS, read_image  # noqa: E402
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             args.version, args.device, PRECISIONS[args.precision], args.quantization,
             args.vision_pretrained)
         set_uncertainty_signal(model, args.uncertainty)
+        set_test_time_shift(model, args.test_time_shift)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     grounder = Grounder(model, processor, args.model_max_length, args.max_new_tokens,

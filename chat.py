@@ -27,7 +27,13 @@ from pathlib import Path
 
 from model.constants import TASKS
 from model.grounding_model import UMedGround
-from utils.cli import PRECISIONS, add_inference_args, quantization_of, set_uncertainty_signal
+from utils.cli import (
+    PRECISIONS,
+    add_inference_args,
+    quantization_of,
+    set_test_time_shift,
+    set_uncertainty_signal,
+)
 from utils.image_io import read_image
 from utils.inference import Grounder, overlay, task_inputs
 from utils.text_io import lone_surrogate
@@ -98,6 +104,7 @@ def load_grounder(args: argparse.Namespace) -> Grounder:
             args.version, args.device, PRECISIONS[args.precision], args.quantization,
             args.vision_pretrained)
         set_uncertainty_signal(model, args.uncertainty)
+        set_test_time_shift(model, args.test_time_shift)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
     return Grounder(model, processor, args.model_max_length, args.max_new_tokens,

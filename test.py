@@ -41,11 +41,13 @@ from utils.cli import (
     add_decoding_arg,
     add_embedding_cache_args,
     add_image_input_args,
+    add_test_time_shift_arg,
     add_uncertainty_override_arg,
     attach_embedding_cache,
     non_negative_int,
     open_unit_float,
     positive_int,
+    set_test_time_shift,
     set_uncertainty_signal,
     unit_float,
     writable_folder,
@@ -60,7 +62,8 @@ logger = logging.getLogger("test")
 
 # Flags that act on a model's evaluation only: --baseline refuses them rather than ignore them.
 MODEL_ONLY_FLAGS = ("version", "weight", "vision_pretrained", "config", "vis", "image_noise_std",
-                    "match_threshold", "decoding", "phrase_start_ratio", "max_new_tokens",
+                    "match_threshold", "decoding", "phrase_start_ratio", "test_time_shift",
+                    "max_new_tokens",
                     "precision", "embedding_cache", "no_embedding_cache",
                     "embedding_cache_memory_mb")
 
@@ -108,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "pass the strict rule (token F1 >= 0.8, the same finding and side "
                              "words)")
     add_decoding_arg(parser)
+    add_test_time_shift_arg(parser)
     parser.add_argument("--baseline", choices=["phrase_prior"], default=None,
                         help="score the image-free phrase-prior baseline instead of a model")
     parser.add_argument("--baseline_k", type=positive_int, default=5)
@@ -293,10 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, processor = load_model(args)
         set_uncertainty_signal(model, args.uncertainty)
+        if args.calibrate:
+            model.calibration = None  # the calibration being fitted replaces any earlier one
+        set_test_time_shift(model, args.test_time_shift)
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot load the model: {error}")
-    if args.calibrate:
-        model.calibration = None  # the calibration being fitted replaces any earlier one
     logger.info(attach_embedding_cache(model, args, None))
     try:
         dataset = build_eval_dataset(model, processor, samples, args.model_max_length,
@@ -341,7 +346,7 @@ def calibrate(model: Any, args: argparse.Namespace, result: Any) -> None:
     try:
         calibration = fit_calibration(result.records, args.alpha, args.target_risk, args.delta,
                                       model.config.uncertainty, args.test_dataset, args.split,
-                                      args.risk_control)
+                                      args.risk_control, model.test_time_shift)
     except ValueError as error:
         raise SystemExit(f"cannot calibrate: {error}")
     path = calibration.save(args.version)

@@ -55,11 +55,15 @@ mean box with its ground-truth box; it is trained on the matched slots only
 (:mod:`model.box_set_losses`). The phrase's ``iou`` is then the predicted IoU of the box it
 reports: the presence-weighted mean of the reported slots' predicted IoUs. With K = 1 there
 are no slots and ``iou`` is the single-box head's, unchanged.
+
+At evaluation and inference the decoder may also read shifted copies of the image
+(:mod:`model.test_time_shifts`): each box then has the hypotheses of every copy, A x N.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence
 
 import torch
 from segment_anything.modeling import TwoWayTransformer
@@ -69,6 +73,7 @@ from torch import nn
 from torchvision.ops import box_convert, box_iou
 
 from model.sam_encoder import SamConfig
+from model.test_time_shifts import ShiftedView
 
 # A box slot whose mean box overlaps a more present reported slot of its phrase above this IoU
 # is passed over for the next one (BoxSlots.reported).
@@ -173,11 +178,12 @@ class BoxSlots:
 class BoxPrediction:
     """Boxes for Q queries, all sigmoid cxcywh in the normalised frame of SAM's padded input.
 
-    hypotheses: (Q,N,4); box: (Q,4) their mean; variance: (Q,4); uncertainty: (Q,), the
-    scale-relative u of the module docstring; iou: (Q,) the IoU head's predicted IoU of the mean
-    box with the target, in [0, 1] (``None`` without the head; with K > 1 slots the
-    presence-weighted mean over the reported slots). ``slots``: the K boxes of each query when
-    the decoder has K > 1 slots (the Q rows are then their enclosing box), else None.
+    hypotheses: (Q,N,4) (A x N with test-time shifts); box: (Q,4) their mean; variance: (Q,4);
+    uncertainty: (Q,), the scale-relative u of the module docstring; iou: (Q,) the IoU head's
+    predicted IoU of the mean box with the target, in [0, 1] (``None`` without the head; with
+    K > 1 slots the presence-weighted mean over the reported slots). ``slots``: the K boxes of
+    each query when the decoder has K > 1 slots (the Q rows are then their enclosing box),
+    else None.
     """
 
     hypotheses: torch.Tensor
@@ -216,6 +222,38 @@ def enclosing_hypotheses(hypotheses: torch.Tensor, present: torch.Tensor) -> tor
     low = corners[..., :2].masked_fill(~keep, float("inf")).amin(dim=1)
     high = corners[..., 2:].masked_fill(~keep, float("-inf")).amax(dim=1)
     return box_convert(torch.cat([low, high], dim=-1), "xyxy", "cxcywh")
+
+
+@dataclass
+class DecoderOutputs:
+    """The decoder's raw outputs for Q queries: hypotheses (Q,R,N,4) cxcywh, R boxes of N
+    hypotheses per query (R = 1, or the K slots then the phrase box); slot_iou (Q*R,) the IoU
+    head's predictions (None without the head); presence_logits and count_logits (Q,K) with
+    K > 1 slots, else None."""
+
+    hypotheses: torch.Tensor
+    slot_iou: torch.Tensor | None
+    presence_logits: torch.Tensor | None = None
+    count_logits: torch.Tensor | None = None
+
+    def moved_back(self, offset: tuple[float, float]) -> "DecoderOutputs":
+        """These outputs of an image shifted by ``offset`` (fractions of the width and height),
+        moved back to the unshifted image."""
+        shift = self.hypotheses.new_tensor([offset[0], offset[1], 0.0, 0.0])
+        return DecoderOutputs(self.hypotheses - shift, self.slot_iou, self.presence_logits,
+                              self.count_logits)
+
+    @staticmethod
+    def merge(ensemble: Sequence["DecoderOutputs"]) -> "DecoderOutputs":
+        """One set of outputs from several reads of the same queries: the hypotheses
+        concatenated (read a's hypothesis k is hypothesis a*N + k), the rest averaged."""
+        def mean(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if values[0] is None else torch.stack(values).mean(dim=0)
+
+        return DecoderOutputs(torch.cat([o.hypotheses for o in ensemble], dim=2),
+                              mean([o.slot_iou for o in ensemble]),
+                              mean([o.presence_logits for o in ensemble]),
+                              mean([o.count_logits for o in ensemble]))
 
 
 @dataclass
@@ -269,16 +307,30 @@ class UncertainBoxDecoder(nn.Module):
                                        3, sigmoid_output=True) if iou_head else None
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
-                batch_index: torch.Tensor) -> BoxPrediction:
+                batch_index: torch.Tensor, views: Sequence[ShiftedView] = ()) -> BoxPrediction:
         """Arguments:
           image_embeddings: (B,C,h,w) SAM features.
           box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
           batch_index: (Q,) the sample of each query.
+          views: the features of shifted copies of the images, read with the same queries and
+            merged with these as one ensemble (:mod:`model.test_time_shifts`); none in
+            training.
         Returns:
           a :class:`BoxPrediction` with Q rows (with K > 1 slots: their enclosing boxes, and
-          the slots in ``slots``). Q = 0 runs the same (empty) computation, so the result
-          stays in the graph of every decoder parameter and of ``box_embeddings``.
+          the slots in ``slots``), of (1 + len(views)) x N hypotheses per box. Q = 0 runs the
+          same (empty) computation, so the result stays in the graph of every decoder
+          parameter and of ``box_embeddings``.
         """
+        outputs = self._decode(image_embeddings, box_embeddings, batch_index)
+        if views:
+            outputs = DecoderOutputs.merge(
+                [outputs, *(self._decode(view.embeddings, box_embeddings, batch_index)
+                            .moved_back(view.offset) for view in views)])
+        return self._assemble(outputs)
+
+    def _decode(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
+                batch_index: torch.Tensor) -> DecoderOutputs:
+        """The decoder's raw outputs for one set of image features (see :meth:`forward`)."""
         queries, channels = box_embeddings.shape
         h, w = image_embeddings.shape[-2:]
         if self.pe_layer.positional_encoding_gaussian_matrix.dtype != torch.float32:
@@ -290,8 +342,8 @@ class UncertainBoxDecoder(nn.Module):
         centre_queries = torch.stack([mlp(hidden[:, k]) for k, mlp in
                                       enumerate(self.centre_hypernetworks)], dim=1)  # (Q,N,C)
         heatmap = (centre_queries @ cells.transpose(1, 2) / channels ** 0.5).softmax(dim=-1)
-        tokens = self.hypothesis_tokens.num_embeddings
-        cell_boxes = self.cell_box_head(cells).view(queries, h * w, tokens, 4)
+        box_tokens = self.hypothesis_tokens.num_embeddings
+        cell_boxes = self.cell_box_head(cells).view(queries, h * w, box_tokens, 4)
         cell_boxes = cell_boxes.transpose(1, 2)  # (Q,N,hw,4)
         ys, xs = torch.meshgrid(torch.arange(h, device=cells.device, dtype=cells.dtype),
                                 torch.arange(w, device=cells.device, dtype=cells.dtype),
@@ -301,19 +353,27 @@ class UncertainBoxDecoder(nn.Module):
         centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
         boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
         hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,R*N,4)
-        slot_iou = self._predict_iou(hidden)  # (Q*R,) or None
+        rows = box_tokens // self.num_hypotheses
+        outputs = DecoderOutputs(hypotheses.view(queries, rows, self.num_hypotheses, 4),
+                                 self._predict_iou(hidden))
+        if self.max_boxes > 1:
+            slot_tokens = hidden[:, :self.max_boxes * self.num_hypotheses].reshape(
+                queries, self.max_boxes, self.num_hypotheses, channels).mean(dim=2)  # (Q,K,C)
+            outputs.presence_logits = self.presence_head(slot_tokens).squeeze(-1)
+            outputs.count_logits = self.count_head(hidden[:, -1])
+        return outputs
+
+    def _assemble(self, outputs: DecoderOutputs) -> BoxPrediction:
+        """The :class:`BoxPrediction` of raw outputs: one box per query (K = 1), or the slots
+        and the boxes each phrase reports."""
+        queries, rows, count, _ = outputs.hypotheses.shape
         if self.max_boxes == 1:
-            return BoxPrediction.from_hypotheses(hypotheses, slot_iou)
-        rows = tokens // self.num_hypotheses
-        slot_tokens = hidden[:, :self.max_boxes * self.num_hypotheses].reshape(
-            queries, self.max_boxes, self.num_hypotheses, channels).mean(dim=2)  # (Q,K,C)
+            return BoxPrediction.from_hypotheses(outputs.hypotheses[:, 0], outputs.slot_iou)
         slots = BoxSlots(BoxPrediction.from_hypotheses(
-            hypotheses.reshape(queries * rows, self.num_hypotheses, 4), slot_iou),
-            self.presence_head(slot_tokens).squeeze(-1), self.count_head(hidden[:, -1]),
-            self.phrase_box)
-        per_slot = hypotheses.view(queries, rows, self.num_hypotheses, 4)
-        prediction = BoxPrediction.from_hypotheses(enclosing_hypotheses(per_slot, slots.present),
-                                                   slots.reported_iou())
+            outputs.hypotheses.reshape(queries * rows, count, 4), outputs.slot_iou),
+            outputs.presence_logits, outputs.count_logits, self.phrase_box)
+        prediction = BoxPrediction.from_hypotheses(
+            enclosing_hypotheses(outputs.hypotheses, slots.present), slots.reported_iou())
         prediction.slots = slots
         return prediction
 

@@ -15,6 +15,9 @@ them, checked, so that a damaged file is an error naming it.
   every box. The selective risk (IoU < 0.5 among accepted boxes) is at most ``target_risk``
   with probability at least ``1 - delta`` over the calibration draw (``risk_control`` names
   the multiple-testing procedure, one of ``RISK_CONTROLS``).
+- ``test_time_shift``: the test-time shift (:mod:`model.test_time_shifts`) the boxes and u
+  were fitted with; the guarantees hold for that setting only (0: none; a file written before
+  the setting existed has 0).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ class BoxCalibration:
     dataset: str = ""
     split: str = ""
     risk_control: str = "fixed_sequence"
+    test_time_shift: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = CALIBRATION_SCHEMA
 
@@ -64,6 +68,9 @@ class BoxCalibration:
                 raise ValueError(f"{name} {value!r} must be a finite number >= 0")
         if not isinstance(self.n_findings, int) or self.n_findings < 1:
             raise ValueError(f"n_findings {self.n_findings!r} must be an integer >= 1")
+        if (not isinstance(self.test_time_shift, int) or isinstance(self.test_time_shift, bool)
+                or self.test_time_shift < 0):
+            raise ValueError(f"test_time_shift {self.test_time_shift!r} must be an integer >= 0")
         if self.risk_control not in RISK_CONTROLS:
             raise ValueError(f"risk_control {self.risk_control!r} is not one of {RISK_CONTROLS}")
         if self.signal not in UNCERTAINTY_SIGNALS:

@@ -50,6 +50,7 @@ from model.embedding_cache import EmbeddingCache, encoder_fingerprint
 from model.llava_builder import check_quantization, load_llava, load_processor
 from model.phrase_query import build_phrase_query
 from model.sam_encoder import SamConfig, build_sam, load_sam_checkpoint
+from model.test_time_shifts import ShiftedView, shifted_copies
 from model.text_loss import text_loss
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,14 @@ class UMedGround(nn.Module):
     ``embedding_cache`` (an :class:`EmbeddingCache`, set by train.py / test.py) serves the SAM
     features while the encoder is frozen; it is not part of the weights. ``calibration`` (a
     :class:`model.calibration.BoxCalibration`) is the folder's ``calibration.json``, if any.
+    ``test_time_shift`` (pixels of SAM's input; 0: off) makes evaluation and inference also
+    read the boxes on shifted copies of the image (:mod:`model.test_time_shifts`); training
+    never does.
     """
 
     embedding_cache: EmbeddingCache | None = None
     calibration: BoxCalibration | None = None
+    test_time_shift: int = 0
 
     def __init__(self, llava: nn.Module, sam_encoder: nn.Module, phrase_query: nn.Module,
                  box_decoder: UncertainBoxDecoder, box_token_id: int, config: GroundingConfig):
@@ -308,15 +313,26 @@ class UMedGround(nn.Module):
                 return self.embedding_cache.encode(images, self.sam_encoder)
             return self.sam_encoder(images)
 
+    def shifted_views(self, sam_images: torch.Tensor) -> list[ShiftedView]:
+        """The SAM features of the shifted copies of (B,3,S,S) images that the decoder also
+        reads: none in training or with ``test_time_shift`` 0 (see
+        :mod:`model.test_time_shifts`)."""
+        if self.training or self.test_time_shift == 0:
+            return []
+        return [ShiftedView(self.encode_images(images), offset)
+                for images, offset in shifted_copies(sam_images, self.test_time_shift)]
+
     def decode_boxes(self, image_embeddings: torch.Tensor, phrase_states: torch.Tensor,
-                     phrase_mask: torch.Tensor, box_batch_index: torch.Tensor) -> BoxPrediction:
-        """Boxes for Q ``[BOX]`` phrases against (B,C,h,w) image features.
+                     phrase_mask: torch.Tensor, box_batch_index: torch.Tensor,
+                     views: list[ShiftedView] | None = None) -> BoxPrediction:
+        """Boxes for Q ``[BOX]`` phrases against (B,C,h,w) image features (and ``views``, the
+        features of shifted copies, :meth:`shifted_views`).
 
         ``phrase_states`` (Q,T,L*H) and ``phrase_mask`` (Q,T) as :meth:`phrase_states` returns.
         """
         dtype = self.phrase_query.score.weight.dtype
         queries = self.phrase_query(phrase_states.to(dtype), phrase_mask)
-        return self.box_decoder(image_embeddings, queries, box_batch_index)
+        return self.box_decoder(image_embeddings, queries, box_batch_index, views or ())
 
     def query_states(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The ``query_layers`` of a hidden-state tuple, concatenated: (...,H) each → (...,k*H)."""
@@ -374,7 +390,8 @@ class UMedGround(nn.Module):
         rows, states, mask = self.phrase_states(self.query_states(outputs.hidden_states), labels)
         if image_embeddings is None:
             image_embeddings = self.encode_images(sam_images)
-        prediction = self.decode_boxes(image_embeddings, states, mask, rows)
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows,
+                                       self.shifted_views(sam_images))
         ce = text_loss(outputs.logits, labels, self.box_token_id,
                        self.config.phrase_start_weight) * self.config.ce_weight
         losses = {"ce": ce}
@@ -452,7 +469,8 @@ class UMedGround(nn.Module):
         states, mask = pad_phrases([box_phrases[i] for i in order.tolist()], hidden)
         if image_embeddings is None:
             image_embeddings = self.encode_images(sam_images)
-        prediction = self.decode_boxes(image_embeddings, states, mask, rows[order])
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows[order],
+                                       self.shifted_views(sam_images))
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
         return GenerationOutput(texts, [torch.tensor(ids, dtype=torch.long) for ids in token_ids],
                                 prediction, rows[order])

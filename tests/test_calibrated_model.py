@@ -101,3 +101,27 @@ def test_chat_shows_the_calibrated_box_and_the_abstention(calibrated, synth_dir,
     assert "70% box [" in capsys.readouterr().out
     with Image.open(tmp_path / f"{row.image_path.stem}.png") as picture:
         assert picture.height > row.height
+
+
+def test_a_model_calibrated_with_test_time_shifts_is_evaluated_with_them(calibrated, synth_dir,
+                                                                         tmp_path):
+    """--calibrate --test_time_shift 8 records the shift; test.py then reads the boxes on the
+    shifted copies without being told (5 x N hypotheses a box), and refuses another shift."""
+    folder, _ = calibrated
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    for file in folder.iterdir():
+        (shifted / file.name).write_bytes(file.read_bytes())
+    common = ["--dataset_dir", str(synth_dir), "--max_new_tokens", "8", "--batch_size", "4"]
+    _TEST_CLI.main(["--version", str(shifted), "--split", "val", "--calibrate", "--alpha", "0.3",
+                    "--test_time_shift", "8", "--out", str(tmp_path / "val"), *common])
+    assert json.loads((shifted / CALIBRATION_NAME).read_text())["test_time_shift"] == 8
+    _TEST_CLI.main(["--version", str(shifted), "--split", "test", "--out",
+                    str(tmp_path / "test"), *common])
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["test_time_shift"] == 8
+    record = json.loads((tmp_path / "test" / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(record["given_phrase"]["hypotheses"]) == 5 * 3
+    with pytest.raises(SystemExit, match="fitted with --test_time_shift 8"):
+        _TEST_CLI.main(["--version", str(shifted), "--split", "test", "--test_time_shift", "0",
+                        "--out", str(tmp_path / "off"), *common])

@@ -99,6 +99,7 @@ def test_two_runs_give_the_same_numbers_and_all_files(exported, synth_dir, tmp_p
     assert runs[0]["match_threshold"] == 0.5
     assert runs[0]["decoding"] == "spans"
     assert runs[0]["phrase_start_ratio"] == DEFAULT_PHRASE_START_RATIO
+    assert runs[0]["test_time_shift"] == 0
     assert runs[0]["n_phrases_outside_text"] == 0  # SynthCXR's phrases are report spans
     assert set(runs[0]["uncertainty"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou", "spread"}
     assert set(runs[0]["uncertainty"]["spread"]) == {"aurc", "auroc_failure@0.5", "spearman_u_iou",

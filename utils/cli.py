@@ -249,8 +249,37 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_max_length", type=positive_int,
                         default=DEFAULT_MODEL_MAX_LENGTH)
     add_decoding_arg(parser)
+    add_test_time_shift_arg(parser)
     add_uncertainty_override_arg(parser)
     add_image_reading_args(parser)
+
+
+def add_test_time_shift_arg(parser: argparse.ArgumentParser | Any) -> None:
+    """``--test_time_shift`` for test.py, chat.py and app.py (:mod:`model.test_time_shifts`)."""
+    parser.add_argument("--test_time_shift", type=non_negative_int, default=None, metavar="PX",
+                        help="also read the boxes on copies of the image shifted PX pixels of "
+                             "SAM's input right, left, down and up, as one ensemble (5x the SAM "
+                             "and box-decoder passes; 0: off; default: as the model's "
+                             "calibration.json was fitted, else 0)")
+
+
+def set_test_time_shift(model: Any, shift: int | None) -> None:
+    """Set ``model.test_time_shift`` from ``--test_time_shift`` (``None``: the calibration's,
+    else 0). A ValueError for a shift the calibration was not fitted with (its guarantees would
+    not hold), or one as large as SAM's input."""
+    calibrated = model.calibration.test_time_shift if model.calibration is not None else 0
+    if shift is None:
+        shift = calibrated
+    elif model.calibration is not None and shift != calibrated:
+        raise ValueError(f"{model.config.version}: calibration.json was fitted with "
+                         f"--test_time_shift {calibrated}, and its coverage and risk guarantees "
+                         f"hold for that setting only; use {calibrated}, or calibrate again "
+                         f"(test.py --calibrate) with {shift}")
+    side = model.config.sam["image_size"]
+    if shift >= side:
+        raise ValueError(f"--test_time_shift {shift} px leaves nothing of SAM's {side}-px input; "
+                         f"give a shift below {side} (e.g. half a feature cell)")
+    model.test_time_shift = shift
 
 
 def set_uncertainty_signal(model: Any, signal: str | None) -> None:

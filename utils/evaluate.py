@@ -235,6 +235,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
         "match_threshold": match_threshold,
         "decoding": decoding,
         "phrase_start_ratio": phrase_start_ratio,
+        "test_time_shift": model.test_time_shift,
         "grounding_given_phrase": grounding_metrics(given),
         "grounding_boxes": box_set_metrics([box_set_score(r) for r in records]),
         "grounding_boxes_given_phrase": box_set_metrics(

@@ -243,9 +243,10 @@ def calibration_inputs(records: Sequence[dict[str, Any]], signal: str, path: str
 
 def fit_calibration(records: Sequence[dict[str, Any]], alpha: float, target_risk: float,
                     delta: float, signal: str, dataset: str = "", split: str = "",
-                    risk_control: str = "fixed_sequence") -> BoxCalibration:
+                    risk_control: str = "fixed_sequence", test_time_shift: int = 0
+                    ) -> BoxCalibration:
     """Fit the conformal quantile and the selective threshold on the given-phrase boxes of a
-    calibration split's records (``test.py`` predictions)."""
+    calibration split's records (``test.py`` predictions, made with ``test_time_shift``)."""
     inputs = calibration_inputs(records, signal)
     n = len(inputs.iou)
     scores = normalised_scores(inputs.boxes, inputs.hypotheses, inputs.targets, inputs.sizes)
@@ -271,7 +272,8 @@ def fit_calibration(records: Sequence[dict[str, Any]], alpha: float, target_risk
     return BoxCalibration(alpha=alpha, quantile=quantile, scale_floor=SCALE_FLOOR, signal=signal,
                           target_risk=target_risk, delta=delta, threshold=selective.threshold,
                           n_findings=n, dataset=dataset, split=split,
-                          risk_control=risk_control, details=details)
+                          risk_control=risk_control, test_time_shift=test_time_shift,
+                          details=details)
 
 
 def _block(inputs: CalibrationInputs, calibration: BoxCalibration, inflated: np.ndarray,
