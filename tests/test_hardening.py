@@ -20,6 +20,7 @@ import test as test_script
 from model.sam_encoder import SAM_TINY_CONFIG, build_sam, load_sam_checkpoint, save_sam_checkpoint
 from tests.convert_helpers import convert, rows_of
 from utils.annotations import AnnotationError, load_annotations
+from utils.prompts import question_text
 from utils.reference_pth import split_transcript
 
 GOOD_BOX = [10, 20, 50, 60]
@@ -522,23 +523,31 @@ def test_reference_report_gpt_and_answer_all(tmp_path, capsys):
 
 
 def test_reference_class_file_keeps_name_and_paragraph(tmp_path, capsys):
+    """A class row needs its name or its paragraph: half the rows of the reference code's
+    class files have no name, and that code reads the paragraph alone."""
     paragraph = "Pleural effusion is an accumulation of fluid. " * 12
     data = {
-        "image_paths": ["a.png", "b.png"],
-        "bboxes": [(64, 64, 128, 64), (1, 1, 9, 9)],
-        "phrases": ["effusion", "x"],
-        "all_report_class": [[paragraph], [paragraph]],
-        "class_all": ["Pleural Effusion", []],
+        "image_paths": ["a.png", "b.png", "c.png"],
+        "bboxes": [(64, 64, 128, 64), (1, 1, 9, 9), (1, 1, 9, 9)],
+        "phrases": ["effusion", "x", "y"],
+        "all_report_class": [[paragraph], [paragraph], [""]],
+        "class_all": ["Pleural Effusion", [], ""],
     }
     code, err, out = reference_run(tmp_path, capsys, data)
-    row = rows_of(out)["a-0"]
-    assert (row["task"], row["label"], row["description"]) == (
+    rows = rows_of(out)
+    assert (rows["a-0"]["task"], rows["a-0"]["label"], rows["a-0"]["description"]) == (
         "class",
         "Pleural Effusion",
         paragraph.strip(),
     )
-    assert "MS_CXR_train.pth:1: no class name" in err
-    assert load_annotations(out, tmp_path / "img")[0].description == paragraph.strip()
+    assert (rows["b-1"]["label"], rows["b-1"]["description"]) == ("", paragraph.strip())
+    assert "c-2" not in rows and "MS_CXR_train.pth:2: no class name or description" in err
+    named, unnamed = load_annotations(out, tmp_path / "img")
+    assert named.description == paragraph.strip()
+    assert question_text(named).endswith("The chest X-ray shows Pleural Effusion. Ground it in "
+                                         "the image.")
+    assert question_text(unnamed) == (f"Description: {paragraph.strip()}\nGround the findings "
+                                      "this description names in the chest X-ray.")
 
 
 def test_reference_transcripts_split_into_question_and_answer(tmp_path, capsys):

@@ -282,8 +282,8 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
         bad("empty report")
     if task == "vqa" and not _text(row, "answer"):
         bad("vqa row without an answer")
-    if task == "class" and not _text(row, "label"):
-        bad("class row without a label")
+    if task == "class" and not _text(row, "label") and not _text(row, "description"):
+        bad("class row without a label or a description")
 
     image_path, message = resolve_image(image_root, row["image"], options.allow_outside_root)
     width = height = 0

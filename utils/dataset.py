@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from model.constants import IGNORE_INDEX
 from utils.annotations import Sample
 from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from utils.prompts import TEMPLATES, answer_text, prompt_text, question_text
+from utils.prompts import answer_text, prompt_text, question_text, templates_for
 from utils.sam_transforms import image_to_padded_boxes, preprocess_for_sam
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class GroundingDataset(Dataset):
     def _total_length(self, sample: Sample, template: int | None, answer_length: int,
                       **texts: str) -> int:
         """Tokens of the whole sequence with template ``template`` (None: the eval one)."""
-        templates = TEMPLATES[sample.task]
+        templates = templates_for(sample)
         rng = _FixedChoice(templates[template]) if template is not None else None
         question = question_text(sample, texts.pop("report", None), rng, **texts)
         return (self._text_length(prompt_text(question, "")) + self.image_token_count +
@@ -145,7 +145,7 @@ class GroundingDataset(Dataset):
         offenders, cut = [], 0
         for sample in self.samples:
             answer_length = self._answer_length(sample)
-            longest = max(range(len(TEMPLATES[sample.task]) if self.train else 1),
+            longest = max(range(len(templates_for(sample)) if self.train else 1),
                           key=lambda t: self._total_length(sample, t, answer_length,
                                                            **_cut_all(sample)))
             floor = self._total_length(sample, longest, answer_length, **_cut_all(sample))
@@ -169,7 +169,7 @@ class GroundingDataset(Dataset):
         from its end, field by field; the answer is never cut."""
         texts = {key: getattr(sample, key) for key in CUTTABLE[sample.task]}
         image_token = self.processor.image_token
-        templates = TEMPLATES[sample.task]
+        templates = templates_for(sample)
         template = _FixedChoice(rng.choice(templates) if self.train and rng else templates[0])
         while True:
             question = question_text(sample, texts.get("report"), template,

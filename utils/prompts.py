@@ -1,7 +1,9 @@
 """Conversation templates: what the model is asked, and the answer it must write.
 
 The prompt holds the image and the report (or the VQA question and answer, or the class
-label and, when the row has one, its description); it never holds the answer phrases.
+label and, when the row has one, its description; a class row may have only the
+description, as many of the reference code's class files do); it never holds the answer
+phrases.
 Training draws one of several templates per sample; evaluation always uses the first one, so
 numbers do not depend on a random draw.
 The conversation follows LLaVA-1.5: ``"USER: <image>\\n{question} ASSISTANT:"``.
@@ -31,7 +33,20 @@ CLASS_TEMPLATES = (
     "The chest X-ray shows {label}. Ground it in the image.",
     "Locate the {label} in this chest X-ray.",
 )
+# a class row with a description but no class name: the description is the whole request
+CLASS_DESCRIPTION_TEMPLATES = (
+    "Ground the findings this description names in the chest X-ray.",
+    "Locate what the description names in this chest X-ray.",
+)
 TEMPLATES = {"report": REPORT_TEMPLATES, "vqa": VQA_TEMPLATES, "class": CLASS_TEMPLATES}
+
+
+def templates_for(sample: Sample) -> tuple[str, ...]:
+    """The templates of a sample's task (for a class row without a label, those of its
+    description alone)."""
+    if sample.task == "class" and not sample.label:
+        return CLASS_DESCRIPTION_TEMPLATES
+    return TEMPLATES[sample.task]
 
 
 def question_text(sample: Sample, report: str | None = None, rng: random.Random | None = None,
@@ -45,7 +60,7 @@ def question_text(sample: Sample, report: str | None = None, rng: random.Random 
       texts: (possibly truncated) ``question``, ``answer`` or ``description`` to use instead
         of the sample's.
     """
-    templates = TEMPLATES[sample.task]
+    templates = templates_for(sample)
     template = templates[0] if rng is None else rng.choice(templates)
     fields = {"report": sample.report if report is None else report,
               "question": sample.question, "answer": sample.answer, "label": sample.label,

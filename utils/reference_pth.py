@@ -12,7 +12,8 @@ or a list parallel to the boxes) and text columns:
   ``question`` and ``answer`` (task ``vqa``); any other text is a full report → ``report``;
 * ``class_all`` (str, or ``[]`` when absent) → ``label`` (the class name), and
   ``all_report_class`` (a list of one string, the class paragraph) → ``description``
-  (task ``class``).
+  (task ``class``; a row needs one of the two: in the reference class files half the rows
+  have an empty ``class_all``, and the reference code reads ``all_report_class`` alone).
 
 The task follows from the columns present (class, else vqa, else report); ``text_column``
 overrides it. A column that cannot become a field (``report_gpt`` beside ``all_reports``) is
@@ -55,7 +56,9 @@ _TRANSCRIPT = re.compile(r"^\s*(?:question|q)\s*:\s*(?P<question>.+?)\s*"
 WRONG_TYPE = "wrong type"
 BAD_BOX = "bad box"
 NO_TEXT = "no text for the task"
-NO_CLASS = "no class name"
+NO_CLASS = "no class name or description"
+# the fields a row of each task needs one of
+NEEDED = {"report": ("report",), "vqa": ("answer",), "class": ("label", "description")}
 
 
 class ReferenceFileError(ValueError):
@@ -217,10 +220,11 @@ def reference_to_canonical_rows(path: Path, text_column: str | None = None) -> R
         if transcript and texts.get("Answer_all"):
             result.unused["all_report_answer's answer (Answer_all is the answer)"] += 1
         task = _task(data, text_column, transcript)
-        needed = {"report": "report", "vqa": "answer", "class": "label"}[task]
-        if not row[needed]:
+        needed = {"report": "a report", "vqa": "an answer",
+                  "class": "a class name or a class description"}[task]
+        if not any(row[key] for key in NEEDED[task]):
             reason = NO_CLASS if task == "class" else NO_TEXT
-            bad(f"task {task!r} needs a {needed}, but the row has none (text columns: "
+            bad(f"task {task!r} needs {needed}, but the row has none (text columns: "
                 f"{ {k: v[:40] for k, v in texts.items()} }); fix the row, or choose the task "
                 "with --text_column", reason)
             continue
