@@ -17,6 +17,14 @@ def test_mimic_sections_inline_headers_and_fallback():
     assert mimic_findings_impression("  FINAL REPORT\n  Mild\n edema.\n") == ("Mild edema.", False)
 
 
+@pytest.mark.parametrize("header", ["FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION",
+                                    "IMPRESSON", "CONCLUSION", "FINDING", "CHEST, TWO VIEWS"])
+def test_mimic_section_variants_are_kept(header):
+    report = (f"  FINAL REPORT\n HISTORY: Fever.\n {header}: Small left effusion.\n"
+              " NOTIFICATION: Called.\n")
+    assert mimic_findings_impression(report) == ("Small left effusion.", True)
+
+
 def test_sentence_with_skips_negations_and_returns_a_verbatim_span():
     report = "No pneumothorax. Small right pneumothorax is now seen! Heart normal."
     assert sentence_with(report, ["pneumothora"]) == "Small right pneumothorax is now seen"

@@ -4,8 +4,17 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-KEPT_SECTIONS = ("FINDINGS", "IMPRESSION")
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z &/()-]*[A-Z)])[ \t]*:", re.MULTILINE)
+# The MIMIC-CXR section names that hold the findings or the impression: besides FINDINGS and
+# IMPRESSION, the combined and synonymous headers and the misspellings that occur in the
+# reports (the names MIT-LCP's MIMIC-CXR section parser maps to findings or impression).
+KEPT_SECTIONS = frozenset({
+    "FINDINGS", "FINDING", "FINDINS", "FINDNGS", "FINDNINGS", "FINIDNGS", "FINDGINGS",
+    "FINDINDGS", "REFERENCE FINDINGS", "CHEST, TWO VIEWS",
+    "IMPRESSION", "IMPRESSIONS", "IMPRESSON", "IMPRESION", "IMPESSION", "IMPRESSOIN",
+    "IMPRRESSION", "IMOPRESSION", "IMPRSSION", "IMPERSSION", "MPRESSION", "CONCLUSION",
+    "CONCLUSIONS", "FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION", "FINDINGS / IMPRESSION",
+    "FINDINGS/ IMPRESSION", "IMPRESSION AND FINDINGS"})
+_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z ,&/()-]*[A-Z)])[ \t]*:", re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NEGATION = re.compile(r"\b(no|not|without|negative for|free of)\b", re.IGNORECASE)
 
@@ -19,8 +28,9 @@ def mimic_findings_impression(text: str) -> tuple[str, bool]:
     """The FINDINGS and IMPRESSION sections of a MIMIC-CXR report, as one line of text.
 
     A section runs from its header (an upper-case name and a colon at the start of a line,
-    e.g. ``FINDINGS:``) to the next header. Both sections are kept, in report order, with
-    their headers dropped and white space collapsed.
+    e.g. ``FINDINGS:``) to the next header. The sections of ``KEPT_SECTIONS`` (FINDINGS,
+    IMPRESSION, their combined forms, CONCLUSION and the misspellings found in MIMIC-CXR) are
+    kept, in report order, with their headers dropped and white space collapsed.
     Returns:
       ``(text, True)``; or, when the report has neither section, ``(the whole report without
       its "FINAL REPORT" title, white space collapsed, False)``.
@@ -28,7 +38,7 @@ def mimic_findings_impression(text: str) -> tuple[str, bool]:
     headers = list(_HEADER.finditer(text))
     parts = []
     for index, match in enumerate(headers):
-        if match.group(1).strip() in KEPT_SECTIONS:
+        if " ".join(match.group(1).split()) in KEPT_SECTIONS:
             end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
             parts.append(normalise_space(text[match.end():end]))
     kept = " ".join(p for p in parts if p)
