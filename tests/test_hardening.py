@@ -261,6 +261,9 @@ PTH_CASES = [
     ("phrase not a string", ref(phrases=[None]), ":0: 1 box(es) but phrases None", ""),
     ("report not a string", ref(all_reports=[[5]]), ":0: image path", "are not strings"),
     ("no text column", {"image_paths": [], "bboxes": [], "phrases": []}, ": unknown schema", ""),
+    ("a list", [("a.png", "x")], ": expected a dict of lists, got list", ""),
+    ("MedRPG's list of 8-tuples", [(1, 2, 3, "a.png", (1, 1, 5, 5), 10, 10, "mass")],
+     ": expected a dict of lists, got list", "as MedRPG's (anno_id, image_id"),
     ("zero-area box", ref(bboxes=[(1, 1, 0, 5)]), ":0: finding 0", "zero or negative area"),
 ]
 

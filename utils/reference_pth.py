@@ -57,6 +57,7 @@ WRONG_TYPE = "wrong type"
 BAD_BOX = "bad box"
 NO_TEXT = "no text for the task"
 NO_CLASS = "no class name or description"
+MEDRPG_FIELDS = 8  # a MedRPG annotation file is a list of 8-tuples, not this schema
 # the fields a row of each task needs one of
 NEEDED = {"report": ("report",), "vqa": ("answer",), "class": ("label", "description")}
 
@@ -128,8 +129,15 @@ def _load(path: Path) -> dict[str, Any]:
                         "dicts of lists, tuples and strings are accepted, never pickled code",
             "unreadable file")) from error
     if not isinstance(data, dict):
+        medrpg = (isinstance(data, (list, tuple)) and data and isinstance(data[0], (list, tuple))
+                  and len(data[0]) == MEDRPG_FIELDS)
+        hint = (f"; its rows have {MEDRPG_FIELDS} fields, as MedRPG's (anno_id, image_id, "
+                "category_id, img_file, bbox, width, height, phrase) files do, which this "
+                "converter does not read: convert MS-CXR from its own CSV or JSON with "
+                "`python -m utils.convert mscxr`" if medrpg else "")
         raise ReferenceFileError(Problem(file, None, f"expected a dict of lists, got "
-                                                     f"{type(data).__name__}", "unknown schema"))
+                                                     f"{type(data).__name__}{hint}",
+                                         "unknown schema"))
     missing = [k for k in LIST_COLUMNS if k not in data]
     if missing or not any(k in data for k in TEXT_COLUMNS):
         raise ReferenceFileError(Problem(
