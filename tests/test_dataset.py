@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from transformers import AutoProcessor
 
 from model.constants import BOX_TOKEN, IGNORE_INDEX
 from model.llava_builder import load_processor
-from utils.annotations import load_annotations
+from utils.annotations import Sample, load_annotations
 from utils.dataset import (
     GroundingCollator,
     GroundingDataset,
@@ -22,7 +24,7 @@ from utils.dataset import (
     ordered_findings,
 )
 from utils.image_io import ImageReadError, read_image
-from utils.prompts import answer_text
+from utils.prompts import answer_text, question_text
 from utils.sam_transforms import image_to_padded_boxes, padded_to_image_boxes, preprocess_for_sam
 
 
@@ -167,3 +169,23 @@ def test_pixels_corrupt_after_a_valid_header_name_the_row(tiny_dir, synth_dir, t
                                load_processor(tiny_dir / "llava"), 256, train=True)
     with pytest.raises(ImageReadError, match=rf"{re.escape(sample.source)}: image .*cut\.jpg"):
         dataset[0]
+
+
+@pytest.mark.parametrize("texts, prompt", [
+    ({"task": "vqa", "question": "Is there an effusion?", "answer": "Yes, on the left."},
+     "Question: Is there an effusion?\nAnswer: Yes, on the left.\nGround the answer in the "
+     "chest X-ray."),
+    ({"task": "vqa", "answer": "what is seen?effusion.\n is there a mass?no."},
+     "Answer: what is seen?effusion.\n is there a mass?no.\nGround the answer in the chest "
+     "X-ray."),
+    ({"task": "class", "label": "nodule"}, "The chest X-ray shows nodule. Ground it in the image."),
+    ({"task": "class", "description": "A nodule is a small opacity."},
+     "Description: A nodule is a small opacity.\nGround the findings this description names in "
+     "the chest X-ray."),
+])
+def test_the_evaluation_prompt_of_each_kind_of_row(texts, prompt):
+    """A VQA row without a question (a whole transcript as the answer) and a class row without
+    a class name get templates without the missing field."""
+    sample = Sample("s", Path("x.png"), 8, 8, (), **texts)
+    assert question_text(sample) == prompt
+    assert all(question_text(sample, rng=random.Random(seed)) for seed in range(4))

@@ -1,9 +1,9 @@
 """Conversation templates: what the model is asked, and the answer it must write.
 
 The prompt holds the image and the report (or the VQA question and answer, or the class
-label and, when the row has one, its description; a class row may have only the
-description, as many of the reference code's class files do); it never holds the answer
-phrases.
+label and, when the row has one, its description; a VQA row may have only the answer and a
+class row only the description, as many of the reference code's files do, and then get
+templates without the missing field); it never holds the answer phrases.
 Training draws one of several templates per sample; evaluation always uses the first one, so
 numbers do not depend on a random draw.
 The conversation follows LLaVA-1.5: ``"USER: <image>\\n{question} ASSISTANT:"``.
@@ -33,6 +33,12 @@ CLASS_TEMPLATES = (
     "The chest X-ray shows {label}. Ground it in the image.",
     "Locate the {label} in this chest X-ray.",
 )
+# a VQA row with an answer but no question (the reference code's Answer_all column holds whole
+# question/answer transcripts): the answer is the whole request
+VQA_ANSWER_TEMPLATES = (
+    "Answer: {answer}\nGround the answer in the chest X-ray.",
+    "{answer}\nLocate what the answer describes.",
+)
 # a class row with a description but no class name: the description is the whole request
 CLASS_DESCRIPTION_TEMPLATES = (
     "Ground the findings this description names in the chest X-ray.",
@@ -42,8 +48,10 @@ TEMPLATES = {"report": REPORT_TEMPLATES, "vqa": VQA_TEMPLATES, "class": CLASS_TE
 
 
 def templates_for(sample: Sample) -> tuple[str, ...]:
-    """The templates of a sample's task (for a class row without a label, those of its
-    description alone)."""
+    """The templates of a sample's task (for a VQA row without a question, those of its answer
+    alone; for a class row without a label, those of its description alone)."""
+    if sample.task == "vqa" and not sample.question:
+        return VQA_ANSWER_TEMPLATES
     if sample.task == "class" and not sample.label:
         return CLASS_DESCRIPTION_TEMPLATES
     return TEMPLATES[sample.task]
