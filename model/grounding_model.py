@@ -367,7 +367,8 @@ class UMedGround(nn.Module):
                 box_targets: torch.Tensor | None = None,
                 image_embeddings: torch.Tensor | None = None,
                 box_set_targets: torch.Tensor | None = None,
-                box_set_index: torch.Tensor | None = None) -> GroundingOutput:
+                box_set_index: torch.Tensor | None = None,
+                image_views: list[ShiftedView] | None = None) -> GroundingOutput:
         """Teacher-forced pass.
 
         Arguments:
@@ -377,7 +378,8 @@ class UMedGround(nn.Module):
           box_targets: (Q,4) normalised xyxy in SAM's padded frame, one per ``[BOX]`` label in
             batch-then-answer order; ``None`` skips the box losses (prediction only).
           image_embeddings: (B,C,h,w) SAM features of ``sam_images`` when the caller has them
-            (evaluation shares one encoding between generation and this pass).
+            (evaluation shares one encoding between generation and this pass); ``image_views``
+            likewise the shifted copies' (:meth:`shifted_views`).
           box_set_targets, box_set_index: (G,4) every ground-truth box of every ``[BOX]``
             (normalised xyxy in SAM's padded frame) and (G,) the ``[BOX]`` each belongs to;
             the targets of a model with several boxes per phrase (``max_boxes_per_phrase``
@@ -390,8 +392,9 @@ class UMedGround(nn.Module):
         rows, states, mask = self.phrase_states(self.query_states(outputs.hidden_states), labels)
         if image_embeddings is None:
             image_embeddings = self.encode_images(sam_images)
-        prediction = self.decode_boxes(image_embeddings, states, mask, rows,
-                                       self.shifted_views(sam_images))
+        if image_views is None:
+            image_views = self.shifted_views(sam_images)
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows, image_views)
         ce = text_loss(outputs.logits, labels, self.box_token_id,
                        self.config.phrase_start_weight) * self.config.ce_weight
         losses = {"ce": ce}
@@ -426,11 +429,12 @@ class UMedGround(nn.Module):
                  input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
                  max_new_tokens: int = 128,
                  image_embeddings: torch.Tensor | None = None,
-                 logits_processor: LogitsProcessor | None = None
-                 ) -> GenerationOutput:
+                 logits_processor: LogitsProcessor | None = None,
+                 image_views: list[ShiftedView] | None = None) -> GenerationOutput:
         """Greedy generation from left-padded prompts (B,L), with the boxes of every ``[BOX]``.
 
-        ``image_embeddings`` (B,C,h,w), when given, are used instead of encoding ``sam_images``.
+        ``image_embeddings`` (B,C,h,w) and ``image_views`` (:meth:`shifted_views`), when given,
+        are used instead of encoding ``sam_images``.
         ``logits_processor``, when given, processes each step's scores (B,V) before the
         greedy choice (``utils.span_decoding.SpanLogitsProcessor`` keeps the phrases spans of
         the prompt).
@@ -469,8 +473,9 @@ class UMedGround(nn.Module):
         states, mask = pad_phrases([box_phrases[i] for i in order.tolist()], hidden)
         if image_embeddings is None:
             image_embeddings = self.encode_images(sam_images)
-        prediction = self.decode_boxes(image_embeddings, states, mask, rows[order],
-                                       self.shifted_views(sam_images))
+        if image_views is None:
+            image_views = self.shifted_views(sam_images)
+        prediction = self.decode_boxes(image_embeddings, states, mask, rows[order], image_views)
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
         return GenerationOutput(texts, [torch.tensor(ids, dtype=torch.long) for ids in token_ids],
                                 prediction, rows[order])

@@ -166,6 +166,7 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
     for generate_batch, forced_batch in tqdm(loader, disable=not progress, dynamic_ncols=True,
                                              desc=f"eval {dataset_name}/{split}"):
         embeddings = model.encode_images(forced_batch["sam_images"].to(device))
+        views = model.shifted_views(forced_batch["sam_images"].to(device))
         prompts = generate_batch["input_ids"].to(device)
         spans = (span_constraint(prompts, tokenizer, image_token_id, model.box_token_id,
                                  [s.task for s in generate_batch["samples"]], phrase_start_ratio)
@@ -174,10 +175,10 @@ def evaluate_model(model, processor, dataset: GroundingDataset, batch_size: int 
                                    generate_batch["pixel_values"].to(device), prompts,
                                    generate_batch["attention_mask"].to(device), tokenizer,
                                    max_new_tokens=max_new_tokens, image_embeddings=embeddings,
-                                   logits_processor=spans)
+                                   logits_processor=spans, image_views=views)
         forced = model(**{k: forced_batch[k].to(device) for k in
                           ("sam_images", "pixel_values", "input_ids", "attention_mask",
-                           "labels")}, image_embeddings=embeddings)
+                           "labels")}, image_embeddings=embeddings, image_views=views)
         generated_px = _pixel_predictions(generated.prediction, generated.box_batch_index,
                                           generate_batch, signal)
         forced_px = _pixel_predictions(forced.prediction, forced.box_batch_index, forced_batch,
