@@ -10,7 +10,8 @@ in pixels of the image's ``width x height``) are scaled to the image on disk; an
 of another aspect ratio is reported, as its boxes would be stretched. The patient is
 the image entry's ``patient_id``, else the id in a MIMIC/NIH file name, else the image name.
 An id repeated within ``images``, ``categories`` or ``annotations`` is an error (nothing is
-written), as is a template field other than plain ``{side}`` / ``{zone}``.
+written, :func:`utils.convert.tables.read_coco`), as is a template field other than plain
+``{side}`` / ``{zone}``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ import argparse
 import string
 from pathlib import Path
 from typing import Any
-
-from pycocotools.coco import COCO
 
 from utils.annotations import ReadOptions, is_number
 from utils.convert.geometry import (
@@ -53,7 +52,6 @@ NO_PHRASE = "category without a phrase"
 NOT_IN_REPORT = "finding not named in its report"
 NO_ANNOTATIONS = "image without annotations or report"
 NO_PATIENT = "no patient id (image name used)"
-ID_LISTS = ("images", "categories", "annotations")
 TEMPLATE_FIELDS = ("side", "zone")
 
 
@@ -73,33 +71,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_output_arguments(parser)
     add_stretched_copies_argument(parser)
     parser.set_defaults(func=run)
-
-
-def read_unique_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) -> COCO:
-    """:func:`read_coco`, refusing an id repeated within ``images``, ``categories`` or
-    ``annotations`` (pycocotools would silently keep one of the entries).
-
-    Raises :class:`ConversionError` listing every repeat as
-    ``<file>: <list>[<position>] repeats id <id> (<list>[<first position>])``.
-    """
-    data = read_json(path, "COCO JSON file", encoding)
-    repeats = []
-    for key in ID_LISTS:
-        entries = data.get(key) if isinstance(data, dict) else None
-        first: dict[int, int] = {}
-        for position, entry in enumerate(entries if isinstance(entries, list) else []):
-            entry_id = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(entry_id, int) or isinstance(entry_id, bool):
-                continue  # read_coco reports it
-            if entry_id in first:
-                repeats.append(f"{path}: {key}[{position}] repeats id {entry_id} "
-                               f"({key}[{first[entry_id]}])")
-            else:
-                first[entry_id] = position
-    if repeats:
-        raise ConversionError("\n".join(repeats) + f"\n{path}: ids must be unique within each "
-                              "list; give every entry its own id, or delete the repeated entry")
-    return read_coco(path, log, encoding)
 
 
 def read_phrase_map(path: Path, encoding: str = DEFAULT_ENCODING) -> dict[str, str]:
@@ -225,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     options = read_options(args)
     phrases = read_phrase_map(args.phrases, args.encoding)
     reports = read_user_reports(args.reports, log, args.encoding) if args.reports else None
-    coco = read_unique_coco(args.coco, log, args.encoding)
+    coco = read_coco(args.coco, log, args.encoding)
     categories = {cat_id: str(cat.get("name", "")) for cat_id, cat in coco.cats.items()}
     for ann_id in sorted(coco.anns):
         if coco.anns[ann_id].get("image_id") not in coco.imgs:

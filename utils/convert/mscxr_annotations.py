@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.annotations import ReadOptions, is_number
-from utils.convert.coco import read_unique_coco
 from utils.convert.geometry import (
     ASPECT,
     PixelBox,
@@ -24,7 +23,7 @@ from utils.convert.geometry import (
 from utils.convert.images import image_size_under
 from utils.convert.log import ConversionLog
 from utils.convert.paths import mimic_ids
-from utils.convert.tables import MALFORMED, parse_numbers, read_table
+from utils.convert.tables import MALFORMED, parse_numbers, read_coco, read_table
 from utils.text_io import DEFAULT_ENCODING
 
 BAD_BOX = "box beyond the image"
@@ -130,7 +129,7 @@ def _read_csv(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
 
 
 def _read_json(path: Path, log: ConversionLog, encoding: str) -> list[MsCxrBox]:
-    coco = read_unique_coco(path, log, encoding)
+    coco = read_coco(path, log, encoding)
     boxes = []
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]

@@ -22,6 +22,7 @@ from utils.text_io import (
 )
 
 MALFORMED = "malformed row"
+COCO_LISTS = ("images", "annotations", "categories")
 SHOWN_CHARS = 60  # of a value or a line quoted in a message
 
 
@@ -218,6 +219,23 @@ def parse_numbers(row: TableRow, names: Sequence[str]) -> list[float] | str:
     return numbers
 
 
+def _repeated_ids(path: Path, data: dict[str, Any]) -> list[str]:
+    """Every integer id repeated within one of a COCO file's lists, as a message each."""
+    repeats = []
+    for key in COCO_LISTS:
+        first: dict[int, int] = {}
+        for position, entry in enumerate(data[key]):
+            entry_id = entry.get("id") if isinstance(entry, dict) else None
+            if not _int_id(entry_id):
+                continue  # reported as malformed
+            if entry_id in first:
+                repeats.append(f"{path}: {key}[{position}] repeats id {entry_id} "
+                               f"({key}[{first[entry_id]}])")
+            else:
+                first[entry_id] = position
+    return repeats
+
+
 def _int_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -228,13 +246,19 @@ def read_coco(path: Path, log: ConversionLog, encoding: str = DEFAULT_ENCODING) 
     An entry of ``images``, ``annotations`` or ``categories`` that is not an object with an
     integer ``id`` (and, for annotations, integer ``image_id`` and ``category_id``), or that
     holds a lone surrogate, is reported as ``<file>:<list>[<position>]`` and left out; the
-    rest is converted.
+    rest is converted. An id repeated within one list is a :class:`ConversionError` listing
+    every repeat as ``<file>: <list>[<position>] repeats id <id> (<list>[<first position>])``
+    (pycocotools would silently keep one of the entries).
     """
     data = read_json(path, "COCO JSON file", encoding)
     if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+            isinstance(data.get(k), list) for k in COCO_LISTS):
         raise ConversionError(f"{path}: not a COCO-style JSON file; it needs the lists "
                               "'images', 'annotations' and 'categories'")
+    repeats = _repeated_ids(path, data)
+    if repeats:
+        raise ConversionError("\n".join(repeats) + f"\n{path}: ids must be unique within each "
+                              "list; give every entry its own id, or delete the repeated entry")
     for key, id_keys in (("images", ("id",)), ("categories", ("id",)),
                          ("annotations", ("id", "image_id", "category_id"))):
         kept = []
