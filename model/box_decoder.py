@@ -57,7 +57,9 @@ reports: the presence-weighted mean of the reported slots' predicted IoUs. With 
 are no slots and ``iou`` is the single-box head's, unchanged.
 
 At evaluation and inference the decoder may also read shifted copies of the image
-(:mod:`model.test_time_shifts`): each box then has the hypotheses of every copy, A x N.
+(:mod:`model.test_time_shifts`): each box then has the hypotheses of every copy, A x N, whose
+spread about the box measures its uncertainty; the box itself, and which boxes a phrase
+reports, stay those of the image's own read.
 """
 from __future__ import annotations
 
@@ -178,7 +180,9 @@ class BoxSlots:
 class BoxPrediction:
     """Boxes for Q queries, all sigmoid cxcywh in the normalised frame of SAM's padded input.
 
-    hypotheses: (Q,N,4) (A x N with test-time shifts); box: (Q,4) their mean; variance: (Q,4);
+    hypotheses: (Q,N,4) (A x N with test-time shifts); box: (Q,4) their mean (with test-time
+    shifts the mean of the image's own N); variance: (Q,4) their mean squared deviation from
+    the box;
     uncertainty: (Q,), the scale-relative u of the module docstring; iou: (Q,) the IoU head's
     predicted IoU of the mean box with the target, in [0, 1] (``None`` without the head; with
     K > 1 slots the presence-weighted mean over the reported slots). ``slots``: the K boxes of
@@ -194,9 +198,12 @@ class BoxPrediction:
     slots: BoxSlots | None = None
 
     @classmethod
-    def from_hypotheses(cls, hypotheses: torch.Tensor,
-                        iou: torch.Tensor | None = None) -> "BoxPrediction":
-        mean = hypotheses.mean(dim=1)
+    def from_hypotheses(cls, hypotheses: torch.Tensor, iou: torch.Tensor | None = None,
+                        own: int | None = None) -> "BoxPrediction":
+        """The prediction of (Q,M,4) ``hypotheses``: the box is the mean of the first ``own``
+        of them (all by default; with test-time shifts the image's own read, which the
+        shifted reads follow), the variance their mean squared deviation from the box."""
+        mean = hypotheses[:, :own].mean(dim=1)
         variance = (hypotheses - mean.unsqueeze(1)).pow(2).mean(dim=1)
         size = mean[:, [2, 3, 2, 3]].clamp_min(1e-6)
         return cls(hypotheses, mean, variance, (variance / size.pow(2)).mean(dim=-1), iou)
@@ -245,15 +252,14 @@ class DecoderOutputs:
 
     @staticmethod
     def merge(ensemble: Sequence["DecoderOutputs"]) -> "DecoderOutputs":
-        """One set of outputs from several reads of the same queries: the hypotheses
-        concatenated (read a's hypothesis k is hypothesis a*N + k), the rest averaged."""
-        def mean(values: list[torch.Tensor | None]) -> torch.Tensor | None:
-            return None if values[0] is None else torch.stack(values).mean(dim=0)
-
-        return DecoderOutputs(torch.cat([o.hypotheses for o in ensemble], dim=2),
-                              mean([o.slot_iou for o in ensemble]),
-                              mean([o.presence_logits for o in ensemble]),
-                              mean([o.count_logits for o in ensemble]))
+        """One set of outputs from several reads of the same queries, the image's own read
+        first: the hypotheses concatenated (read a's hypothesis k is hypothesis a*N + k), the
+        IoU head's predictions averaged, and the presence and count logits of the first read,
+        which alone decides which boxes a phrase reports."""
+        iou = None if ensemble[0].slot_iou is None else torch.stack(
+            [o.slot_iou for o in ensemble]).mean(dim=0)
+        return DecoderOutputs(torch.cat([o.hypotheses for o in ensemble], dim=2), iou,
+                              ensemble[0].presence_logits, ensemble[0].count_logits)
 
 
 @dataclass
@@ -367,13 +373,14 @@ class UncertainBoxDecoder(nn.Module):
         """The :class:`BoxPrediction` of raw outputs: one box per query (K = 1), or the slots
         and the boxes each phrase reports."""
         queries, rows, count, _ = outputs.hypotheses.shape
+        own = self.num_hypotheses  # the image's own read; shifted reads follow it
         if self.max_boxes == 1:
-            return BoxPrediction.from_hypotheses(outputs.hypotheses[:, 0], outputs.slot_iou)
+            return BoxPrediction.from_hypotheses(outputs.hypotheses[:, 0], outputs.slot_iou, own)
         slots = BoxSlots(BoxPrediction.from_hypotheses(
-            outputs.hypotheses.reshape(queries * rows, count, 4), outputs.slot_iou),
+            outputs.hypotheses.reshape(queries * rows, count, 4), outputs.slot_iou, own),
             outputs.presence_logits, outputs.count_logits, self.phrase_box)
         prediction = BoxPrediction.from_hypotheses(
-            enclosing_hypotheses(outputs.hypotheses, slots.present), slots.reported_iou())
+            enclosing_hypotheses(outputs.hypotheses, slots.present), slots.reported_iou(), own)
         prediction.slots = slots
         return prediction
 

@@ -4,15 +4,20 @@ With a shift of s pixels (``UMedGround.test_time_shift``, evaluation and inferen
 preprocessed image (B,3,S,S) is also translated by s pixels right, left, down and up, with
 zero fill (SAM's padding value after normalisation). Each copy is encoded by the frozen SAM
 and read by the box decoder with the same ``[BOX]`` queries; each copy's boxes are moved back
-by its shift. The A = 5 copies' hypotheses then form one set of A x N hypotheses per box
-(copy a's hypothesis k is hypothesis a*N + k), so the box is their mean and u reads the
-spread of all of them; the IoU head's predictions and the presence and count logits are the
-copies' means. The language model reads the image once, unshifted.
+by its shift. The shifted copies measure the box's uncertainty and change nothing else:
+- the box, and which boxes a phrase reports (the presence and count logits), are those of
+  the image's own read, as without shifts;
+- the A = 5 copies' hypotheses form one set of A x N hypotheses per box (copy a's hypothesis
+  k is hypothesis a*N + k; the image's own read is copy 0). The variance, and so the spread
+  u, is their mean squared deviation from the box, and the agreement of the combined u
+  (:mod:`model.uncertainty`) their mean IoU with it;
+- the IoU head's predictions are the copies' mean;
+- the calibration's side scales are the hypotheses' standard deviations.
+The language model reads the image once, unshifted.
 
 A shift of half a feature cell (8 px of the tiny SAM's 256-px input, 16-px cells) moves the
-cells' grid against the image, which the decoder's centre heatmap reads at cell resolution.
-On the demo models' validation splits it raised the failure AUROC of the combined u and the
-given-phrase boxes a little on each of three seeds (docs/experiments.md, 2026-12-07).
+cells' grid against the image, which the decoder's centre heatmap reads at cell resolution: a
+box that holds only while the grid stays put is one to doubt.
 """
 from __future__ import annotations
 

@@ -68,11 +68,32 @@ def test_a_shifted_read_is_moved_back_by_its_offset():
         ensemble = decoder(features, queries, rows, [ShiftedView(features, (0.1, -0.05))])
     expected = alone.hypotheses - torch.tensor([0.1, -0.05, 0.0, 0.0])
     assert torch.allclose(ensemble.hypotheses[:, 3:], expected, atol=1e-6)
-    assert torch.allclose(ensemble.box, alone.box - torch.tensor([0.05, -0.025, 0.0, 0.0]),
-                          atol=1e-6)
 
 
-def test_merge_averages_the_heads_and_concatenates_the_hypotheses():
+@pytest.mark.parametrize("max_boxes", [1, 4])
+def test_shifted_reads_change_the_uncertainty_not_the_boxes(max_boxes):
+    """Shifted copies of other features: the boxes, the reported slots and their presence are
+    the image's own read's; the variance is the 2N hypotheses' squared deviation from the box,
+    and the IoU head's output the reads' mean."""
+    decoder, features, queries, rows = decoder_case(max_boxes)
+    other = torch.randn(features.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        alone = decoder(features, queries, rows)
+        shifted = decoder(other, queries, rows)
+        ensemble = decoder(features, queries, rows, [ShiftedView(other, (0.0, 0.0))])
+    assert torch.equal(ensemble.box, alone.box)
+    expected = (ensemble.hypotheses - alone.box.unsqueeze(1)).pow(2).mean(dim=1)
+    assert torch.allclose(ensemble.variance, expected, atol=1e-7)
+    assert not torch.allclose(ensemble.uncertainty, alone.uncertainty)
+    if max_boxes == 1:
+        assert torch.allclose(ensemble.iou, (alone.iou + shifted.iou) / 2, atol=1e-6)
+    else:
+        assert ensemble.slots.reported() == alone.slots.reported()
+        assert torch.equal(ensemble.slots.presence, alone.slots.presence)
+        assert torch.equal(ensemble.slots.boxes.box, alone.slots.boxes.box)
+
+
+def test_merge_averages_the_iou_and_keeps_the_first_reads_presence_and_count():
     first = DecoderOutputs(torch.zeros(2, 5, 3, 4), torch.tensor([0.2] * 10),
                            torch.tensor([[1.0, 3.0, 0.0, 0.0]] * 2), torch.zeros(2, 4))
     second = DecoderOutputs(torch.ones(2, 5, 3, 4), torch.tensor([0.6] * 10),
@@ -81,8 +102,8 @@ def test_merge_averages_the_heads_and_concatenates_the_hypotheses():
     assert merged.hypotheses.shape == (2, 5, 6, 4)
     assert merged.hypotheses[:, :, :3].eq(0).all() and merged.hypotheses[:, :, 3:].eq(1).all()
     assert torch.allclose(merged.slot_iou, torch.tensor([0.4] * 10))
-    assert merged.presence_logits[0].tolist() == [2.0, 2.0, 0.0, 0.0]
-    assert merged.count_logits.eq(0.5).all()
+    assert merged.presence_logits[0].tolist() == [1.0, 3.0, 0.0, 0.0]
+    assert merged.count_logits.eq(0).all()
 
 
 def calibration(shift: int) -> BoxCalibration:
