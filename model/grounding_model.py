@@ -118,8 +118,8 @@ class UMedGround(nn.Module):
     features while the encoder is frozen; it is not part of the weights. ``calibration`` (a
     :class:`model.calibration.BoxCalibration`) is the folder's ``calibration.json``, if any.
     ``test_time_shift`` (pixels of SAM's input; 0: off) makes evaluation and inference also
-    read the boxes on shifted copies of the image (:mod:`model.test_time_shifts`); training
-    never does.
+    read the boxes on shifted copies of the image, for their uncertainty
+    (:mod:`model.test_time_shifts`); training never does.
     """
 
     embedding_cache: EmbeddingCache | None = None

@@ -258,9 +258,10 @@ def add_test_time_shift_arg(parser: argparse.ArgumentParser | Any) -> None:
     """``--test_time_shift`` for test.py, chat.py and app.py (:mod:`model.test_time_shifts`)."""
     parser.add_argument("--test_time_shift", type=non_negative_int, default=None, metavar="PX",
                         help="also read the boxes on copies of the image shifted PX pixels of "
-                             "SAM's input right, left, down and up, as one ensemble (5x the SAM "
-                             "and box-decoder passes; 0: off; default: as the model's "
-                             "calibration.json was fitted, else 0)")
+                             "SAM's input right, left, down and up; their hypotheses join the "
+                             "image's own in u and the calibration, the boxes stay the image's "
+                             "own (5x the SAM and box-decoder passes; 0: off; default: as the "
+                             "model's calibration.json was fitted, else 0)")
 
 
 def set_test_time_shift(model: Any, shift: int | None) -> None:

@@ -8,7 +8,9 @@ boxes, their mean, the per-coordinate variance and the scale-relative u
 of a phrase's present boxes in ``boxes`` (with its own hypotheses, variance, u and presence);
 the phrase's ``box`` is then the box enclosing them. Boxes come back in the pixel frame of the
 image as given (xyxy, origin top-left, x to the right); the variance is that of the
-hypotheses' (cx, cy, w, h), in squared pixels. ``u`` is the signal the model's config names
+hypotheses' (cx, cy, w, h) about the box, in squared pixels (with test-time shifts, the
+5 x N hypotheses of :mod:`model.test_time_shifts`, the image's own N first, whose mean is the
+box). ``u`` is the signal the model's config names
 (:mod:`model.uncertainty`). When the model folder holds ``calibration.json``, each phrase also
 gets its calibrated box (``inflated_box``, containing the lesion for 1 - alpha of findings on
 data like the calibration split) and an ``abstain`` flag (its u is not below the calibrated
@@ -72,8 +74,9 @@ class PhraseBox:
 class GroundedPhrase:
     """One generated phrase and its box.
 
-    ``box``: the mean box, pixel xyxy; ``hypotheses``: N pixel xyxy boxes; ``variance``: the
-    variance over the hypotheses of (cx, cy, w, h), pixels²; ``u``: the uncertainty (higher =
+    ``box``: the mean box, pixel xyxy; ``hypotheses``: N pixel xyxy boxes (5 x N with
+    test-time shifts); ``variance``: the hypotheses' mean squared deviation of (cx, cy, w, h)
+    from the box, pixels²; ``u``: the uncertainty (higher =
     less sure). ``boxes``: every box the phrase reports, the most present first (one, equal to
     the above, for a single-box model; with several, the phrase's ``box`` and hypotheses
     enclose them). With a calibrated model, ``inflated_box`` (pixel xyxy) and ``abstain`` of
