@@ -15,9 +15,10 @@ from utils.image_io import WINDOWS, ImageReadError, image_size, read_image, to_u
 RAMP_12BIT = (np.arange(40 * 30).reshape(30, 40) * 4095 // (40 * 30 - 1)).astype(np.uint16)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
-                **elements) -> Path:
-    """A minimal single-frame grayscale DICOM with the given uint16 pixels and elements."""
+def write_dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME2",
+                bits: int = 12, **elements) -> Path:
+    """A minimal single-frame DICOM with the given pixels (None: no pixel module), their
+    stored bits and the given elements."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -26,7 +27,8 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.set_pixel_data(pixels, photometric, 12)
+    if pixels is not None:
+        ds.set_pixel_data(pixels, photometric, bits)
     for key, value in elements.items():
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)

@@ -8,24 +8,32 @@ Every image the project sees (training, evaluation, converters, chat/app) goes t
 * 16-bit, 32-bit integer and float data are mapped to 8 bits as radiology viewers do, never
   clipped silently: ``window="full"`` maps the data's min..max to 0..255, ``"percentile"`` maps
   the 0.5..99.5 % percentiles to 0..255 (the tails saturate, on purpose and documented).
+  A TIFF stored white-is-zero is inverted, as PIL already does for its 8-bit data. Colour or
+  alpha files of 16 bits per channel are refused: PIL keeps only their high byte.
 * DICOM (``.dcm``/``.dicom`` or the ``DICM`` magic bytes) is read with pydicom: the modality
   LUT (rescale slope/intercept) is applied, then the file's VOI LUT or window centre/width
-  when present (else ``window`` as above), and MONOCHROME1 is inverted.
+  when present (else ``window`` as above), and MONOCHROME1 is inverted; PALETTE COLOR
+  indices go through the file's palette.
 * The pixel frame is the file's as stored: no EXIF rotation is applied, because the boxes of
   the annotations are given in that frame.
 * An image over ``max_pixels`` pixels is refused (a decompression bomb), before it is decoded.
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~100 Mpx; a 43 x 43 cm detector at 0.1 mm is ~18 Mpx
 MAX_ASPECT_RATIO = 20  # long side / short side; a long-leg or whole-spine film is about 3
@@ -35,6 +43,13 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+# PIL's raw modes that unpack 16 bits per sample into an 8-bit mode by keeping the high byte
+HIGH_BYTE_RAWMODE = re.compile(r";16[BLN]$")
+TIFF_PHOTOMETRIC = 262  # PhotometricInterpretation; 0 is WhiteIsZero
+TIFF_WHITE_IS_ZERO = 0
+DICOM_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PYDICOM_DECODER_LOGGER = "pydicom.pixels.decoders.base"
 
 # PIL's bomb limit is a module global; it is set to the caller's limit while a file is opened.
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -62,7 +77,10 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
             f"image {path} has {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,} (a possible decompression bomb); downscale it, or raise "
             "--max_image_pixels if the image is genuine")
-    if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    if min(width, height) < 1:
+        raise ImageReadError(f"image {path} is {width}x{height} pixels: it holds no image; "
+                             "check the file's header, or re-export it")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageReadError(
             f"image {path} is {width}x{height} pixels, an aspect ratio over "
             f"{MAX_ASPECT_RATIO}:1 that no radiograph has (the model's square input would "
@@ -75,8 +93,20 @@ def _check_window(window: str) -> None:
 
 
 def _check_exists(path: Path) -> None:
-    if not path.is_file():
-        raise ImageReadError(f"image {path} does not exist (check the path and the image root)")
+    """Refuse a path that is not a readable regular file, saying what it is instead."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ImageReadError(f"image {path} is a directory, not an image file; give the path "
+                             "of an image file")
+    if path.exists():
+        raise ImageReadError(f"image {path} is not a regular file (a device, pipe or socket); "
+                             "give the path of an image file")
+    if path.is_symlink():
+        raise ImageReadError(f"image {path} is a symbolic link to {os.readlink(path)}, which "
+                             "does not exist or loops back on itself; fix the link or give "
+                             "the image file's own path")
+    raise ImageReadError(f"image {path} does not exist (check the path and the image root)")
 
 
 def to_uint8(values: np.ndarray, window: str = "full", *, source: str = "image") -> np.ndarray:
@@ -107,6 +137,16 @@ def _to_rgb(gray_or_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(gray_or_rgb[:, :, :3])
 
 
+def _rawmode(image: Image.Image) -> str:
+    """The raw mode PIL will decode the file's first tile with ("" when it does not say)."""
+    if not image.tile:
+        return ""
+    args = image.tile[0].args
+    if isinstance(args, str):
+        return args
+    return str(args[0]) if isinstance(args, tuple) and args else ""
+
+
 def _open_pil(path: Path, max_pixels: int) -> Image.Image:
     """Open (header only) with PIL's bomb check set to ``max_pixels``, then check it ourselves."""
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
@@ -131,6 +171,12 @@ def _open_pil(path: Path, max_pixels: int) -> Image.Image:
         if frames > 1:
             raise ImageReadError(f"image {path} holds {frames} frames (a multi-page TIFF or an "
                                  "animation); save the radiograph as a single-frame image")
+        if image.mode in EIGHT_BIT_MODES and HIGH_BYTE_RAWMODE.search(_rawmode(image)):
+            raise ImageReadError(
+                f"image {path} stores 16 bits per channel with colour or alpha channels, which "
+                "PIL can read only as their high 8 bits (a 12-bit radiograph would come out "
+                "near-black, with 16 grey levels); save it as a 16-bit grayscale image (one "
+                "channel, no alpha) or as 8-bit")
     except ImageReadError:
         image.close()
         raise
@@ -145,42 +191,129 @@ def _read_pil(path: Path, window: str, max_pixels: int) -> np.ndarray:
             if image.mode in EIGHT_BIT_MODES:
                 return np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))[:, :, :3]
             data = np.asarray(image)
+            # PIL inverts WhiteIsZero TIFFs of up to 8 bits itself, but not deeper ones
+            white_is_zero = (image.format == "TIFF"
+                             and image.tag_v2.get(TIFF_PHOTOMETRIC) == TIFF_WHITE_IS_ZERO)
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(f"image {path} cannot be decoded ({error}); the file may be "
                              "truncated or corrupt: re-export it") from error
-    if data.dtype == np.uint8:
-        return _to_rgb(data)
-    return _to_rgb(to_uint8(data, window, source=f"image {path}"))
+    gray = data if data.dtype == np.uint8 else to_uint8(data, window, source=f"image {path}")
+    return _to_rgb(255 - gray if white_is_zero else gray)
 
 
 def _dicom_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 VOI window, straight to 0..255 (float, same shape)."""
+    """DICOM PS3.3 C.11.2.1.2 VOI window, straight to 0..255 (float, same shape).
+
+    The parameters are those :func:`_window_parameters` checked.
+    """
     if function == "SIGMOID":
         return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
         return np.clip((values - center) / width + 0.5, 0.0, 1.0) * 255.0
-    if width < 1:
-        raise ValueError(f"window width {width} < 1")
     return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0) * 255.0
 
 
 def _first(value: object) -> float:
     """The first value of a possibly multi-valued DICOM element (WindowCenter may hold several)."""
     if isinstance(value, Sequence) and not isinstance(value, str):
-        value = value[0]
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        raise ValueError("the element is empty")
     return float(value)
 
 
-def _read_dicom(path: Path, window: str, max_pixels: int) -> np.ndarray:
+def _window_parameters(dataset: pydicom.Dataset) -> tuple[float, float, str]:
+    """The first window centre and width and the VOI LUT function, checked (PS3.3 C.11.2.1.2).
+
+    Raises ValueError for an empty or non-finite value, an unknown function, or a width below
+    1 (LINEAR) or not above 0 (LINEAR_EXACT, SIGMOID): such a window would silently give a
+    blank or inverted image.
+    """
+    function = str(dataset.get("VOILUTFunction", "") or "LINEAR").upper()
+    if function not in DICOM_VOI_FUNCTIONS:
+        raise ValueError(f"VOI LUT function {function!r} is not one of {list(DICOM_VOI_FUNCTIONS)}")
+    try:
+        center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+    except ValueError as error:
+        raise ValueError(f"window centre/width unusable: {error}") from error
+    if not (np.isfinite(center) and np.isfinite(width)):
+        raise ValueError(f"window centre {center} / width {width} is not finite")
+    if function == "LINEAR" and width < 1:
+        raise ValueError(f"window width {width} is below 1, the least LINEAR allows")
+    if width <= 0:
+        raise ValueError(f"window width {width} is not above 0, as {function} requires")
+    return center, width, function
+
+
+class _DropTracebacksOfThread(logging.Filter):
+    """Drop the log records with a traceback that one thread emits."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.thread == self.thread)
+
+
+@contextmanager
+def _quiet_decoder_tracebacks() -> Iterator[None]:
+    """Silence pydicom's per-plugin decoder tracebacks in this thread while it decodes.
+
+    pydicom logs each failing plugin's traceback at ERROR level, then raises a RuntimeError
+    that lists the same failures; that error becomes our ImageReadError, so the tracebacks
+    only bury the message (``chat.py`` showed ~20 traceback lines before it).
+    """
+    logger = logging.getLogger(PYDICOM_DECODER_LOGGER)
+    dropper = _DropTracebacksOfThread(threading.get_ident())
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def _dicom_header(path: Path, max_pixels: int) -> pydicom.Dataset:
+    """The DICOM header, checked: a Part 10 file of one frame of pixels within ``max_pixels``."""
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        _check_pixels(path, int(header.Columns), int(header.Rows), max_pixels)
+    except InvalidDicomError as error:
+        raise ImageReadError(
+            f"DICOM {path} cannot be read: it has no DICOM file header (no 'DICM' at byte "
+            f"{DICOM_MAGIC_OFFSET}); if it is a PNG/JPEG/TIFF, give it that suffix, and if it "
+            "is an old headerless DICOM, re-save it with a file header (e.g. `dcmconv` or "
+            "`gdcmconv`)") from error
+    except Exception as error:  # pydicom raises many types for broken files
+        raise ImageReadError(f"DICOM {path} cannot be read ({type(error).__name__}: {error}); "
+                             "the file may be truncated or corrupt: re-export it") from error
+    if "Rows" not in header or "Columns" not in header:
+        raise ImageReadError(
+            f"DICOM {path} cannot be read as an image: it has no Rows/Columns (a report, a "
+            "presentation state, a DICOMDIR or a corrupt header); give the DICOM file of the "
+            "radiograph itself, or export it as a PNG")
+    try:
+        width, height = int(header.Columns), int(header.Rows)
         frames = int(header.get("NumberOfFrames", 1) or 1)
-        if frames != 1:
-            raise ImageReadError(f"DICOM {path} holds {frames} frames; export the radiograph "
-                                 "as a single-frame file")
+    except (TypeError, ValueError) as error:
+        raise ImageReadError(f"DICOM {path} has an unreadable Rows/Columns/NumberOfFrames "
+                             f"({error}); fix its header or export it as a PNG") from error
+    _check_pixels(path, width, height, max_pixels)
+    if frames != 1:
+        raise ImageReadError(f"DICOM {path} holds {frames} frames; export the radiograph "
+                             "as a single-frame file")
+    return header
+
+
+def _read_dicom(path: Path, window: str, max_pixels: int) -> np.ndarray:
+    _dicom_header(path, max_pixels)
+    try:
         dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
+        if not any(keyword in dataset for keyword in DICOM_PIXEL_KEYWORDS):
+            raise ImageReadError(f"DICOM {path} cannot be read as an image: it has no pixel "
+                                 "data; give the DICOM file of the radiograph itself, or "
+                                 "export it as a PNG")
+        with _quiet_decoder_tracebacks():
+            pixels = dataset.pixel_array
     except ImageReadError:
         raise
     except Exception as error:  # pydicom raises many types for broken or compressed files
@@ -188,6 +321,14 @@ def _read_dicom(path: Path, window: str, max_pixels: int) -> np.ndarray:
             f"DICOM {path} cannot be read ({type(error).__name__}: {error}); if it is compressed "
             "(JPEG 2000, JPEG-LS), decompress it first (e.g. `gdcmconv --raw`)") from error
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        try:
+            colours = apply_color_lut(pixels, dataset)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+            raise ImageReadError(f"DICOM {path} is PALETTE COLOR with an unusable palette "
+                                 f"({error}); fix its header or export it as a PNG") from error
+        scale = 255.0 / np.iinfo(colours.dtype).max  # the palette's 8- or 16-bit entries
+        return _to_rgb(np.rint(colours.astype(np.float64) * scale).astype(np.uint8))
     if not photometric.startswith("MONOCHROME"):
         if pixels.dtype == np.uint8:
             return _to_rgb(pixels)
@@ -201,9 +342,7 @@ def _read_dicom(path: Path, window: str, max_pixels: int) -> np.ndarray:
                 modality = np.rint(modality).astype(np.int64)  # LUTs are indexed by integers
             mapped = apply_voi(modality, dataset).astype(np.float64) / (2 ** out_bits - 1) * 255.0
         elif "WindowCenter" in dataset and "WindowWidth" in dataset:
-            function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
-            mapped = _dicom_window(values, _first(dataset.WindowCenter),
-                                   _first(dataset.WindowWidth), function)
+            mapped = _dicom_window(values, *_window_parameters(dataset))
         else:
             mapped = to_uint8(values, window, source=f"DICOM {path}").astype(np.float64)
     except ImageReadError:
@@ -239,19 +378,14 @@ def read_image(path: str | Path, *, window: str = "full",
 def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) of an image file, from its header where possible.
 
-    Raises ImageReadError for a missing, unreadable or over-large (``max_pixels``) file.
+    Raises ImageReadError for a missing, unreadable or over-large (``max_pixels``) file, and
+    for what :func:`read_image` refuses from the header alone (multiple frames, 16-bit colour).
     """
     path = Path(path)
     _check_exists(path)
     if _is_dicom(path):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-            width, height = int(header.Columns), int(header.Rows)
-        except Exception as error:  # pydicom raises many types for broken files
-            raise ImageReadError(f"DICOM {path} has no readable Rows/Columns "
-                                 f"({type(error).__name__}: {error})") from error
-        _check_pixels(path, width, height, max_pixels)
-        return width, height
+        header = _dicom_header(path, max_pixels)
+        return int(header.Columns), int(header.Rows)
     with _open_pil(path, max_pixels) as image:
         try:
             image.verify()
