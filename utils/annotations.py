@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from model.constants import TASKS
 from utils.image_io import DEFAULT_MAX_PIXELS, ImageReadError, image_size
-from utils.text_io import DEFAULT_ENCODING, loads_json, lone_surrogate, read_lines
+from utils.text_io import DEFAULT_ENCODING, check_encoding, loads_json, lone_surrogate, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +223,15 @@ def _text(row: dict[str, Any], key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _usable_id(value: Any) -> bool:
+    """A row's ``id`` is a non-empty string (an integer is taken as its digits)."""
+    return (not isinstance(value, bool) and isinstance(value, (str, int))
+            and bool(str(value).strip()))
+
+
 def _type_problems(row: dict[str, Any]) -> list[str]:
     messages = []
-    if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)) \
-            or not str(row["id"]).strip():
+    if not _usable_id(row["id"]):
         messages.append(f"'id' must be a non-empty string, got {row['id']!r}")
     for key in TEXT_KEYS:
         if key in row and not isinstance(row[key], str) and not (
@@ -243,6 +248,29 @@ def _type_problems(row: dict[str, Any]) -> list[str]:
     return messages
 
 
+def _finding_problems(raw: Any) -> list[tuple[str, str]]:
+    """``(message, reason)`` for what is wrong with the keys and value types of one finding
+    (its phrase's text and its boxes' numbers are checked by the caller)."""
+    if not isinstance(raw, dict):
+        return [(f'expected an object {{"phrase": ..., "boxes": [[x0, y0, x1, y1], ...]}}, got '
+                 f"{type(raw).__name__}", "malformed row")]
+    problems = []
+    unknown = raw.keys() - FINDING_KEYS - FINDING_OPTIONAL_KEYS
+    if unknown:
+        problems.append((f"unknown key(s) {sorted(map(str, unknown))}; the known ones are "
+                         f"{sorted(FINDING_KEYS | FINDING_OPTIONAL_KEYS)}", "malformed row"))
+    if "phrase" in raw and not isinstance(raw["phrase"], str):
+        problems.append((f"'phrase' must be a string, got {type(raw['phrase']).__name__}",
+                         "wrong type"))
+    if "boxes" in raw and not isinstance(raw["boxes"], list):
+        problems.append((f"'boxes' must be a list of [x0, y0, x1, y1] boxes, got "
+                         f"{type(raw['boxes']).__name__}", "wrong type"))
+    problems += [(f"{key!r} must be a string, got {raw[key]!r}", "wrong type")
+                 for key in sorted(FINDING_OPTIONAL_KEYS & raw.keys())
+                 if not isinstance(raw[key], str)]
+    return problems
+
+
 def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
                         options: ReadOptions = ReadOptions(), fixes: list[Problem] | None = None
                         ) -> tuple[Sample | None, list[Problem]]:
@@ -257,7 +285,9 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
         problems.append(Problem(file, line, message, reason))
 
     if not isinstance(row, dict):
-        bad(f"expected a JSON object, got {type(row).__name__}", "malformed row")
+        hint = ("; JSON Lines holds one object a line: write each element of a JSON array on "
+                "a line of its own") if isinstance(row, list) else ""
+        bad(f"expected a JSON object, got {type(row).__name__}{hint}", "malformed row")
         return None, problems
     missing = REQUIRED_KEYS - row.keys()
     unknown = row.keys() - REQUIRED_KEYS - OPTIONAL_KEYS
@@ -279,7 +309,8 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
     if task not in TASKS:
         bad(f"task {task!r} is not one of {list(TASKS)}")
     if task == "report" and not _text(row, "report"):
-        bad("empty report")
+        bad("empty report" + ("" if "task" in row else " (a row without 'task' is a 'report' "
+                                                       "row; give its \"task\" if it is another)"))
     if task == "vqa" and not _text(row, "answer"):
         bad("vqa row without an answer")
     if task == "class" and not _text(row, "label") and not _text(row, "description"):
@@ -293,9 +324,11 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
         try:
             width, height = image_size(image_path, max_pixels=options.max_image_pixels)
         except ImageReadError as error:
-            missing_file = not image_path.is_file()
-            bad(f"{error}" + (" (check --dataset_dir / --image_root)" if missing_file else ""),
-                "missing image" if missing_file else "unreadable image")
+            if image_path.exists() or image_path.is_symlink():
+                bad(str(error), "unreadable image")
+            else:
+                bad(f"image {image_path} does not exist (check --dataset_dir / --image_root)",
+                    "missing image")
     frame_w, frame_h = width, height
     declared = (row.get("width"), row.get("height"))
     if width and all(is_number(v) and v > 0 for v in declared) and declared != (width, height):
@@ -312,20 +345,26 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
 
     findings: list[Finding] = []
     if not isinstance(row["findings"], list):
-        bad("'findings' must be a list", "wrong type")
+        bad(f"'findings' must be a list (`[]` for a study without findings), got "
+            f"{type(row['findings']).__name__}", "wrong type")
     else:
         for index, raw in enumerate(row["findings"]):
             tag = f"finding {index}"
-            if not isinstance(raw, dict) or not isinstance(raw.get("phrase"), str) \
-                    or not raw["phrase"].strip():
+            for message, reason in _finding_problems(raw):
+                bad(f"{tag}: {message}", reason)
+            phrase = raw.get("phrase", "") if isinstance(raw, dict) else None
+            boxes_raw = raw.get("boxes", []) if isinstance(raw, dict) else None
+            if not isinstance(phrase, str) or not isinstance(boxes_raw, list):
+                continue  # listed by _finding_problems
+            if not phrase.strip():
                 bad(f"{tag} has no phrase")
                 continue
-            extra_keys = raw.keys() - FINDING_KEYS - FINDING_OPTIONAL_KEYS
-            if extra_keys:
-                bad(f"{tag} has unknown key(s) {sorted(map(str, extra_keys))}")
-            boxes_raw = raw.get("boxes")
-            if not isinstance(boxes_raw, list) or not boxes_raw:
-                bad(f"{tag} ({raw['phrase']!r}) has no boxes")
+            if not boxes_raw:
+                bad(f"{tag} ({phrase!r}) has no boxes")
+                continue
+            if not any(isinstance(b, (list, tuple)) for b in boxes_raw):
+                bad(f"{tag} ({phrase!r}): 'boxes' {boxes_raw!r} is not a list of boxes; write "
+                    "[[x0, y0, x1, y1], ...] (a single box too is wrapped in a list)", "bad box")
                 continue
             boxes: list[Box] = []
             # without a readable image, the boxes are still checked for everything but bounds
@@ -333,13 +372,12 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
             for raw_box in boxes_raw:
                 box, message = parse_box(raw_box, *frame)
                 if message:
-                    bad(f"{tag} ({raw['phrase']!r}): {message}", "bad box")
+                    bad(f"{tag} ({phrase!r}): {message}", "bad box")
                 elif width:
                     boxes.append(box)
             if width and len(boxes) == len(boxes_raw):
-                kind = raw.get("type", raw.get("category", ""))
-                findings.append(Finding(raw["phrase"].strip(), tuple(boxes),
-                                        kind if isinstance(kind, str) else ""))
+                findings.append(Finding(phrase.strip(), tuple(boxes),
+                                        raw.get("type", raw.get("category", ""))))
     if problems:
         return None, problems
     extra = {k: row[k] for k in ("templated", "source", "category") if k in row}
@@ -355,7 +393,11 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
 def read_canonical_jsonl(path: Path, image_root: Path, options: ReadOptions = ReadOptions(),
                          fixes: list[Problem] | None = None
                          ) -> tuple[list[Sample], list[Problem]]:
-    """Parse and validate every line of a canonical JSONL file."""
+    """Parse and validate every line of a canonical JSONL file.
+
+    An id is a duplicate also of an earlier row that is invalid for another reason, so that
+    every problem is listed at once.
+    """
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
@@ -371,13 +413,16 @@ def read_canonical_jsonl(path: Path, image_root: Path, options: ReadOptions = Re
             continue
         sample, row_problems = parse_canonical_row(row, image_root, str(path), line_number,
                                                    options, fixes)
-        if sample is not None and sample.id in seen:
-            row_problems = [Problem(str(path), line_number, f"duplicate id {sample.id!r} "
-                                    f"(first on line {seen[sample.id]})", "duplicate id")]
-            sample = None
+        if isinstance(row, dict) and _usable_id(row.get("id")):
+            key = str(row["id"])
+            if key in seen:
+                row_problems.append(Problem(str(path), line_number, f"duplicate id {key!r} "
+                                            f"(first on line {seen[key]})", "duplicate id"))
+                sample = None
+            else:
+                seen[key] = line_number
         problems.extend(row_problems)
         if sample is not None:
-            seen[sample.id] = line_number
             samples.append(sample)
     return samples, problems
 
@@ -407,6 +452,11 @@ def load_annotations(path: str | Path, image_root: str | Path | None = None,
 
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
+    try:
+        check_encoding(encoding)
+    except ValueError as error:
+        raise AnnotationError([Problem(str(path), None, str(error))],
+                              "Name the file's text encoding, e.g. utf-8.") from None
     options = ReadOptions(allow_outside_root, max_image_pixels, fix_declared_size, encoding)
     fixes: list[Problem] = []
     if not path.is_file():

@@ -2,8 +2,8 @@
 
 Every text input of the project (annotation JSONL, converter CSV/JSON/JSONL, report ``.txt``)
 is decoded here, so a wrong byte is reported with its file, line and column instead of a
-``UnicodeDecodeError`` traceback, and JSON that is malformed, nested too deeply or holds an
-integer too long to convert is a row error, not an exception.
+``UnicodeDecodeError`` traceback, and JSON that is malformed, nested too deeply, holds an
+integer too long to convert or gives one key twice in an object is a row error, not an exception.
 """
 from __future__ import annotations
 
@@ -20,21 +20,38 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds only lone ones: JSON p
 
 
 class TextDecodeError(ValueError):
-    """A text file that is not in the expected encoding; ``line`` is 1-based."""
+    """A text file that is not in the expected encoding; ``line`` is 1-based, ``message`` the
+    reason without the file and line."""
 
     def __init__(self, path: Path, line: int, message: str):
-        self.path, self.line = path, line
+        self.path, self.line, self.message = path, line, message
         super().__init__(f"{path}:{line}: {message}")
 
 
+class _DuplicateKeyError(Exception):
+    """A JSON object that gives ``key`` twice (``json`` would keep the last value silently)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(key)
+
+
 def check_encoding(encoding: str) -> str:
-    """``encoding`` if Python knows it, else ValueError naming it."""
+    """``encoding`` if Python knows it as a text encoding, else ValueError naming it."""
     try:
-        codecs.lookup(encoding)
+        "".encode(encoding)  # also refuses codecs that are no text encoding, e.g. rot13
     except LookupError as error:
         raise ValueError(f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)"
                          ) from error
     return encoding
+
+
+def _splits_on_newline_byte(encoding: str) -> bool:
+    """Whether ``encoding`` writes a line end as the one byte ``\\n`` (UTF-8, Latin-1, cp1252,
+    ...), so that a file can be cut into lines before it is decoded; UTF-16 and UTF-32 cannot."""
+    encoder = codecs.getincrementalencoder(encoding)()
+    encoder.encode("{")  # a byte-order mark (utf-16, utf-8-sig) comes before the first character
+    return encoder.encode("\n") == b"\n"
 
 
 def _decode_message(raw: bytes, error: UnicodeDecodeError, encoding: str) -> tuple[int, str]:
@@ -56,6 +73,12 @@ def read_text(path: str | Path, encoding: str = DEFAULT_ENCODING) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
+        if not _splits_on_newline_byte(encoding):  # a 0x0a byte may be half of a character
+            line = data[:error.start].decode(encoding, errors="replace").count("\n") + 1
+            raise TextDecodeError(path, line, f"not valid {encoding} (byte "
+                                              f"0x{data[error.start]:02x} at byte {error.start + 1}"
+                                              " of the file); re-save the file as UTF-8, or name "
+                                              "its encoding with --encoding") from error
         line = data.count(b"\n", 0, error.start) + 1
         start = data.rfind(b"\n", 0, error.start) + 1
         end = data.find(b"\n", error.start)
@@ -69,16 +92,26 @@ def read_lines(path: str | Path, encoding: str = DEFAULT_ENCODING
                ) -> Iterator[tuple[int, str | None, str | None]]:
     """``(line number, text, None)`` or ``(line number, None, problem)`` for every line.
 
-    A line that cannot be decoded, or is longer than ``MAX_ROW_BYTES``, yields a problem and
-    the reading goes on with the next line.
+    A line that cannot be decoded, is longer than ``MAX_ROW_BYTES`` or starts with a UTF-8
+    byte-order mark (files joined with their marks; only the first line may have one) yields a
+    problem, and the reading goes on with the next line. In an encoding whose line end is not
+    the byte ``\\n`` (UTF-16, UTF-32) the whole file is decoded first; an undecodable byte then
+    yields one problem at its line and no line at all, since the lines after it cannot be told
+    apart.
     """
+    if not _splits_on_newline_byte(encoding):
+        yield from _read_decoded_lines(Path(path), encoding)
+        return
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            if raw.startswith(codecs.BOM_UTF8):
+                if number > 1:
+                    yield number, None, ("a UTF-8 byte-order mark starts this line (files joined "
+                                         "with their marks?); remove it")
+                    continue
                 raw = raw[len(codecs.BOM_UTF8):]
             if len(raw) > MAX_ROW_BYTES:
-                yield number, None, (f"line of {len(raw):,} bytes, over the limit of "
-                                     f"{MAX_ROW_BYTES:,} bytes for one row")
+                yield number, None, _row_too_long(len(raw))
                 continue
             try:
                 yield number, raw.decode(encoding), None
@@ -86,12 +119,60 @@ def read_lines(path: str | Path, encoding: str = DEFAULT_ENCODING
                 yield number, None, _decode_message(raw, error, encoding)[1]
 
 
-def loads_json(text: str) -> tuple[Any, str | None]:
-    """``(value, None)``, or ``(None, why the text is not usable JSON)``."""
+def _row_too_long(size: int) -> str:
+    return f"line of {size:,} bytes, over the limit of {MAX_ROW_BYTES:,} bytes for one row"
+
+
+def _read_decoded_lines(path: Path, encoding: str
+                        ) -> Iterator[tuple[int, str | None, str | None]]:
+    """:func:`read_lines` for an encoding whose line end is not the byte ``\\n``."""
     try:
-        return json.loads(text), None
+        text = read_text(path, encoding)
+    except TextDecodeError as error:
+        yield error.line, None, f"{error.message}; no line of the file was read"
+        return
+    lines = text.split("\n")
+    if lines[-1] == "":  # the file's final line end
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        size = len(line.encode(encoding))
+        if size > MAX_ROW_BYTES:
+            yield number, None, _row_too_long(size)
+        else:
+            yield number, line, None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of ``pairs``; _DuplicateKeyError if a key is given twice."""
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return value
+
+
+def loads_json(text: str) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why the text is not usable JSON)``.
+
+    An object that gives a key twice is refused: ``json`` would keep the last value silently.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys), None
     except json.JSONDecodeError as error:
-        return None, f"invalid JSON ({error.msg} at column {error.colno})"
+        if error.msg == "Invalid control character at":  # a raw tab, NUL, ... in a string
+            return None, (f"invalid JSON (a raw control character {error.doc[error.pos]!r} in a "
+                          f"string at column {error.colno}); write it escaped, e.g. \\t or "
+                          "\\u0000, or remove it")
+        hint = ("; the text goes on after a complete JSON value (in JSON Lines, one object a "
+                "line: two rows joined, a pretty-printed file, or bare-CR line ends?)"
+                ) if error.msg == "Extra data" else ""
+        return None, f"invalid JSON ({error.msg} at column {error.colno}){hint}"
+    except _DuplicateKeyError as error:
+        return None, (f"key {error.key!r} appears twice in one JSON object (a JSON reader would "
+                      "keep the last value silently); remove one of them")
     except RecursionError:
         return None, "JSON nested too deeply"
     except ValueError as error:  # e.g. an integer literal over Python's 4300-digit limit
