@@ -63,8 +63,10 @@ ROW_CASES = [
     ("duplicate key in a finding",
      line(good_row(id="r2")).replace(b'"phrase": ', b'"phrase": "x", "phrase": ', 1),
      ["key 'phrase' appears twice"]),
-    ("finding type a number", line(finding(type=5)), ["finding 0: 'type' must be a string, got 5"]),
-    ("finding type NaN", line(finding(type=float("nan"))), ["'type' must be a string, got nan"]),
+    ("finding type a number", line(finding(type=5)),
+     ["finding 0: 'type' must be a string (or null), got 5"]),
+    ("finding type NaN", line(finding(type=float("nan"))),
+     ["'type' must be a string (or null), got nan"]),
     ("finding side a list", line(finding(side=["right"])), ["'side' must be a string"]),
     ("finding a string", line(good_row(id="r2", findings=["effusion"])),
      ['finding 0: expected an object {"phrase": ..., "boxes"', "got str"]),
@@ -123,10 +125,13 @@ def test_duplicate_id_of_an_invalid_row_is_listed_with_it(root):
     assert [s.id for s in load_annotations(path, root, skip_invalid=True)] == ["r3"]
 
 
-@pytest.mark.parametrize("key, value", [("type", "nodule"), ("category", "Nodule")])
-def test_finding_type_is_kept_as_given(root, key, value):
-    row = good_row(findings=[{"phrase": "Right pleural effusion", "boxes": [BOX], key: value}])
-    assert load_annotations(write(root, line(row)), root)[0].findings[0].finding_type == value
+@pytest.mark.parametrize("fields, expected", [
+    ({"type": "nodule"}, "nodule"), ({"category": "Nodule"}, "Nodule"),
+    ({"type": None, "category": "Nodule"}, "Nodule"), ({"type": None, "side": None}, ""),
+    ({"type": "", "category": "Nodule"}, "")])
+def test_finding_type_is_kept_as_given_and_null_is_absent(root, fields, expected):
+    row = good_row(findings=[{"phrase": "Right pleural effusion", "boxes": [BOX], **fields}])
+    assert load_annotations(write(root, line(row)), root)[0].findings[0].finding_type == expected
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])

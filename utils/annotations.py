@@ -248,6 +248,14 @@ def _type_problems(row: dict[str, Any]) -> list[str]:
     return messages
 
 
+def _finding_type(raw: dict[str, Any]) -> str:
+    """A finding's ``type``, else its ``category``, else ""; a null one counts as absent."""
+    for key in ("type", "category"):
+        if raw.get(key) is not None:
+            return raw[key]
+    return ""
+
+
 def _finding_problems(raw: Any) -> list[tuple[str, str]]:
     """``(message, reason)`` for what is wrong with the keys and value types of one finding
     (its phrase's text and its boxes' numbers are checked by the caller)."""
@@ -265,9 +273,9 @@ def _finding_problems(raw: Any) -> list[tuple[str, str]]:
     if "boxes" in raw and not isinstance(raw["boxes"], list):
         problems.append((f"'boxes' must be a list of [x0, y0, x1, y1] boxes, got "
                          f"{type(raw['boxes']).__name__}", "wrong type"))
-    problems += [(f"{key!r} must be a string, got {raw[key]!r}", "wrong type")
+    problems += [(f"{key!r} must be a string (or null), got {raw[key]!r}", "wrong type")
                  for key in sorted(FINDING_OPTIONAL_KEYS & raw.keys())
-                 if not isinstance(raw[key], str)]
+                 if raw[key] is not None and not isinstance(raw[key], str)]
     return problems
 
 
@@ -377,7 +385,7 @@ def parse_canonical_row(row: Any, image_root: Path, file: str, line: int,
                     boxes.append(box)
             if width and len(boxes) == len(boxes_raw):
                 findings.append(Finding(phrase.strip(), tuple(boxes),
-                                        raw.get("type", raw.get("category", ""))))
+                                        _finding_type(raw)))
     if problems:
         return None, problems
     extra = {k: row[k] for k in ("templated", "source", "category") if k in row}
