@@ -184,7 +184,8 @@ class BoxPrediction:
     shifts the mean of the image's own N); variance: (Q,4) their mean squared deviation from
     the box;
     uncertainty: (Q,), the scale-relative u of the module docstring; iou: (Q,) the IoU head's
-    predicted IoU of the mean box with the target, in [0, 1] (``None`` without the head; with
+    predicted IoU of the mean box with the target, in [0, 1] (with test-time shifts the mean
+    of each read's prediction for its own box; ``None`` without the head; with
     K > 1 slots the presence-weighted mean over the reported slots). ``slots``: the K boxes of
     each query when the decoder has K > 1 slots (the Q rows are then their enclosing box),
     else None.
@@ -318,9 +319,9 @@ class UncertainBoxDecoder(nn.Module):
           image_embeddings: (B,C,h,w) SAM features.
           box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
           batch_index: (Q,) the sample of each query.
-          views: the features of shifted copies of the images, read with the same queries and
-            merged with these as one ensemble (:mod:`model.test_time_shifts`); none in
-            training.
+          views: the features of shifted copies of the images, read with the same queries;
+            their hypotheses join these in the uncertainty, the boxes stay these
+            (:mod:`model.test_time_shifts`); none in training.
         Returns:
           a :class:`BoxPrediction` with Q rows (with K > 1 slots: their enclosing boxes, and
           the slots in ``slots``), of (1 + len(views)) x N hypotheses per box. Q = 0 runs the

@@ -1,4 +1,4 @@
-"""Test-time shifts: the box decoder read on shifted copies of the SAM input, as one ensemble.
+"""Test-time shifts: the box decoder also read on shifted copies of the SAM input, for u.
 
 With a shift of s pixels (``UMedGround.test_time_shift``, evaluation and inference only), the
 preprocessed image (B,3,S,S) is also translated by s pixels right, left, down and up, with

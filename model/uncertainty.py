@@ -4,7 +4,8 @@
   mean over (cx, cy, w, h) of variance / size², see :mod:`model.box_decoder`).
 - ``iou``: ``1 - predicted IoU``, from the decoder's IoU head (SAM's ``iou_prediction_head``).
 - ``combined``: ``1 - predicted IoU x agreement``, where the agreement is the mean IoU of the
-  N hypotheses with their mean box (1 when they coincide). A fixed rule, fitted on nothing:
+  hypotheses with the box (1 when they coincide; with test-time shifts the 5 x N hypotheses of
+  :mod:`model.test_time_shifts` and the image's own box). A fixed rule, fitted on nothing:
   the head's IoU estimate, discounted by how much the hypotheses disagree about the box, both
   in IoU units. With one hypothesis it equals ``iou``.
 
@@ -20,7 +21,7 @@ from model.constants import UNCERTAINTY_SIGNALS
 
 
 def hypothesis_agreement(prediction: BoxPrediction) -> torch.Tensor:
-    """(Q,) the mean IoU of each query's N hypotheses with its mean box, in [0, 1]."""
+    """(Q,) the mean IoU of each query's hypotheses with its box, in [0, 1]."""
     if prediction.box.shape[0] == 0:
         return prediction.box.new_zeros(0)
     hypotheses = box_convert(prediction.hypotheses.float(), "cxcywh", "xyxy")

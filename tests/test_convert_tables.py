@@ -10,7 +10,7 @@ from PIL import Image
 from tests.convert_helpers import convert, rows_of
 from utils.convert.log import ConversionError, ConversionLog
 from utils.convert.tables import parse_numbers, read_coco, read_jsonl, read_table
-from utils.text_io import write_jsonl
+from utils.text_io import TextDecodeError, read_text, write_jsonl
 
 HEADER = "image,label,x\n"
 COLUMNS = {"image": ("image",), "label": ("label",), "x": ("x",)}
@@ -134,3 +134,13 @@ def test_reports_with_a_lone_surrogate_are_reported_before_writing(tmp_path, cap
     assert code == 0
     assert f"{reports}:1: malformed row: 'report' holds a lone surrogate \\ud800" in err
     assert sorted(rows_of(out)) == ["00000004_000"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "U8"])
+def test_read_text_places_a_bad_byte_after_a_byte_order_mark(tmp_path, encoding):
+    path = tmp_path / "report.txt"
+    path.write_bytes(b"\xef\xbb\xbfabc\nx\xffyz")
+    with pytest.raises(TextDecodeError, match=r":2: not valid utf-8 \(byte 0xff at column 2\)"):
+        read_text(path, encoding)
+    path.write_bytes(b"\xef\xbb\xbfabc\n")
+    assert read_text(path, encoding) == "abc\n"

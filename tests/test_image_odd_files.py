@@ -42,16 +42,26 @@ def png16(path: Path, channels: np.ndarray, color_type: int) -> Path:
     return path
 
 
-def tiff_rgb16(path: Path, rgb: np.ndarray) -> Path:
-    """An uncompressed little-endian RGB TIFF of 16 bits per sample (PIL cannot write one)."""
+def tiff_rgb16(path: Path, rgb: np.ndarray, planar: bool = False) -> Path:
+    """An uncompressed little-endian RGB TIFF of 16 bits per sample (PIL cannot write one),
+    its samples interleaved, or with ``planar`` stored as three planes of one strip each."""
     height, width, _ = rgb.shape
-    data = rgb.astype("<u2").tobytes()
+    planes = [rgb[..., c] for c in range(3)] if planar else [rgb]
+    strips = [plane.astype("<u2").tobytes() for plane in planes]
     bits_offset, data_offset = 8, 14
-    ifd_offset = data_offset + len(data)
+    starts = [data_offset + sum(map(len, strips[:i])) for i in range(len(strips))]
+    arrays_offset = data_offset + sum(map(len, strips))  # strip offsets, then byte counts
+    ifd_offset = arrays_offset + (8 * len(strips) if planar else 0)
+    offsets = (len(strips), arrays_offset) if planar else (1, data_offset)
+    counts = (len(strips), arrays_offset + 4 * len(strips)) if planar else (1, len(strips[0]))
     entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, bits_offset), (259, 3, 1, 1),
-               (262, 3, 1, 2), (273, 4, 1, data_offset), (277, 3, 1, 3), (278, 3, 1, height),
-               (279, 4, 1, len(data)), (284, 3, 1, 1)]
-    out = b"II*\0" + struct.pack("<I", ifd_offset) + struct.pack("<3H", 16, 16, 16) + data
+               (262, 3, 1, 2), (273, 4, *offsets), (277, 3, 1, 3), (278, 3, 1, height),
+               (279, 4, *counts), (284, 3, 1, 2 if planar else 1)]
+    out = b"II*\0" + struct.pack("<I", ifd_offset) + struct.pack("<3H", 16, 16, 16)
+    out += b"".join(strips)
+    if planar:
+        out += struct.pack(f"<{len(strips)}I", *starts)
+        out += struct.pack(f"<{len(strips)}I", *map(len, strips))
     out += struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
         inline = kind == 3 and count == 1
@@ -162,6 +172,8 @@ REFUSED = [  # (id, build(tmp_path) -> path, pattern of the ImageReadError after
     case("16-bit RGBA PNG", lambda t: png16(t / "rgba16.png", np.dstack([RGB16, OPAQUE16]), 6),
          "16 bits per channel"),
     case("16-bit RGB TIFF", lambda t: tiff_rgb16(t / "rgb16.tiff", RGB16), "16 bits per channel"),
+    case("16-bit RGB TIFF by planes", lambda t: tiff_rgb16(t / "planes.tiff", RGB16, planar=True),
+         "16 bits per channel"),
     case("DICOM without an image", lambda t: write_dicom(t / "sr.dcm", None),
          "cannot be read as an image: it has no Rows/Columns"),
     case("DICOM without pixel data", dicom_without_pixel_data, "it has no pixel data"),

@@ -45,6 +45,7 @@ DICOM_MAGIC = b"DICM"
 EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 # PIL's raw modes that unpack 16 bits per sample into an 8-bit mode by keeping the high byte
 HIGH_BYTE_RAWMODE = re.compile(r";16[BLN]$")
+TIFF_BITS_PER_SAMPLE = 258
 TIFF_PHOTOMETRIC = 262  # PhotometricInterpretation; 0 is WhiteIsZero
 TIFF_WHITE_IS_ZERO = 0
 DICOM_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -147,6 +148,15 @@ def _rawmode(image: Image.Image) -> str:
     return str(args[0]) if isinstance(args, tuple) and args else ""
 
 
+def _tiff_bits(image: Image.Image) -> tuple[int, ...]:
+    """A TIFF's bits per sample (tag 258), () for other formats: PIL reads a 16-bit colour
+    TIFF stored by planes with 8-bit raw modes, so its raw mode alone does not show it."""
+    if image.format != "TIFF":
+        return ()
+    bits = image.tag_v2.get(TIFF_BITS_PER_SAMPLE, ())
+    return tuple(int(b) for b in (bits if isinstance(bits, tuple) else (bits,)))
+
+
 def _open_pil(path: Path, max_pixels: int) -> Image.Image:
     """Open (header only) with PIL's bomb check set to ``max_pixels``, then check it ourselves."""
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
@@ -171,7 +181,8 @@ def _open_pil(path: Path, max_pixels: int) -> Image.Image:
         if frames > 1:
             raise ImageReadError(f"image {path} holds {frames} frames (a multi-page TIFF or an "
                                  "animation); save the radiograph as a single-frame image")
-        if image.mode in EIGHT_BIT_MODES and HIGH_BYTE_RAWMODE.search(_rawmode(image)):
+        if image.mode in EIGHT_BIT_MODES and (HIGH_BYTE_RAWMODE.search(_rawmode(image))
+                                              or max(_tiff_bits(image), default=8) > 8):
             raise ImageReadError(
                 f"image {path} stores 16 bits per channel with colour or alpha channels, which "
                 "PIL can read only as their high 8 bits (a 12-bit radiograph would come out "

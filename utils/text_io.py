@@ -29,10 +29,11 @@ class TextDecodeError(ValueError):
 
 
 class _DuplicateKeyError(Exception):
-    """A JSON object that gives ``key`` twice (``json`` would keep the last value silently)."""
+    """A JSON object that gives ``key`` twice (``json`` would keep the last value silently);
+    ``where`` is the start of the object, to find it in a file of many objects."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, where: str):
+        self.key, self.where = key, where
         super().__init__(key)
 
 
@@ -68,8 +69,11 @@ def read_text(path: str | Path, encoding: str = DEFAULT_ENCODING) -> str:
     """
     path = Path(path)
     data = path.read_bytes()
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8") and data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    if codecs.lookup(encoding).name in ("utf-8", "utf-8-sig"):
+        # the mark is dropped here, so that an error's offset counts the bytes of ``data``
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        encoding = "utf-8"
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
@@ -149,7 +153,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _DuplicateKeyError(key)
+                start = "{" + ", ".join(
+                    f"{json.dumps(k, ensure_ascii=False)}: "
+                    f"{json.dumps(v, ensure_ascii=False, default=str)}" for k, v in pairs[:3])
+                raise _DuplicateKeyError(key, start if len(start) <= 120 else start[:117] + "...")
             seen.add(key)
     return value
 
@@ -172,7 +179,8 @@ def loads_json(text: str) -> tuple[Any, str | None]:
         return None, f"invalid JSON ({error.msg} at column {error.colno}){hint}"
     except _DuplicateKeyError as error:
         return None, (f"key {error.key!r} appears twice in one JSON object (a JSON reader would "
-                      "keep the last value silently); remove one of them")
+                      f"keep the last value silently), the object that starts {error.where}; "
+                      "remove one of them")
     except RecursionError:
         return None, "JSON nested too deeply"
     except ValueError as error:  # e.g. an integer literal over Python's 4300-digit limit
