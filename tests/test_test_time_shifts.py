@@ -91,6 +91,8 @@ def test_shifted_reads_change_the_uncertainty_not_the_boxes(max_boxes):
         assert ensemble.slots.reported() == alone.slots.reported()
         assert torch.equal(ensemble.slots.presence, alone.slots.presence)
         assert torch.equal(ensemble.slots.boxes.box, alone.slots.boxes.box)
+        assert torch.allclose(ensemble.slots.boxes.iou,
+                              (alone.slots.boxes.iou + shifted.slots.boxes.iou) / 2, atol=1e-6)
 
 
 def test_merge_averages_the_iou_and_keeps_the_first_reads_presence_and_count():
