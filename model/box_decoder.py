@@ -10,6 +10,15 @@ half a cell) and the box size. Box k is the heatmap-weighted mean of its per-cel
 (cx, cy, w, h, all in [0, 1]). Reading the position from a heatmap over the grid learns
 faster than regressing it from a token, DETR style (docs/experiments.md, 2026-11-29).
 
+With ``upscaled_heatmap`` the heatmaps lie on SAM's mask grid instead, 4x finer per side: the
+image features pass through SAM's ``output_upscaling`` (two transposed convolutions, to C/8
+channels), and each hypothesis token's hypernetwork, shaped as SAM's
+``output_hypernetworks_mlps`` (C -> C/8), is dotted with every fine cell, exactly as SAM makes
+its mask logits. The sizes and the sub-cell offsets are still read per coarse cell (by the same
+per-cell MLP on the C-wide features) and shared by its 16 fine cells, each offset being then at
+most half a fine cell; so the centre can fall between coarse cells in steps a quarter as wide,
+which a box of a small lesion needs (a nodule spans one or two coarse cells of the tiny SAM).
+
 The hypotheses stay an ordered tensor (head k is always hypothesis k). The box is their mean;
 the per-coordinate (population) variance over the N hypotheses is the coordinate uncertainty.
 The scalar uncertainty is scale-relative: ``u = mean over (cx, cy, w, h) of variance / size**2``
@@ -69,6 +78,7 @@ from typing import Sequence
 
 import torch
 from segment_anything.modeling import TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
@@ -287,11 +297,13 @@ class UncertainBoxDecoder(nn.Module):
       max_boxes: K, the box slots per query (1: the single-box decoder, no presence head).
       iou_head: add the IoU-prediction head (see the module docstring).
       phrase_box: with K > 1, add the phrase box (see the module docstring); ignored for K = 1.
+      upscaled_heatmap: place the centre heatmaps on SAM's 4x upscaled mask grid (see the
+        module docstring) instead of the feature grid.
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
                  num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False,
-                 phrase_box: bool = False):
+                 phrase_box: bool = False, upscaled_heatmap: bool = False):
         super().__init__()
         if max_boxes < 1:
             raise ValueError(f"max_boxes {max_boxes} must be at least 1")
@@ -303,8 +315,15 @@ class UncertainBoxDecoder(nn.Module):
         self.hypothesis_tokens = nn.Embedding(tokens, transformer_dim)
         self.pe_layer = PositionEmbeddingRandom(transformer_dim // 2)
         self.transformer = transformer
+        # SAM's mask decoder: features upscaled 4x per side to C/8 channels, hypernetworks to C/8
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4), nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU()) if upscaled_heatmap else None
+        heatmap_dim = transformer_dim // 8 if upscaled_heatmap else transformer_dim
         self.centre_hypernetworks = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim, 3)
+            MLP(transformer_dim, transformer_dim, heatmap_dim, 3)
             for _ in range(tokens))
         self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * tokens, 2)
         if max_boxes > 1:
@@ -347,19 +366,19 @@ class UncertainBoxDecoder(nn.Module):
                             box_embeddings.unsqueeze(1)], dim=1)
         hidden, cells = self.transformer(image_embeddings[batch_index], image_pe, tokens)
         centre_queries = torch.stack([mlp(hidden[:, k]) for k, mlp in
-                                      enumerate(self.centre_hypernetworks)], dim=1)  # (Q,N,C)
-        heatmap = (centre_queries @ cells.transpose(1, 2) / channels ** 0.5).softmax(dim=-1)
+                                      enumerate(self.centre_hypernetworks)], dim=1)  # (Q,T,D)
         box_tokens = self.hypothesis_tokens.num_embeddings
         cell_boxes = self.cell_box_head(cells).view(queries, h * w, box_tokens, 4)
-        cell_boxes = cell_boxes.transpose(1, 2)  # (Q,N,hw,4)
-        ys, xs = torch.meshgrid(torch.arange(h, device=cells.device, dtype=cells.dtype),
-                                torch.arange(w, device=cells.device, dtype=cells.dtype),
-                                indexing="ij")
-        cell_size = torch.tensor([1.0 / w, 1.0 / h], device=cells.device, dtype=cells.dtype)
-        centres = (torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * cell_size  # (hw,2)
-        centres = centres + 0.5 * cell_size * torch.tanh(cell_boxes[..., :2])
-        boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
-        hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,R*N,4)
+        cell_boxes = cell_boxes.transpose(1, 2)  # (Q,T,hw,4)
+        if self.output_upscaling is None:
+            heatmap = (centre_queries @ cells.transpose(1, 2) / channels ** 0.5).softmax(dim=-1)
+            cell_size = _cell_size(h, w, cells)
+            centres = _cell_centres(h, w, cells) + 0.5 * cell_size * torch.tanh(
+                cell_boxes[..., :2])
+            boxes = torch.cat([centres, torch.sigmoid(cell_boxes[..., 2:])], dim=-1)
+            hypotheses = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)  # (Q,T,4)
+        else:
+            hypotheses = self._place_on_upscaled_grid(centre_queries, cells, cell_boxes, h, w)
         rows = box_tokens // self.num_hypotheses
         outputs = DecoderOutputs(hypotheses.view(queries, rows, self.num_hypotheses, 4),
                                  self._predict_iou(hidden))
@@ -369,6 +388,32 @@ class UncertainBoxDecoder(nn.Module):
             outputs.presence_logits = self.presence_head(slot_tokens).squeeze(-1)
             outputs.count_logits = self.count_head(hidden[:, -1])
         return outputs
+
+    def _place_on_upscaled_grid(self, centre_queries: torch.Tensor, cells: torch.Tensor,
+                                cell_boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The hypotheses of heatmaps on the upscaled grid (see the module docstring).
+
+        Arguments:
+          centre_queries: (Q,T,C/8) the hypernetworks' outputs, one per hypothesis token.
+          cells: (Q,hw,C) the transformer's image features for each query.
+          cell_boxes: (Q,T,hw,4) the per-cell MLP's raw offsets and sizes, per coarse cell.
+        Returns:
+          (Q,T,4) cxcywh. A fine cell's box is its own centre moved by its coarse cell's offset
+          (at most half a fine cell), with its coarse cell's size; the heatmap-weighted sum of
+          these is taken as the heatmap-weighted fine centre plus, per coarse cell, the
+          heatmap summed over its fine cells times its offset and size.
+        """
+        queries, _, channels = cells.shape
+        upscaled = self.output_upscaling(cells.transpose(1, 2).reshape(queries, channels, h, w))
+        dim, fine_h, fine_w = upscaled.shape[1:]
+        logits = centre_queries @ upscaled.flatten(2) / dim ** 0.5  # (Q,T,HW)
+        heatmap = logits.softmax(dim=-1)
+        centres = heatmap @ _cell_centres(fine_h, fine_w, cells)  # (Q,T,2)
+        per_coarse = heatmap.unflatten(-1, (h, fine_h // h, w, fine_w // w)).sum(dim=(3, 5))
+        per_coarse = per_coarse.flatten(2).unsqueeze(-1)  # (Q,T,hw,1)
+        offsets = 0.5 * _cell_size(fine_h, fine_w, cells) * torch.tanh(cell_boxes[..., :2])
+        return torch.cat([centres + (per_coarse * offsets).sum(dim=2),
+                          (per_coarse * torch.sigmoid(cell_boxes[..., 2:])).sum(dim=2)], dim=-1)
 
     def _assemble(self, outputs: DecoderOutputs) -> BoxPrediction:
         """The :class:`BoxPrediction` of raw outputs: one box per query (K = 1), or the slots
@@ -400,28 +445,57 @@ class UncertainBoxDecoder(nn.Module):
         return self.iou_prediction_head(head_input).squeeze(-1)
 
 
+def _cell_size(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(2,) a cell's width and height on an h x w grid over the unit square."""
+    return torch.tensor([1.0 / w, 1.0 / h], device=like.device, dtype=like.dtype)
+
+
+def _cell_centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """(h*w,2) the (x, y) centres of an h x w grid's cells over the unit square, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=like.device, dtype=like.dtype),
+                            torch.arange(w, device=like.device, dtype=like.dtype),
+                            indexing="ij")
+    return (torch.stack([xs.flatten(), ys.flatten()], dim=-1) + 0.5) * _cell_size(h, w, like)
+
+
 def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
                               sam_state_dict: dict[str, torch.Tensor]) -> LoadReport:
-    """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens.
+    """Copy SAM's mask-decoder transformer, its positional encoding and (N <= 4) its mask tokens;
+    with the upscaled heatmap also its ``output_upscaling`` and, for the tokens given SAM's mask
+    tokens, their hypernetworks (``output_hypernetworks_mlps``).
 
     With K > 1 slots the mask tokens go to the first slot's N tokens and to the phrase box's,
     the other slots' tokens start random. Tensors whose shapes differ are skipped and
-    reported; the centre hypernetworks, the per-cell box head, the presence and count heads
-    and the IoU head are always new.
+    reported; the per-cell box head, the presence and count heads and the IoU head are always
+    new, and so are the centre hypernetworks of the feature-grid heatmap (their output is C
+    wide, SAM's C/8).
     """
     report = LoadReport()
     sources = {f"transformer.{k[len('mask_decoder.transformer.'):]}": v
                for k, v in sam_state_dict.items() if k.startswith("mask_decoder.transformer.")}
     sources["pe_layer.positional_encoding_gaussian_matrix"] = sam_state_dict.get(
         "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")
+    hypotheses = decoder.num_hypotheses
     mask_tokens = sam_state_dict.get("mask_decoder.mask_tokens.weight")
-    if mask_tokens is not None and decoder.num_hypotheses <= mask_tokens.shape[0]:
-        first_slot = mask_tokens[: decoder.num_hypotheses]
+    if mask_tokens is not None and hypotheses <= mask_tokens.shape[0]:
+        first_slot = mask_tokens[:hypotheses]
         tokens = decoder.hypothesis_tokens.weight.detach().clone()
-        tokens[: decoder.num_hypotheses] = first_slot
+        tokens[:hypotheses] = first_slot
+        seeded = list(range(hypotheses))  # the tokens that take SAM's mask tokens
         if decoder.phrase_box:
-            tokens[-decoder.num_hypotheses:] = first_slot
+            tokens[-hypotheses:] = first_slot
+            seeded += range(len(tokens) - hypotheses, len(tokens))
         sources["hypothesis_tokens.weight"] = tokens
+        if decoder.output_upscaling is not None:
+            prefix = "mask_decoder.output_hypernetworks_mlps."
+            for token in seeded:
+                mask = token % hypotheses
+                sources.update({f"centre_hypernetworks.{token}.{k[len(f'{prefix}{mask}.'):]}": v
+                                for k, v in sam_state_dict.items()
+                                if k.startswith(f"{prefix}{mask}.")})
+    if decoder.output_upscaling is not None:
+        sources.update({k[len("mask_decoder."):]: v for k, v in sam_state_dict.items()
+                        if k.startswith("mask_decoder.output_upscaling.")})
     own = decoder.state_dict()
     with torch.no_grad():
         for name, tensor in own.items():
@@ -439,17 +513,18 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
                       sam_state_dict: dict[str, torch.Tensor] | None = None,
-                      max_boxes: int = 1, iou_head: bool = False, phrase_box: bool = False
-                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
+                      max_boxes: int = 1, iou_head: bool = False, phrase_box: bool = False,
+                      upscaled_heatmap: bool = False) -> tuple[UncertainBoxDecoder, LoadReport]:
     """A decoder sized like the SAM config's mask decoder (``max_boxes`` slots of
     ``num_hypotheses`` boxes), initialised from it when given; ``iou_head`` adds the
-    IoU-prediction head and ``phrase_box`` (K > 1) the phrase box."""
+    IoU-prediction head, ``phrase_box`` (K > 1) the phrase box and ``upscaled_heatmap`` the
+    heatmaps on SAM's upscaled mask grid."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
     decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
-                                  max_boxes, iou_head, phrase_box)
+                                  max_boxes, iou_head, phrase_box, upscaled_heatmap)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

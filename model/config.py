@@ -31,7 +31,9 @@ class GroundingConfig:
     ``DEFAULT_MAX_BOXES_PER_PHRASE``. ``phrase_box`` (K > 1 only; False for K = 1) adds the
     decoder's phrase box, the single box a phrase reports when its count is one
     (:mod:`model.box_decoder`); a config saved before it existed loads without it, and
-    train.py turns it on unless told ``--no_phrase_box``.
+    train.py turns it on unless told ``--no_phrase_box``. ``upscaled_heatmap`` places the box
+    decoder's centre heatmaps on SAM's 4x upscaled mask grid (:mod:`model.box_decoder`); a
+    config saved before it existed loads without it.
     ``ce_weight`` weighs the text loss against the box losses, and ``phrase_start_weight`` the
     cross-entropy of the answer's phrase-start tokens against its other tokens inside it
     (:mod:`model.text_loss`; 1, the plain mean, in configs saved before it existed).
@@ -52,6 +54,7 @@ class GroundingConfig:
     num_hypotheses: int = 3
     max_boxes_per_phrase: int = 1
     phrase_box: bool = False
+    upscaled_heatmap: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -82,6 +85,8 @@ class GroundingConfig:
             raise ValueError(f"phrase_box {self.phrase_box!r} must be true or false")
         if self.max_boxes_per_phrase == 1:
             self.phrase_box = False
+        if not isinstance(self.upscaled_heatmap, bool):
+            raise ValueError(f"upscaled_heatmap {self.upscaled_heatmap!r} must be true or false")
         if isinstance(self.box_loss, dict):
             self.box_loss = BoxLossConfig(**self.box_loss)
         self.box_loss.mode = self.box_head

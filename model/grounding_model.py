@@ -168,7 +168,7 @@ class UMedGround(nn.Module):
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
                                             sam.state_dict() if init_decoder_from_sam else None,
                                             config.max_boxes_per_phrase, config.iou_head,
-                                            config.phrase_box)
+                                            config.phrase_box, config.upscaled_heatmap)
         phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
                                           len(config.query_layers), sam_config.prompt_embed_dim,
                                           config.query_heads)

@@ -19,9 +19,11 @@ def sam():
     return build_sam(SAM_TINY_CONFIG)
 
 
+@pytest.mark.parametrize("upscaled", [False, True])
 @pytest.mark.parametrize("queries", [0, 1, 5])
-def test_shapes(sam, queries):
-    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
+def test_shapes(sam, queries, upscaled):
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(),
+                                   upscaled_heatmap=upscaled)
     features = torch.randn(2, 64, 16, 16)
     prediction = decoder(features, torch.randn(queries, 64), torch.arange(queries) % 2)
     assert prediction.hypotheses.shape == (queries, 3, 4)
@@ -56,6 +58,50 @@ def test_initialisation_copies_sam_tensors(sam, name):
     assert "hypothesis_tokens.weight" in five_report.initialised  # SAM has only 4 mask tokens
 
 
+@pytest.mark.parametrize("max_boxes", [1, 4])
+def test_upscaled_heatmap_takes_sams_upscaling_and_hypernetworks(sam, max_boxes):
+    """The upscaled heatmap's convolutions are SAM's output_upscaling; the tokens that take
+    SAM's mask tokens (the first slot's, and the phrase box's) take their hypernetworks."""
+    state = sam.state_dict()
+    decoder, report = build_box_decoder(SAM_TINY_CONFIG, 3, state, max_boxes,
+                                        phrase_box=True, upscaled_heatmap=True)
+    own = decoder.state_dict()
+    upscaling = [key for key in own if key.startswith("output_upscaling.")]
+    assert upscaling and not report.skipped
+    for key in upscaling:
+        assert torch.equal(own[key], state[f"mask_decoder.{key}"]), key
+    seeded = [0, 1, 2] + ([12, 13, 14] if max_boxes == 4 else [])
+    for token in range(decoder.hypothesis_tokens.num_embeddings):
+        for layer in ("layers.0.weight", "layers.2.bias"):
+            name = f"centre_hypernetworks.{token}.{layer}"
+            sam_name = f"mask_decoder.output_hypernetworks_mlps.{token % 3}.{layer}"
+            assert (name in report.loaded) == (token in seeded), name
+            assert torch.equal(own[name], state[sam_name]) == (token in seeded), name
+    assert own["centre_hypernetworks.0.layers.2.weight"].shape == (64 // 8, 64)
+
+
+def test_upscaled_heatmap_sums_the_fine_cells_boxes(sam):
+    """The upscaled grid's hypotheses equal the heatmap-weighted sum over the fine cells of
+    each fine cell's box: its centre moved by its coarse cell's offset (at most half a fine
+    cell), with its coarse cell's size."""
+    torch.manual_seed(0)
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(), upscaled_heatmap=True)
+    queries, cells = 2, torch.randn(2, 16 * 16, 64)
+    centre_queries = torch.randn(queries, 3, 8)
+    cell_boxes = torch.randn(queries, 3, 16 * 16, 4)
+    got = decoder._place_on_upscaled_grid(centre_queries, cells, cell_boxes, 16, 16)
+    upscaled = decoder.output_upscaling(cells.transpose(1, 2).reshape(queries, 64, 16, 16))
+    heatmap = (centre_queries @ upscaled.flatten(2) / 8 ** 0.5).softmax(dim=-1)  # (Q,3,64*64)
+    fine_y, fine_x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    coarse = (fine_y // 4 * 16 + fine_x // 4).long().flatten()  # each fine cell's coarse cell
+    raw = cell_boxes[:, :, coarse]  # (Q,3,64*64,4)
+    centres = (torch.stack([fine_x.flatten(), fine_y.flatten()], dim=-1) + 0.5) / 64
+    boxes = torch.cat([centres + 0.5 / 64 * torch.tanh(raw[..., :2]),
+                       torch.sigmoid(raw[..., 2:])], dim=-1)
+    expected = (heatmap.unsqueeze(-1) * boxes).sum(dim=2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_initialisation_reports_shape_mismatches(sam):
     narrow = dataclasses.replace(SAM_TINY_CONFIG, decoder_mlp_dim=128)
     _, report = build_box_decoder(narrow, 3, sam.state_dict())
@@ -86,8 +132,10 @@ def test_hypotheses_are_ordered_and_deterministic(sam):
     assert not torch.allclose(first[:, 0], first[:, 1])  # heads differ from the start
 
 
-def test_gradients_reach_every_part(sam):
-    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
+@pytest.mark.parametrize("upscaled", [False, True])
+def test_gradients_reach_every_part(sam, upscaled):
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(),
+                                   upscaled_heatmap=upscaled)
     queries = torch.randn(3, 64, requires_grad=True)
     prediction = decoder(torch.randn(2, 64, 16, 16), queries, torch.tensor([0, 1, 1]))
     (prediction.hypotheses.sum() + prediction.uncertainty.sum()).backward()
@@ -96,10 +144,11 @@ def test_gradients_reach_every_part(sam):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("mode", ["umhp", "hinge"])
-def test_no_box_keeps_every_parameter_in_the_graph(sam, mode):
+@pytest.mark.parametrize("mode,upscaled", [("umhp", False), ("hinge", False), ("umhp", True)])
+def test_no_box_keeps_every_parameter_in_the_graph(sam, mode, upscaled):
     """Q = 0: the zero loss still reaches every decoder parameter (DDP / DeepSpeed need it)."""
-    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict())
+    decoder, _ = build_box_decoder(SAM_TINY_CONFIG, 3, sam.state_dict(),
+                                   upscaled_heatmap=upscaled)
     queries = torch.randn(0, 64, requires_grad=True)
     prediction = decoder(torch.randn(2, 64, 16, 16), queries, torch.zeros(0, dtype=torch.long))
     losses = compute_box_losses(prediction, torch.zeros(0, 4), BoxLossConfig(mode=mode))

@@ -39,10 +39,10 @@ def built(tiny_dir):
 
 @pytest.fixture(scope="module")
 def several(tiny_dir):
-    """The model of ``built`` with 3 box slots per phrase and the phrase box, the IoU head and
-    2 query heads."""
+    """The model of ``built`` with 3 box slots per phrase and the phrase box, the IoU head,
+    2 query heads and the heatmaps on SAM's upscaled grid."""
     return build_tiny(tiny_dir, max_boxes_per_phrase=3, phrase_box=True, iou_head=True,
-                      query_heads=2)
+                      query_heads=2, upscaled_heatmap=True)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +262,7 @@ def test_save_pretrained_and_from_pretrained(request, which, samples, tmp_path):
     assert loaded.config.max_boxes_per_phrase == model.config.max_boxes_per_phrase
     assert loaded.config.query_heads == model.config.query_heads
     assert loaded.config.phrase_box == model.config.phrase_box
+    assert loaded.config.upscaled_heatmap == model.config.upscaled_heatmap
     if which == "several":
         torch.testing.assert_close(after.slots.presence_logits, before.slots.presence_logits,
                                    atol=1e-5, rtol=1e-5)

@@ -156,6 +156,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="with --max_boxes_per_phrase > 1, also predict the phrase's own box "
                             "(trained on the enclosing box, as the single-box model), which a "
                             "phrase reports when its count is one")
+    group.add_argument("--upscaled_heatmap", action=argparse.BooleanOptionalAction,
+                       default=False,
+                       help="place the box decoder's centre heatmaps on SAM's 4x upscaled mask "
+                            "grid (its output_upscaling and hypernetworks, initialised from "
+                            "SAM) instead of the image-feature grid")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
@@ -331,7 +336,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         version=args.version, vision_pretrained=args.vision_pretrained,
         vision_model=args.vision_model, box_head=args.box_head,
         num_hypotheses=args.num_hypotheses, max_boxes_per_phrase=args.max_boxes_per_phrase,
-        phrase_box=args.phrase_box,
+        phrase_box=args.phrase_box, upscaled_heatmap=args.upscaled_heatmap,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
