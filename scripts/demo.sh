@@ -31,11 +31,13 @@
 # DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight),
 # DEMO_PHRASE_START_WEIGHT (--phrase_start_loss_weight),
 # DEMO_QUERY_HEADS (--query_heads), DEMO_TEST_TIME_SHIFT (test.py's --test_time_shift; 0
-# reads the image alone) and DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase,
-# default 4 as train.py's: several boxes per phrase, with the phrase box that a phrase counted
-# as one box reports, trained as the single-box model's box; over three seeds its enclosing
-# boxes beat the single-box model's, end to end 0.715 against 0.666 on average,
-# docs/experiments.md, 2026-12-07; 1 is the paper's single-box reference).
+# reads the image alone), DEMO_UPSCALED_HEATMAP (1: train.py's --upscaled_heatmap, the box
+# decoder's heatmaps on SAM's 4x upscaled mask grid; 0: on the feature grid) and
+# DEMO_MAX_BOXES (train.py's --max_boxes_per_phrase, default 4 as train.py's: several boxes
+# per phrase, with the phrase box that a phrase counted as one box reports, trained as the
+# single-box model's box; over three seeds its enclosing boxes beat the single-box model's,
+# end to end 0.715 against 0.666 on average, docs/experiments.md, 2026-12-07; 1 is the
+# paper's single-box reference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -53,6 +55,7 @@ LORA_DROPOUT=${DEMO_LORA_DROPOUT:-0}
 QUERY_HEADS=${DEMO_QUERY_HEADS:-4}
 PHRASE_START_WEIGHT=${DEMO_PHRASE_START_WEIGHT:-1}
 SHIFT=${DEMO_TEST_TIME_SHIFT:-8}
+UPSCALED=${DEMO_UPSCALED_HEATMAP:-0}
 start=$(date +%s)
 rm -rf "$RUN"
 .venv/bin/deepspeed --num_gpus 1 --master_port "${DEMO_PORT:-$((29517 + SEED))}" train.py \
@@ -64,6 +67,7 @@ rm -rf "$RUN"
   --phrase_start_loss_weight "$PHRASE_START_WEIGHT" \
   --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
+  "$( ((UPSCALED)) && echo --upscaled_heatmap || echo --no-upscaled_heatmap)" \
   --query_heads "$QUERY_HEADS" --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
   --val_max_samples 32 --val_batch_size 16 --workers 0
 trained=$(date +%s)
