@@ -29,6 +29,7 @@
 # choice. Settings come from the environment so a shorter or another run can be tried:
 # DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS,
 # DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight),
+# DEMO_COUNT_WEIGHT (--count_loss_weight),
 # DEMO_PHRASE_START_WEIGHT (--phrase_start_loss_weight),
 # DEMO_QUERY_HEADS (--query_heads), DEMO_TEST_TIME_SHIFT (test.py's --test_time_shift; 0
 # reads the image alone), DEMO_UPSCALED_HEATMAP (1: train.py's --upscaled_heatmap, the box
@@ -51,6 +52,7 @@ TARGETS=${DEMO_LORA_TARGETS:-q_proj,v_proj}
 DATA=${DEMO_DATA:-ln_data/synthcxr}
 MAX_BOXES=${DEMO_MAX_BOXES:-4}
 IOU_WEIGHT=${DEMO_IOU_WEIGHT:-5}
+COUNT_WEIGHT=${DEMO_COUNT_WEIGHT:-1}
 LORA_DROPOUT=${DEMO_LORA_DROPOUT:-0}
 QUERY_HEADS=${DEMO_QUERY_HEADS:-4}
 PHRASE_START_WEIGHT=${DEMO_PHRASE_START_WEIGHT:-1}
@@ -67,6 +69,7 @@ rm -rf "$RUN"
   --phrase_start_loss_weight "$PHRASE_START_WEIGHT" \
   --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
+  --count_loss_weight "$COUNT_WEIGHT" \
   "$( ((UPSCALED)) && echo --upscaled_heatmap || echo --no-upscaled_heatmap)" \
   --query_heads "$QUERY_HEADS" --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
   --val_max_samples 32 --val_batch_size 16 --workers 0
