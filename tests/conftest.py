@@ -27,13 +27,13 @@ def nih_images() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    """A small SynthCXR set (24 train / 6 val / 6 test images, 24 pretraining images), built
-    once per session."""
+    """A small SynthCXR set (24 train / 6 val / 6 test / 6 calibration images, 24 pretraining
+    images), built once per session."""
     from utils.synthcxr.__main__ import main as synthcxr_main
 
     out = tmp_path_factory.mktemp("synthcxr")
     synthcxr_main(["--out", str(out), "--seed", "0", "--n_train", "24", "--n_val", "6",
-                   "--n_test", "6", "--n_pretrain", "24"])
+                   "--n_test", "6", "--n_calibration", "6", "--n_pretrain", "24"])
     return out
 
 

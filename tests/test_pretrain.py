@@ -22,6 +22,7 @@ from utils.pretrain.lm import LmSettings, encode, pretrain_lm
 from utils.pretrain.sam import SamSettings, layer_group, pretrain_sam
 from utils.prompts import BOX_TOKEN
 from utils.synthcxr.findings import pixel_box
+from utils.synthcxr.generate import CALIBRATION_SPLIT
 from utils.synthcxr.pretrain import PRETRAIN_DIR, pack_layers, read_pretraining_rows, unpack_layers
 from utils.tiny_checkpoints import REPORT_NAME, build_tiny_llava, corpus_lines, train_tokenizer
 
@@ -38,7 +39,7 @@ def test_pretraining_set_is_patient_disjoint_from_the_evaluation_splits(synth_di
     rows = read_pretraining_rows(synth_dir / PRETRAIN_DIR)
     pretrain_patients = {row["patient"] for row in rows}
     pretrain_images = {digest(synth_dir / PRETRAIN_DIR / row["image"]) for row in rows}
-    for split in SPLITS:
+    for split in (*SPLITS, CALIBRATION_SPLIT):
         split_rows = jsonl(synth_dir / f"report_{split}.jsonl")
         assert not pretrain_patients & {row["patient"] for row in split_rows}, split
         assert not {row["id"] for row in rows} & {row["id"] for row in split_rows}, split

@@ -13,9 +13,12 @@ import torch
 from utils.annotations import SPLITS, load_annotations
 from utils.synthcxr.__main__ import main
 from utils.synthcxr.findings import FINDING_TYPES, MULTIFOCAL_P
+from utils.synthcxr.generate import CALIBRATION_SPLIT
 from utils.synthcxr.prior import label_prior_rates
 
-SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_pretrain", "24"]  # as synth_dir
+SIZES = ["--n_train", "24", "--n_val", "6", "--n_test", "6", "--n_calibration", "6",
+         "--n_pretrain", "24"]  # as synth_dir
+ALL_SPLITS = (*SPLITS, CALIBRATION_SPLIT)
 HEART_NORMAL = ("Heart size is normal", "normal in size", "cardiomediastinal silhouette is normal")
 
 
@@ -24,7 +27,7 @@ def rows(folder: Path, name: str) -> list[dict]:
 
 
 def all_report_rows(folder: Path) -> list[dict]:
-    return [row for split in SPLITS for row in rows(folder, f"report_{split}.jsonl")]
+    return [row for split in ALL_SPLITS for row in rows(folder, f"report_{split}.jsonl")]
 
 
 def is_multifocal(finding: dict) -> bool:
@@ -108,12 +111,34 @@ def test_reports_never_contradict_their_findings(synth_dir):
 
 def test_splits_are_patient_disjoint_with_one_to_three_studies(synth_dir):
     patients = {split: Counter(r["patient"] for r in rows(synth_dir, f"report_{split}.jsonl"))
-                for split in SPLITS}
-    assert not set(patients["train"]) & set(patients["val"])
-    assert not set(patients["train"]) & set(patients["test"])
-    assert not set(patients["val"]) & set(patients["test"])
+                for split in ALL_SPLITS}
+    for index, split in enumerate(ALL_SPLITS):
+        for other in ALL_SPLITS[index + 1:]:
+            assert not set(patients[split]) & set(patients[other]), (split, other)
     assert all(1 <= n <= 3 for counter in patients.values() for n in counter.values())
-    assert [len(rows(synth_dir, f"report_{split}.jsonl")) for split in SPLITS] == [24, 6, 6]
+    assert [len(rows(synth_dir, f"report_{split}.jsonl")) for split in ALL_SPLITS] == \
+        [24, 6, 6, 6]
+
+
+def test_the_calibration_split_leaves_the_other_splits_as_they_were(tmp_path, synth_dir):
+    """The calibration split is planned after test: without it, train, val and test are the
+    same files and images, and no calibration file is written."""
+    main(["--out", str(tmp_path), "--seed", "0", "--n_calibration", "0", "--n_pretrain", "0",
+          *SIZES[:SIZES.index("--n_calibration")]])
+    assert not list(tmp_path.glob(f"*_{CALIBRATION_SPLIT}.*"))
+    assert json.loads((tmp_path / "meta.json").read_text())["counts"] == \
+        {"train": 24, "val": 6, "test": 6}
+    for split in SPLITS:
+        for kind in ("report", "vqa", "class"):
+            name = f"{kind}_{split}.jsonl"
+            assert (tmp_path / name).read_bytes() == (synth_dir / name).read_bytes(), name
+        for row in rows(tmp_path, f"report_{split}.jsonl"):
+            assert (tmp_path / row["image"]).read_bytes() == \
+                (synth_dir / row["image"]).read_bytes()
+    calibration = rows(synth_dir, f"report_{CALIBRATION_SPLIT}.jsonl")
+    assert len(calibration) == 6 and all((synth_dir / r["image"]).is_file() for r in calibration)
+    written = {f"images/{path.name}" for path in tmp_path.glob("images/*")}
+    assert len(written) == 36 and not {r["image"] for r in calibration} & written
 
 
 def test_vqa_and_class_rows_are_well_formed(synth_dir):
@@ -160,7 +185,7 @@ def test_reference_pth_agrees_with_the_jsonl(synth_dir):
 def test_meta_records_the_prior_rate(synth_dir):
     meta = json.loads((synth_dir / "meta.json").read_text())
     assert meta["seed"] == 0 and meta["image_size"] == 256
-    assert meta["counts"] == {"train": 24, "val": 6, "test": 6}
+    assert meta["counts"] == {"train": 24, "val": 6, "test": 6, CALIBRATION_SPLIT: 6}
     assert len(meta["finding_types"]) >= 6
     assert 0.0 <= meta["label_prior_acc@0.5"] <= 1.0
     rate = label_prior_rates(rows(synth_dir, "report_train.jsonl"),
@@ -170,7 +195,7 @@ def test_meta_records_the_prior_rate(synth_dir):
 
 def test_meta_counts_the_findings_with_several_boxes(synth_dir):
     meta = json.loads((synth_dir / "meta.json").read_text())
-    for split in SPLITS:
+    for split in ALL_SPLITS:
         findings = [f for row in rows(synth_dir, f"report_{split}.jsonl") for f in row["findings"]]
         assert meta["findings"][split] == len(findings)
         assert meta["findings_with_several_boxes"][split] == sum(len(f["boxes"]) > 1

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from utils.logs import setup_logging
-from utils.synthcxr.generate import generate
+from utils.synthcxr.generate import CALIBRATION_SPLIT, generate
 from utils.synthcxr.pretrain import PRETRAIN_DIR, generate_pretraining
 
 logger = logging.getLogger("synthcxr")
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n_train", type=int, default=2400, help="training images")
     parser.add_argument("--n_val", type=int, default=150, help="validation images")
     parser.add_argument("--n_test", type=int, default=200, help="test images")
+    parser.add_argument("--n_calibration", type=int, default=500,
+                        help="images of the calibration split (patients after test's; for "
+                             "test.py --calibrate); 0 writes none")
     parser.add_argument("--n_pretrain", type=int, default=600,
                         help=f"studies of the pretraining set (<out>/{PRETRAIN_DIR}/, with masks; "
                              "patients of its own); 0 writes none")
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--image_size must be at least 256, got {args.image_size}")
     if min(args.n_train, args.n_val, args.n_test) < 1:
         parser.error("--n_train, --n_val and --n_test must each be at least 1")
+    if args.n_calibration < 0:
+        parser.error(f"--n_calibration must be >= 0, got {args.n_calibration}")
     if args.n_pretrain < 0:
         parser.error(f"--n_pretrain must be >= 0, got {args.n_pretrain}")
     pretrain_seed = args.seed + 1 if args.pretrain_seed is None else args.pretrain_seed
@@ -52,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     setup_logging()
     started = time.time()
-    meta = generate(args.out, args.seed, {"train": args.n_train, "val": args.n_val,
-                                          "test": args.n_test}, args.image_size, args.workers)
+    counts = {"train": args.n_train, "val": args.n_val, "test": args.n_test}
+    if args.n_calibration:
+        counts[CALIBRATION_SPLIT] = args.n_calibration
+    meta = generate(args.out, args.seed, counts, args.image_size, args.workers)
     logger.info("wrote %d images to %s in %.1f s", sum(meta["counts"].values()), args.out,
                 time.time() - started)
     logger.info("findings with several boxes under one phrase: %s",
