@@ -38,7 +38,13 @@ Training matches slots to ground-truth boxes (:mod:`model.box_set_losses`):
 the presence learns which slots hold a box, the count how many there are. A presence
 threshold alone counted badly: with slots matched anew each step the presences of a short
 run stay near 0.5 for the first two slots, so single-box findings reported a second box
-(docs/experiments.md, 2026-12-02). The slots are returned in :class:`BoxSlots`; the Q rows of
+(docs/experiments.md, 2026-12-02). With ``own_count_path`` the count head reads instead, side by
+side, a count query (the phrase's language-model states pooled and projected by a
+:class:`model.phrase_query.PhraseQuery` of its own, from detached states) and the ``[BOX]``
+token's output, detached: the count's loss then trains the count head and its pooling alone,
+and nothing the boxes are read from (the transformer, the phrase query, the LM). Through the
+shared path a count loss heavy enough to count three boxes moved every box
+(docs/experiments.md, 2026-12-08). The slots are returned in :class:`BoxSlots`; the Q rows of
 the :class:`BoxPrediction` then describe each phrase as the enclosing-box rule sees it:
 hypothesis n is the box enclosing hypothesis n of every reported slot, and mean, variance and
 u follow from these as for one box. With K = 1 nothing of this exists: the decoder, its
@@ -299,17 +305,21 @@ class UncertainBoxDecoder(nn.Module):
       phrase_box: with K > 1, add the phrase box (see the module docstring); ignored for K = 1.
       upscaled_heatmap: place the centre heatmaps on SAM's 4x upscaled mask grid (see the
         module docstring) instead of the feature grid.
+      own_count_path: with K > 1, the count head reads the count queries passed to
+        :meth:`forward` beside the detached ``[BOX]`` output (see the module docstring).
     """
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer,
                  num_hypotheses: int = 3, max_boxes: int = 1, iou_head: bool = False,
-                 phrase_box: bool = False, upscaled_heatmap: bool = False):
+                 phrase_box: bool = False, upscaled_heatmap: bool = False,
+                 own_count_path: bool = False):
         super().__init__()
         if max_boxes < 1:
             raise ValueError(f"max_boxes {max_boxes} must be at least 1")
         self.num_hypotheses = num_hypotheses
         self.max_boxes = max_boxes
         self.phrase_box = phrase_box and max_boxes > 1
+        self.own_count_path = own_count_path and max_boxes > 1
         # box k (slot k, then the phrase box as box K) holds tokens k*N .. k*N + N-1
         tokens = num_hypotheses * (max_boxes + int(self.phrase_box))
         self.hypothesis_tokens = nn.Embedding(tokens, transformer_dim)
@@ -328,12 +338,14 @@ class UncertainBoxDecoder(nn.Module):
         self.cell_box_head = MLP(transformer_dim, transformer_dim, 4 * tokens, 2)
         if max_boxes > 1:
             self.presence_head = MLP(transformer_dim, transformer_dim, 1, 2)
-            self.count_head = MLP(transformer_dim, transformer_dim, max_boxes, 2)
+            count_inputs = 2 if self.own_count_path else 1
+            self.count_head = MLP(count_inputs * transformer_dim, transformer_dim, max_boxes, 2)
         self.iou_prediction_head = MLP((num_hypotheses + 1) * transformer_dim, transformer_dim, 1,
                                        3, sigmoid_output=True) if iou_head else None
 
     def forward(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
-                batch_index: torch.Tensor, views: Sequence[ShiftedView] = ()) -> BoxPrediction:
+                batch_index: torch.Tensor, views: Sequence[ShiftedView] = (),
+                count_queries: torch.Tensor | None = None) -> BoxPrediction:
         """Arguments:
           image_embeddings: (B,C,h,w) SAM features.
           box_embeddings: (Q,C) projected ``[BOX]`` hidden states.
@@ -341,21 +353,30 @@ class UncertainBoxDecoder(nn.Module):
           views: the features of shifted copies of the images, read with the same queries;
             their hypotheses join these in the uncertainty, the boxes stay these
             (:mod:`model.test_time_shifts`); none in training.
+          count_queries: (Q,C) the count head's own queries; needed with ``own_count_path``,
+            ignored without it.
         Returns:
           a :class:`BoxPrediction` with Q rows (with K > 1 slots: their enclosing boxes, and
           the slots in ``slots``), of (1 + len(views)) x N hypotheses per box. Q = 0 runs the
           same (empty) computation, so the result stays in the graph of every decoder
           parameter and of ``box_embeddings``.
         """
-        outputs = self._decode(image_embeddings, box_embeddings, batch_index)
+        if self.own_count_path and (count_queries is None
+                                    or count_queries.shape != box_embeddings.shape):
+            raise ValueError(f"the decoder's own count path needs count queries shaped as the "
+                             f"box queries {tuple(box_embeddings.shape)}; got "
+                             f"{None if count_queries is None else tuple(count_queries.shape)}")
+        outputs = self._decode(image_embeddings, box_embeddings, batch_index, count_queries)
         if views:
             outputs = DecoderOutputs.merge(
-                [outputs, *(self._decode(view.embeddings, box_embeddings, batch_index)
-                            .moved_back(view.offset) for view in views)])
+                [outputs, *(self._decode(view.embeddings, box_embeddings, batch_index,
+                                         count_queries).moved_back(view.offset)
+                            for view in views)])
         return self._assemble(outputs)
 
     def _decode(self, image_embeddings: torch.Tensor, box_embeddings: torch.Tensor,
-                batch_index: torch.Tensor) -> DecoderOutputs:
+                batch_index: torch.Tensor, count_queries: torch.Tensor | None
+                ) -> DecoderOutputs:
         """The decoder's raw outputs for one set of image features (see :meth:`forward`)."""
         queries, channels = box_embeddings.shape
         h, w = image_embeddings.shape[-2:]
@@ -386,7 +407,10 @@ class UncertainBoxDecoder(nn.Module):
             slot_tokens = hidden[:, :self.max_boxes * self.num_hypotheses].reshape(
                 queries, self.max_boxes, self.num_hypotheses, channels).mean(dim=2)  # (Q,K,C)
             outputs.presence_logits = self.presence_head(slot_tokens).squeeze(-1)
-            outputs.count_logits = self.count_head(hidden[:, -1])
+            count_input = hidden[:, -1]
+            if self.own_count_path:
+                count_input = torch.cat([count_queries, count_input.detach()], dim=-1)
+            outputs.count_logits = self.count_head(count_input)
         return outputs
 
     def _place_on_upscaled_grid(self, centre_queries: torch.Tensor, cells: torch.Tensor,
@@ -515,17 +539,20 @@ def init_box_decoder_from_sam(decoder: UncertainBoxDecoder,
 def build_box_decoder(sam_config: SamConfig, num_hypotheses: int,
                       sam_state_dict: dict[str, torch.Tensor] | None = None,
                       max_boxes: int = 1, iou_head: bool = False, phrase_box: bool = False,
-                      upscaled_heatmap: bool = False) -> tuple[UncertainBoxDecoder, LoadReport]:
+                      upscaled_heatmap: bool = False, own_count_path: bool = False
+                      ) -> tuple[UncertainBoxDecoder, LoadReport]:
     """A decoder sized like the SAM config's mask decoder (``max_boxes`` slots of
     ``num_hypotheses`` boxes), initialised from it when given; ``iou_head`` adds the
-    IoU-prediction head, ``phrase_box`` (K > 1) the phrase box and ``upscaled_heatmap`` the
-    heatmaps on SAM's upscaled mask grid."""
+    IoU-prediction head, ``phrase_box`` (K > 1) the phrase box, ``upscaled_heatmap`` the
+    heatmaps on SAM's upscaled mask grid and ``own_count_path`` (K > 1) the count head's own
+    path."""
     transformer = TwoWayTransformer(depth=sam_config.decoder_depth,
                                     embedding_dim=sam_config.prompt_embed_dim,
                                     mlp_dim=sam_config.decoder_mlp_dim,
                                     num_heads=sam_config.decoder_num_heads)
     decoder = UncertainBoxDecoder(sam_config.prompt_embed_dim, transformer, num_hypotheses,
-                                  max_boxes, iou_head, phrase_box, upscaled_heatmap)
+                                  max_boxes, iou_head, phrase_box, upscaled_heatmap,
+                                  own_count_path)
     if sam_state_dict is None:
         return decoder, LoadReport(initialised=list(decoder.state_dict()))
     return decoder, init_box_decoder_from_sam(decoder, sam_state_dict)

@@ -27,7 +27,8 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
     """Freeze the CLIP tower, the projector and (by default) SAM; train the rest.
 
     Trained: LoRA (or, with ``lora_r = 0``, the whole language model), the embed_tokens and
-    lm_head matrices (they hold the ``[BOX]`` rows), the phrase query and the box decoder;
+    lm_head matrices (they hold the ``[BOX]`` rows), the phrase query, the box decoder and the
+    count's own query (if any);
     the SAM encoder only with ``train_vision_encoder`` or ``lora_sam_rank``.
     """
     llava = model.llava
@@ -38,7 +39,7 @@ def _set_trainable(model: UMedGround, config: GroundingConfig) -> None:
     llava.get_output_embeddings().weight.requires_grad = True
     for name, parameter in model.sam_encoder.named_parameters():
         parameter.requires_grad = config.train_vision_encoder or "lora_" in name
-    for module in (model.phrase_query, model.box_decoder):
+    for module in model.grounding_parts(with_sam=False).values():
         module.requires_grad_(True)
 
 
@@ -71,6 +72,7 @@ def build_umedground(config: GroundingConfig, device: torch.device | str = "cpu"
     report = [f"llava: {config.version} (vocab {len(processor.tokenizer)})",
               f"sam: {config.vision_pretrained} ({sam_config.name})",
               f"box decoder: {decoder_report}", "phrase query: newly initialised",
+              *(["count query: newly initialised"] if model.count_query is not None else []),
               f"gradient checkpointing: {'on' if config.gradient_checkpointing else 'off'}"]
     return model, processor, report
 

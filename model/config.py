@@ -33,7 +33,11 @@ class GroundingConfig:
     (:mod:`model.box_decoder`); a config saved before it existed loads without it, and
     train.py turns it on unless told ``--no_phrase_box``. ``upscaled_heatmap`` places the box
     decoder's centre heatmaps on SAM's 4x upscaled mask grid (:mod:`model.box_decoder`); a
-    config saved before it existed loads without it.
+    config saved before it existed loads without it. ``own_count_path`` (K > 1 only; False for
+    K = 1) gives the box count a path of its own: a pooling of the phrase's language-model
+    states of its own and the decoder's ``[BOX]`` output, both detached, so that the count's
+    loss moves nothing the boxes are read from (:mod:`model.box_decoder`); a config saved
+    before it existed loads without it.
     ``ce_weight`` weighs the text loss against the box losses, and ``phrase_start_weight`` the
     cross-entropy of the answer's phrase-start tokens against its other tokens inside it
     (:mod:`model.text_loss`; 1, the plain mean, in configs saved before it existed).
@@ -55,6 +59,7 @@ class GroundingConfig:
     max_boxes_per_phrase: int = 1
     phrase_box: bool = False
     upscaled_heatmap: bool = False
+    own_count_path: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -83,8 +88,11 @@ class GroundingConfig:
                              "integer >= 1")
         if not isinstance(self.phrase_box, bool):
             raise ValueError(f"phrase_box {self.phrase_box!r} must be true or false")
+        if not isinstance(self.own_count_path, bool):
+            raise ValueError(f"own_count_path {self.own_count_path!r} must be true or false")
         if self.max_boxes_per_phrase == 1:
             self.phrase_box = False
+            self.own_count_path = False
         if not isinstance(self.upscaled_heatmap, bool):
             raise ValueError(f"upscaled_heatmap {self.upscaled_heatmap!r} must be true or false")
         if isinstance(self.box_loss, dict):

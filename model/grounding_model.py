@@ -113,6 +113,9 @@ class UMedGround(nn.Module):
       box_decoder: the uncertainty-aware multi-hypothesis decoder.
       box_token_id: the tokenizer id of ``[BOX]``.
       config: the model and head configuration (loss weights included).
+      count_query: with ``config.own_count_path``, the box count's own
+        :class:`model.phrase_query.PhraseQuery`, reading the phrase states detached, (Q,T,k*H)
+        → (Q,C) (:mod:`model.box_decoder`); None otherwise.
 
     ``embedding_cache`` (an :class:`EmbeddingCache`, set by train.py / test.py) serves the SAM
     features while the encoder is frozen; it is not part of the weights. ``calibration`` (a
@@ -127,12 +130,14 @@ class UMedGround(nn.Module):
     test_time_shift: int = 0
 
     def __init__(self, llava: nn.Module, sam_encoder: nn.Module, phrase_query: nn.Module,
-                 box_decoder: UncertainBoxDecoder, box_token_id: int, config: GroundingConfig):
+                 box_decoder: UncertainBoxDecoder, box_token_id: int, config: GroundingConfig,
+                 count_query: nn.Module | None = None):
         super().__init__()
         self.llava = llava
         self.sam_encoder = sam_encoder
         self.phrase_query = phrase_query
         self.box_decoder = box_decoder
+        self.count_query = count_query
         self.box_token_id = box_token_id
         self.config = config
 
@@ -168,13 +173,15 @@ class UMedGround(nn.Module):
         decoder, report = build_box_decoder(sam_config, config.num_hypotheses,
                                             sam.state_dict() if init_decoder_from_sam else None,
                                             config.max_boxes_per_phrase, config.iou_head,
-                                            config.phrase_box, config.upscaled_heatmap)
-        phrase_query = build_phrase_query(llava.config.text_config.hidden_size,
-                                          len(config.query_layers), sam_config.prompt_embed_dim,
-                                          config.query_heads)
+                                            config.phrase_box, config.upscaled_heatmap,
+                                            config.own_count_path)
+        query_shape = (llava.config.text_config.hidden_size, len(config.query_layers),
+                       sam_config.prompt_embed_dim, config.query_heads)
+        phrase_query = build_phrase_query(*query_shape)
+        count_query = build_phrase_query(*query_shape) if config.own_count_path else None
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
-                    processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config)
-        for part in (model.sam_encoder, model.phrase_query, model.box_decoder):
+                    processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config, count_query)
+        for part in model.grounding_parts().values():
             part.to(device=device, dtype=dtype)
         return model, report
 
@@ -188,14 +195,22 @@ class UMedGround(nn.Module):
             if isinstance(part, PeftModel):
                 setattr(self, name, part.merge_and_unload())
 
-    def grounding_state_dict(self, with_sam: bool = True) -> dict[str, torch.Tensor]:
-        """The tensors of ``grounding.safetensors``: ``phrase_query.*``, ``box_decoder.*`` and,
-        with ``with_sam``, ``sam_encoder.*`` (contiguous CPU copies)."""
+    def grounding_parts(self, with_sam: bool = True) -> dict[str, nn.Module]:
+        """The parts beside the LLaVA, by attribute name: ``phrase_query``, ``box_decoder``,
+        ``count_query`` (with the count's own path) and, with ``with_sam``, ``sam_encoder``."""
         parts = {"phrase_query": self.phrase_query, "box_decoder": self.box_decoder}
+        if self.count_query is not None:
+            parts["count_query"] = self.count_query
         if with_sam:
             parts["sam_encoder"] = self.sam_encoder
+        return parts
+
+    def grounding_state_dict(self, with_sam: bool = True) -> dict[str, torch.Tensor]:
+        """The tensors of ``grounding.safetensors``: those of :meth:`grounding_parts`, each
+        under its part's name (contiguous CPU copies)."""
         return {f"{prefix}.{key}": value.detach().contiguous().cpu()
-                for prefix, module in parts.items() for key, value in module.state_dict().items()}
+                for prefix, module in self.grounding_parts(with_sam).items()
+                for key, value in module.state_dict().items()}
 
     def save_pretrained(self, folder: str | Path, processor: Any, link_sam: bool = False) -> Path:
         """Write an exported folder that :meth:`from_pretrained` loads anywhere.
@@ -280,8 +295,7 @@ class UMedGround(nn.Module):
                 raise ValueError(f"{linked}: a {loaded_config.name} SAM, but {folder} was "
                                  f"trained with a {sam_config.name} SAM ({sam_config})")
         model, _ = cls.assemble(config, llava, processor, sam, sam_config, False, device, dtype)
-        prefixes = ("phrase_query", "box_decoder", "sam_encoder") if embedded \
-            else ("phrase_query", "box_decoder")
+        prefixes = tuple(model.grounding_parts(with_sam=embedded))
         unexpected = sorted({key.split(".")[0] for key in weights} - set(prefixes))
         if unexpected:
             raise ValueError(f"{folder / GROUNDING_WEIGHTS}: unexpected part(s) {unexpected}")
@@ -331,8 +345,12 @@ class UMedGround(nn.Module):
         ``phrase_states`` (Q,T,L*H) and ``phrase_mask`` (Q,T) as :meth:`phrase_states` returns.
         """
         dtype = self.phrase_query.score.weight.dtype
-        queries = self.phrase_query(phrase_states.to(dtype), phrase_mask)
-        return self.box_decoder(image_embeddings, queries, box_batch_index, views or ())
+        phrase_states = phrase_states.to(dtype)
+        queries = self.phrase_query(phrase_states, phrase_mask)
+        count_queries = None if self.count_query is None \
+            else self.count_query(phrase_states.detach(), phrase_mask)
+        return self.box_decoder(image_embeddings, queries, box_batch_index, views or (),
+                                count_queries)
 
     def query_states(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The ``query_layers`` of a hidden-state tuple, concatenated: (...,H) each → (...,k*H)."""

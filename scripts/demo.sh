@@ -32,7 +32,8 @@
 # choice. Settings come from the environment so a shorter or another run can be tried:
 # DEMO_EPOCHS, DEMO_STEPS, DEMO_BATCH, DEMO_LR, DEMO_SEED, DEMO_RUN, DEMO_LORA_TARGETS,
 # DEMO_LORA_DROPOUT, DEMO_DATA (the SynthCXR folder), DEMO_IOU_WEIGHT (--iou_loss_weight),
-# DEMO_COUNT_WEIGHT (--count_loss_weight),
+# DEMO_COUNT_WEIGHT (--count_loss_weight), DEMO_OWN_COUNT_PATH (1: --own_count_path, the box
+# count on a path of its own; 0: on the decoder's [BOX] output, shared with the boxes),
 # DEMO_PHRASE_START_WEIGHT (--phrase_start_loss_weight),
 # DEMO_QUERY_HEADS (--query_heads), DEMO_TEST_TIME_SHIFT (test.py's --test_time_shift; 0
 # reads the image alone), DEMO_UPSCALED_HEATMAP (1: train.py's --upscaled_heatmap, the box
@@ -61,6 +62,7 @@ QUERY_HEADS=${DEMO_QUERY_HEADS:-4}
 PHRASE_START_WEIGHT=${DEMO_PHRASE_START_WEIGHT:-1}
 SHIFT=${DEMO_TEST_TIME_SHIFT:-8}
 UPSCALED=${DEMO_UPSCALED_HEATMAP:-0}
+OWN_COUNT=${DEMO_OWN_COUNT_PATH:-0}
 if [ ! -f "$DATA/report_calibration.jsonl" ]; then
   echo "$DATA has no calibration split (report_calibration.jsonl): an older SynthCXR wrote it;" \
     "run: rm -rf $DATA && make data" >&2
@@ -78,6 +80,7 @@ rm -rf "$RUN"
   --lora_r 8 --lora_alpha 16 --lora_dropout "$LORA_DROPOUT" --lora_target_modules "$TARGETS" \
   --box_head umhp --num_hypotheses 3 --max_boxes_per_phrase "$MAX_BOXES" \
   --count_loss_weight "$COUNT_WEIGHT" \
+  "$( ((OWN_COUNT)) && echo --own_count_path || echo --no-own_count_path)" \
   "$( ((UPSCALED)) && echo --upscaled_heatmap || echo --no-upscaled_heatmap)" \
   --query_heads "$QUERY_HEADS" --iou_head --iou_loss_weight "$IOU_WEIGHT" --uncertainty combined \
   --val_max_samples 32 --val_batch_size 16 --workers 0

@@ -46,6 +46,12 @@ def several(tiny_dir):
 
 
 @pytest.fixture(scope="module")
+def own_count(tiny_dir):
+    """3 box slots per phrase, the phrase box and the box count on its own path."""
+    return build_tiny(tiny_dir, max_boxes_per_phrase=3, phrase_box=True, own_count_path=True)
+
+
+@pytest.fixture(scope="module")
 def samples(synth_dir):
     return load_annotations(synth_dir / "report_train.jsonl")
 
@@ -193,7 +199,28 @@ def test_several_boxes_per_phrase_train_every_slot_and_the_presence(several, sam
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("which", ["built", "several"])
+def test_the_own_count_path_trains_the_count_alone(own_count, samples):
+    """The count's loss reaches its own pooling and head and nothing else; the boxes' losses
+    reach everything of the grounding but those two."""
+    model, processor = own_count
+    batch = batch_of(model, processor, [with_several_boxes(samples), with_findings(samples, 2)])
+    output = model(**{k: batch[k] for k in MODEL_INPUTS})
+    count_parts = ("count_query.", "box_decoder.count_head.")
+    model.zero_grad(set_to_none=True)
+    output.losses["box_count"].backward(retain_graph=True)
+    for name, parameter in model.named_parameters():
+        reached = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+        assert reached == name.startswith(count_parts), name
+    model.zero_grad(set_to_none=True)
+    (output.losses["total"] - output.losses["box_count"]).backward()
+    for name, parameter in model.named_parameters():
+        if name.startswith(count_parts):
+            assert parameter.grad is None or not parameter.grad.any(), name
+    assert model.phrase_query.score.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("which", ["built", "several", "own_count"])
 def test_generation_boxes_equal_teacher_forced_boxes(request, which, samples):
     model, processor = request.getfixturevalue(which)
     model.eval()
@@ -236,7 +263,9 @@ def test_generation_boxes_equal_teacher_forced_boxes(request, which, samples):
     torch.testing.assert_close(
         forced.prediction.hypotheses, generated.prediction.hypotheses, atol=1e-4, rtol=1e-4
     )
-    if which == "several":
+    if which != "built":
+        torch.testing.assert_close(forced.prediction.slots.count_logits,
+                                   generated.prediction.slots.count_logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(forced.prediction.slots.boxes.hypotheses,
                                    generated.prediction.slots.boxes.hypotheses, atol=1e-4,
                                    rtol=1e-4)
@@ -246,7 +275,7 @@ def test_generation_boxes_equal_teacher_forced_boxes(request, which, samples):
     model.train()
 
 
-@pytest.mark.parametrize("which", ["built", "several"])
+@pytest.mark.parametrize("which", ["built", "several", "own_count"])
 def test_save_pretrained_and_from_pretrained(request, which, samples, tmp_path):
     model, processor = request.getfixturevalue(which)
     model.eval()
@@ -263,8 +292,12 @@ def test_save_pretrained_and_from_pretrained(request, which, samples, tmp_path):
     assert loaded.config.query_heads == model.config.query_heads
     assert loaded.config.phrase_box == model.config.phrase_box
     assert loaded.config.upscaled_heatmap == model.config.upscaled_heatmap
-    if which == "several":
+    assert loaded.config.own_count_path == model.config.own_count_path
+    assert (loaded.count_query is None) == (which != "own_count")
+    if which != "built":
         torch.testing.assert_close(after.slots.presence_logits, before.slots.presence_logits,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(after.slots.count_logits, before.slots.count_logits,
                                    atol=1e-5, rtol=1e-5)
     for name, tensor in list(loaded.state_dict().items()):
         if tensor.is_floating_point():

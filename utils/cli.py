@@ -161,6 +161,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="place the box decoder's centre heatmaps on SAM's 4x upscaled mask "
                             "grid (its output_upscaling and hypernetworks, initialised from "
                             "SAM) instead of the image-feature grid")
+    group.add_argument("--own_count_path", action=argparse.BooleanOptionalAction,
+                       default=False,
+                       help="with --max_boxes_per_phrase > 1, the box count reads a pooling of "
+                            "the phrase of its own and the decoder's [BOX] output, both "
+                            "detached, so its loss moves nothing the boxes are read from")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
@@ -337,6 +342,7 @@ def grounding_config_from_args(args: argparse.Namespace) -> GroundingConfig:
         vision_model=args.vision_model, box_head=args.box_head,
         num_hypotheses=args.num_hypotheses, max_boxes_per_phrase=args.max_boxes_per_phrase,
         phrase_box=args.phrase_box, upscaled_heatmap=args.upscaled_heatmap,
+        own_count_path=args.own_count_path,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         lora_target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
