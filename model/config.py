@@ -37,7 +37,8 @@ class GroundingConfig:
     K = 1) gives the box count a path of its own: a pooling of the phrase's language-model
     states of its own and the decoder's ``[BOX]`` output, both detached, so that the count's
     loss moves nothing the boxes are read from (:mod:`model.box_decoder`); a config saved
-    before it existed loads without it.
+    before it existed loads without it, and train.py turns it on unless told
+    ``--no-own_count_path``.
     ``ce_weight`` weighs the text loss against the box losses, and ``phrase_start_weight`` the
     cross-entropy of the answer's phrase-start tokens against its other tokens inside it
     (:mod:`model.text_loss`; 1, the plain mean, in configs saved before it existed).

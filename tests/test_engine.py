@@ -11,6 +11,7 @@ import train
 from model.constants import MODEL_INPUTS
 from training.engine import NonFiniteLossError, train_one_epoch
 from training.state import TrainState
+from utils.cli import grounding_config_from_args
 
 _SPEC = importlib.util.spec_from_file_location(
     "umedground_test_cli", Path(__file__).resolve().parents[1] / "test.py")
@@ -90,6 +91,16 @@ def test_train_flags_are_checked_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit) as raised:
         train.parse_args(BASE + flags)
     assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, own_count_path", [
+    ([], True),  # train.py's default with K = 4
+    (["--no-own_count_path"], False),
+    (["--max_boxes_per_phrase", "1"], False),  # one box: there is no count
+])
+def test_the_count_path_flag_reaches_the_config(flags, own_count_path):
+    config = grounding_config_from_args(train.parse_args(BASE + flags))
+    assert config.own_count_path is own_count_path
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -162,10 +162,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                             "grid (its output_upscaling and hypernetworks, initialised from "
                             "SAM) instead of the image-feature grid")
     group.add_argument("--own_count_path", action=argparse.BooleanOptionalAction,
-                       default=False,
+                       default=True,
                        help="with --max_boxes_per_phrase > 1, the box count reads a pooling of "
                             "the phrase of its own and the decoder's [BOX] output, both "
-                            "detached, so its loss moves nothing the boxes are read from")
+                            "detached, so its loss moves nothing the boxes are read from "
+                            "(--no-own_count_path: the count head reads the [BOX] output, "
+                            "shared with the boxes)")
     group.add_argument("--query_layers", type=layer_list, default=[0, -1],
                        help="comma-separated LM hidden-state layers whose phrase states make a "
                             "[BOX]'s query (0 = token embeddings, -1 = last layer)")
