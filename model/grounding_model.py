@@ -178,7 +178,8 @@ class UMedGround(nn.Module):
         query_shape = (llava.config.text_config.hidden_size, len(config.query_layers),
                        sam_config.prompt_embed_dim, config.query_heads)
         phrase_query = build_phrase_query(*query_shape)
-        count_query = build_phrase_query(*query_shape) if config.own_count_path else None
+        count_query = build_phrase_query(*query_shape, projection_dim=sam_config.prompt_embed_dim
+                                         ) if config.own_count_path else None
         model = cls(llava, sam.image_encoder, phrase_query, decoder,
                     processor.tokenizer.convert_tokens_to_ids(BOX_TOKEN), config, count_query)
         for part in model.grounding_parts().values():

@@ -60,10 +60,12 @@ def count(llava_config: LlavaConfig, sam_config, config: GroundingConfig) -> tup
 def main() -> None:
     demo = GroundingConfig("tiny", "tiny", lora_r=8, lora_alpha=16,
                            max_boxes_per_phrase=DEFAULT_MAX_BOXES_PER_PHRASE, phrase_box=True,
+                           own_count_path=True,
                            query_heads=DEFAULT_QUERY_HEADS, iou_head=True,
                            uncertainty="combined")
     real = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16,
                            max_boxes_per_phrase=DEFAULT_MAX_BOXES_PER_PHRASE, phrase_box=True,
+                           own_count_path=True,
                            query_heads=DEFAULT_QUERY_HEADS)
     single = GroundingConfig("llava-1.5-7b", "sam_vit_h", lora_r=8, lora_alpha=16,
                              query_heads=1)

@@ -203,6 +203,8 @@ def test_the_own_count_path_trains_the_count_alone(own_count, samples):
     """The count's loss reaches its own pooling and head and nothing else; the boxes' losses
     reach everything of the grounding but those two."""
     model, processor = own_count
+    # the count's pooling is as wide as the decoder inside, not as the LM (64 against 256)
+    assert model.count_query.projection[0].out_features == model.sam_encoder.neck[0].out_channels
     batch = batch_of(model, processor, [with_several_boxes(samples), with_findings(samples, 2)])
     output = model(**{k: batch[k] for k in MODEL_INPUTS})
     count_parts = ("count_query.", "box_decoder.count_head.")
