@@ -35,8 +35,8 @@
 # DEMO_COUNT_WEIGHT (--count_loss_weight), DEMO_OWN_COUNT_PATH (1, train.py's default:
 # --own_count_path, the box count on a path of its own; 0: on the decoder's [BOX] output,
 # shared with the boxes; over three seeds on a development set of 600 other SynthCXR images,
-# three-box findings counted right 49 of 60 times against 2, multi-box boxes 0.688 against
-# 0.583, single boxes equal on average, docs/experiments.md, 2026-12-08),
+# three-box findings counted right 49 of 60 times against 2, multi-box boxes 0.651 against
+# 0.583, single boxes 0.841 against 0.837, docs/experiments.md, 2026-12-08),
 # DEMO_PHRASE_START_WEIGHT (--phrase_start_loss_weight),
 # DEMO_QUERY_HEADS (--query_heads), DEMO_TEST_TIME_SHIFT (test.py's --test_time_shift; 0
 # reads the image alone), DEMO_UPSCALED_HEATMAP (1: train.py's --upscaled_heatmap, the box
